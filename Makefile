@@ -1,0 +1,31 @@
+# Quick start: `make run` serves http://127.0.0.1:8000/, `make test` runs the tests.
+# Both create .venv on first use and reinstall only when the packaging changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test clean
+
+run: $(VENV)/.installed
+	$(BIN)/talkserver --port=8000
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+# A bare Debian python3 has no venv module until python3-venv is installed.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && apt-get update -qq && \
+	  apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

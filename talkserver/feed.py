@@ -1,0 +1,69 @@
+"""Answers to ``GET /talks``, encoded to JSON bytes once per state.
+
+Thousands of long polls woken by one change all hold the same cursor, so
+they all get the same answer: it is built and encoded once and the bytes are
+shared.  The cache is keyed by the store's ``head``, which every change
+moves, so a stale answer is never served.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .store import Changes, Store
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def encode_answer(server_time: int, talks: list[dict], reset: bool = False) -> bytes:
+    """The JSON body of a ``/talks`` answer."""
+    answer: dict = {"serverTime": server_time, "talks": talks}
+    if reset:
+        answer["reset"] = True
+    return _encode(answer).encode("utf-8")
+
+
+class Feed:
+    """Encoded answers for the current state of one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._head = None
+        self._cache: dict[int | None, bytes | None] = {}
+
+    def _fresh(self) -> dict:
+        if self._head != self.store.head:
+            self._head = self.store.head
+            self._cache = {}
+        return self._cache
+
+    def everything(self) -> bytes:
+        """Every talk, with the current server time."""
+        cache = self._fresh()
+        body = cache.get(None)
+        if body is None:
+            body = cache[None] = encode_answer(self.store.head, self.store.all_talks())
+        return body
+
+    def since(self, cursor: int) -> bytes | None:
+        """The answer for ``changesSince=cursor``, or None when there is nothing new."""
+        cache = self._fresh()
+        if cursor in cache:
+            return cache[cursor]
+        changes: Changes = self.store.changes_since(cursor)
+        body = None
+        if changes.talks or changes.reset:
+            body = encode_answer(changes.server_time, changes.talks, changes.reset)
+        # Bound the cache: cursors are client-chosen, so one per request
+        # could otherwise grow it without limit between two changes.
+        if len(cache) < 64:
+            cache[cursor] = body
+        return body
+
+    def timeout_answer(self) -> bytes:
+        """The empty answer a poll gets when nothing changed in time."""
+        cache = self._fresh()
+        body = cache.get("timeout")
+        if body is None:
+            body = cache["timeout"] = encode_answer(self.store.head, [])
+        return body
