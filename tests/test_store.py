@@ -1,0 +1,150 @@
+"""The store's rules on their own: stamps, the change log, cursors, pruning."""
+
+import pytest
+
+from talkserver.store import MemoryStore, TalkNotFound
+
+
+class FakeClock:
+    """A wall clock the test sets by hand (it may stand still or go back)."""
+
+    def __init__(self, now=1_000_000):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def store(clock):
+    return MemoryStore(clock=clock)
+
+
+def titles(changes):
+    return [t["title"] for t in changes.talks]
+
+
+def test_stamps_strictly_increase_when_the_clock_stands_still(store, clock):
+    stamps = [store.put(f"t{i}", "p", "s") for i in range(5)]
+    assert stamps == [clock.now + 1 + i for i in range(5)]
+    assert store.head == stamps[-1]
+
+
+def test_stamps_strictly_increase_when_the_clock_goes_back(store, clock):
+    first = store.put("a", "p", "s")
+    clock.now -= 60_000
+    second = store.put("b", "p", "s")
+    assert second == first + 1
+
+
+def test_stamps_follow_the_wall_clock_when_it_moves_on(store, clock):
+    store.put("a", "p", "s")
+    clock.now += 5000
+    assert store.put("b", "p", "s") == clock.now
+
+
+def test_head_starts_at_the_creation_time(clock):
+    assert MemoryStore(clock=clock).head == clock.now
+
+
+def test_changes_since_holds_exactly_the_changes_after_the_cursor(store):
+    store.put("a", "p", "s")
+    cursor = store.head
+    store.put("b", "p", "s")
+    store.put("c", "p", "s")
+    changes = store.changes_since(cursor)
+    assert sorted(titles(changes)) == ["b", "c"]
+    assert changes.server_time == store.head
+    assert not changes.reset
+    assert store.changes_since(store.head).talks == []
+
+
+def test_a_title_changed_twice_appears_once_with_its_newest_state(store):
+    cursor = store.head
+    store.put("a", "p", "first")
+    store.add_comment("a", "ann", "hi")
+    changes = store.changes_since(cursor)
+    assert len(changes.talks) == 1
+    assert changes.talks[0]["comments"] == [{"author": "ann", "message": "hi"}]
+
+
+def test_a_deleted_talk_leaves_a_tombstone(store):
+    store.put("a", "p", "s")
+    cursor = store.head
+    store.delete("a")
+    assert store.changes_since(cursor).talks == [{"title": "a", "deleted": True}]
+    assert store.get("a") is None
+    assert store.all_talks() == []
+
+
+def test_deleting_a_missing_talk_is_no_change(store):
+    head = store.head
+    assert store.delete("nothing") is None
+    assert store.head == head
+
+
+def test_the_log_holds_one_entry_per_title(store):
+    for i in range(100):
+        store.put(f"t{i % 3}", "p", str(i))
+    assert len(store._log) == 3
+
+
+def test_a_replaced_talk_starts_without_comments(store):
+    store.put("a", "p", "s")
+    store.add_comment("a", "ann", "hi")
+    store.put("a", "q", "new")
+    assert store.get("a") == {"title": "a", "presenter": "q", "summary": "new", "comments": []}
+
+
+def test_commenting_on_a_missing_talk_changes_nothing(store):
+    head = store.head
+    with pytest.raises(TalkNotFound):
+        store.add_comment("ghost", "ann", "hi")
+    assert store.head == head
+
+
+def test_earlier_answers_are_not_changed_by_later_comments(store):
+    store.put("a", "p", "s")
+    before = store.changes_since(0).talks
+    store.add_comment("a", "ann", "hi")
+    assert before[0]["comments"] == []
+
+
+def test_a_cursor_from_the_future_gets_the_full_list_as_a_reset(store):
+    store.put("a", "p", "s")
+    changes = store.changes_since(store.head + 10_000)
+    assert changes.reset
+    assert titles(changes) == ["a"]
+    assert changes.server_time == store.head
+
+
+def test_pruned_tombstones_turn_old_cursors_into_resets(store, clock):
+    store.put("keep", "p", "s")
+    store.put("gone", "p", "s")
+    old_cursor = store.head
+    store.delete("gone")
+    tombstone_stamp = store.head
+    clock.now += 10_000
+    store.put("later", "p", "s")
+
+    assert store.prune(older_than=tombstone_stamp + 1) == 1
+    assert store.pruned_through == tombstone_stamp
+    # A cursor before the pruned tombstone cannot be told about the delete.
+    reset = store.changes_since(old_cursor)
+    assert reset.reset and sorted(titles(reset)) == ["keep", "later"]
+    # A cursor at or after it still gets a plain diff.
+    diff = store.changes_since(tombstone_stamp)
+    assert not diff.reset and titles(diff) == ["later"]
+
+
+def test_prune_keeps_live_talks_and_recent_tombstones(store, clock):
+    store.put("live", "p", "s")
+    store.put("dead", "p", "s")
+    store.delete("dead")
+    assert store.prune(older_than=store.head) == 0
+    assert store.changes_since(0).talks  # nothing lost
