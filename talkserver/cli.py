@@ -19,17 +19,18 @@ from tornado.options import define, options, parse_command_line, parse_config_fi
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
 from .store import MemoryStore
 
-define("port", default=8000, help="TCP port to listen on")
-define("address", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
-define("db", default=":memory:", help="the store: an SQLite file, or :memory: to keep nothing")
-define("poll_timeout", default=90.0, help="seconds a long poll waits before an empty answer")
-define("static_path", default=None, type=str, help="directory of the browser client (default: the bundled www/)")
-define("max_body_size", default=DEFAULT_MAX_BODY_SIZE, help="largest request body in bytes; larger ones get 413")
+define("port", default=8000, help="TCP port to listen on", group="talkserver")
+define("address", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)", group="talkserver")
+define("db", default=":memory:", help="the store: an SQLite file, or :memory: to keep nothing", group="talkserver")
+define("poll_timeout", default=90.0, help="seconds a long poll waits before an empty answer", group="talkserver")
+define("static_path", default=None, type=str, help="directory of the browser client (default: the bundled www/)", group="talkserver")
+define("max_body_size", default=DEFAULT_MAX_BODY_SIZE, help="largest request body in bytes; larger ones get 413", group="talkserver")
 define(
     "config",
     type=str,
     help="read options from this file (Python syntax), then the command line again",
     callback=lambda path: parse_config_file(path, final=False),
+    group="talkserver",
 )
 
 log = logging.getLogger("talkserver")
