@@ -11,6 +11,7 @@ import json
 from asyncio import Future
 from urllib.parse import urlsplit
 
+from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
 from .board import Board
@@ -81,9 +82,11 @@ class ApiHandler(RequestHandler):
         self.finish(json.dumps({"error": message}))
 
     def log_exception(self, typ, value, tb) -> None:
-        # A client's mistake is not the server's problem: the access log
-        # already has its line, so only real failures are logged here.
+        # A client's mistake or departure is not the server's problem: the
+        # access log already has its line, so only real failures are logged.
         if isinstance(value, HTTPError) and value.status_code < 500:
+            return
+        if isinstance(value, StreamClosedError):
             return
         super().log_exception(typ, value, tb)
 
@@ -103,14 +106,19 @@ class BodyHandler(ApiHandler):
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size <= self.settings["max_body_size"]:
+        limit = self.settings["max_body_size"]
+        if self._size <= limit:
             self._chunks.append(chunk)
+        elif not self._finished:
+            # A chunked body has no Content-Length to check up front: answer
+            # as soon as it crosses the limit; Tornado then closes the
+            # connection instead of reading the rest.
+            self._chunks = []
+            error = HTTPError(413, "the body is larger than %d bytes", limit)
+            self.send_error(413, exc_info=(HTTPError, error, None))
 
     def body(self) -> bytes:
-        """The whole request body, or 413 when it was too large."""
-        limit = self.settings["max_body_size"]
-        if self._size > limit:
-            raise HTTPError(413, "the body is larger than %d bytes", limit)
+        """The whole request body."""
         return b"".join(self._chunks)
 
 

@@ -1,5 +1,6 @@
 """The HTTP API: every endpoint, answer and client error of docs/protocol.md."""
 
+import asyncio
 import json
 from urllib.parse import quote
 
@@ -206,6 +207,23 @@ async def test_a_body_over_the_limit_is_413_and_stores_nothing(http_client, base
     response = await fetch(http_client, base_url, "/talks/big", "PUT", body)
     assert response.code == 413
     assert str(limit) in error_of(response)
+    assert store.get("big") is None
+
+
+@pytest.mark.gen_test
+async def test_a_chunked_body_crossing_the_limit_is_413(http_server, http_port, store, app):
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(b"PUT /talks/big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * 16384
+    try:
+        for _ in range(app.settings["max_body_size"] // len(chunk) + 2):
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+    except ConnectionError:
+        pass  # the server may close before the last chunks are sent
+    status_line = await reader.readline()
+    assert status_line.startswith(b"HTTP/1.1 413")
+    writer.close()
     assert store.get("big") is None
 
 
