@@ -21,6 +21,18 @@ from .validation import BadInput, check_title, parse_comment, parse_cursor, pars
 JSON_TYPE = "application/json; charset=UTF-8"
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _normal_origin(url: str) -> tuple | None:
+    """(scheme, host, port) of an origin, with the scheme's default port filled in."""
+    try:
+        parts = urlsplit(url.lower())
+        return parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+
+
 class ApiHandler(RequestHandler):
     """What every /talks and /metrics handler shares."""
 
@@ -52,13 +64,7 @@ class ApiHandler(RequestHandler):
         origin = self.request.headers.get("Origin")
         if origin is None:
             return
-        own = f"{self.request.protocol}://{self.request.host}".lower()
-        try:
-            parts = urlsplit(origin)
-            theirs = f"{parts.scheme}://{parts.netloc}".lower()
-        except ValueError:
-            theirs = None
-        if theirs != own:
+        if _normal_origin(origin) != _normal_origin(f"{self.request.protocol}://{self.request.host}"):
             raise HTTPError(403, "writes from another origin (%s) are not allowed", origin)
 
     def title(self, raw: str) -> str:

@@ -286,6 +286,17 @@ async def test_a_same_origin_text_plain_write_works_as_the_books_client_sends_it
 
 
 @pytest.mark.gen_test
+async def test_an_origin_matches_with_or_without_its_default_port(http_client, base_url, store):
+    headers = {"Host": "talks.example:80", "Origin": "http://talks.example"}
+    response = await fetch(http_client, base_url, "/talks/a", "PUT", {"presenter": "x", "summary": "y"}, headers=headers)
+    assert response.code == 204
+    headers = {"Host": "talks.example:8080", "Origin": "http://talks.example"}
+    response = await fetch(http_client, base_url, "/talks/b", "PUT", {"presenter": "x", "summary": "y"}, headers=headers)
+    assert response.code == 403
+    assert store.get("b") is None
+
+
+@pytest.mark.gen_test
 async def test_reads_from_another_origin_are_allowed(http_client, base_url):
     response = await fetch(http_client, base_url, "/talks", headers={"Origin": "http://elsewhere.example"})
     assert response.code == 200

@@ -119,10 +119,10 @@ def close_abruptly(writer):
 
 @pytest.mark.gen_test(timeout=20)
 async def test_pollers_that_disconnect_are_dropped_at_once(http_client, base_url, board, http_port):
-    polls = [await open_poll(http_port, board.store.head) for _ in range(300)]
-    await until(lambda: len(board.waiters) == 300)
+    polls = [await open_poll(http_port, board.store.head) for _ in range(500)]
+    await until(lambda: len(board.waiters) == 500)
     metrics = (await http_client.fetch(base_url + "/metrics")).body.decode()
-    assert "talkserver_waiting_clients 300" in metrics.splitlines()
+    assert "talkserver_waiting_clients 500" in metrics.splitlines()
 
     for writer in polls:
         close_abruptly(writer)
