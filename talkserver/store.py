@@ -77,8 +77,10 @@ class MemoryStore:
         self._talks: dict[str, dict] = {}
         self._log: dict[str, int] = {}
         self.head = clock()
-        # Cursors below this may have missed a pruned tombstone.
-        self.pruned_through = 0
+        # Cursors below this may have missed a change this store cannot
+        # name: a pruned tombstone, or anything from before the store
+        # existed (a client that polled a previous, wiped store).
+        self.pruned_through = self.head
 
     # -- reading ---------------------------------------------------------
 
@@ -94,7 +96,8 @@ class MemoryStore:
         """The changes stamped after ``cursor``, newest first.
 
         A cursor from the future (the data was wiped, or the client talked
-        to another server) or from before pruned history gets a reset.
+        to another server), or from before the store's history (pruned, or
+        from before the store was created), gets a reset.
         """
         if cursor > self.head or cursor < self.pruned_through:
             return Changes(self.head, self.all_talks(), reset=True)

@@ -41,6 +41,9 @@ def check_title(title: str) -> str:
     """A talk title from the URL: non-empty, one line, at most MAX_TITLE."""
     if not title:
         raise BadInput("the title must not be empty")
+    if title in (".", ".."):
+        # Browsers resolve these as path steps, so no page could ever name the talk.
+        raise BadInput('the title must not be "." or ".."')
     return _check_text("the title", title, MAX_TITLE, single_line=True)
 
 

@@ -186,7 +186,7 @@ async def test_a_bad_comment_is_400_and_the_talk_is_unchanged(http_client, base_
 
 @pytest.mark.gen_test
 async def test_a_title_that_is_too_long_or_has_control_characters_is_400(http_client, base_url, store):
-    for title in ["t" * 201, "line\nbreak", "tab\there"]:
+    for title in ["t" * 201, "line\nbreak", "tab\there", ".", ".."]:
         response = await fetch(http_client, base_url, talk_path(title), "PUT", {"presenter": "p", "summary": "s"})
         assert response.code == 400, title
         assert "title" in error_of(response)

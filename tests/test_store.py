@@ -123,6 +123,14 @@ def test_a_cursor_from_the_future_gets_the_full_list_as_a_reset(store):
     assert changes.server_time == store.head
 
 
+def test_a_cursor_from_before_the_store_existed_gets_a_reset(store, clock):
+    """A page that polled a server since restarted on an empty store must not keep stale talks."""
+    store.put("a", "p", "s")
+    changes = store.changes_since(clock.now - 60_000)
+    assert changes.reset and titles(changes) == ["a"]
+    assert not store.changes_since(clock.now).reset
+
+
 def test_pruned_tombstones_turn_old_cursors_into_resets(store, clock):
     store.put("keep", "p", "s")
     store.put("gone", "p", "s")
