@@ -66,7 +66,9 @@ talkForm.addEventListener("submit", async (event) => {
   try {
     await proposeTalk(title, presenter, summary);
     showTalkError("");
-    talkForm.reset();
+    // Clear only what was sent: a field edited meanwhile keeps its new text.
+    if (fields.title.value.trim() === title) fields.title.value = "";
+    if (fields.summary.value === summary) fields.summary.value = "";
   } catch (error) {
     // The typed title and summary stay, ready for another try.
     showTalkError(`Your talk was not proposed: ${error.message}`);
