@@ -52,14 +52,23 @@ class Server:
     def __init__(self, port: int, log_path: Path, poll_timeout: float = POLL_TIMEOUT) -> None:
         self.port = port
         self.poll_timeout = poll_timeout
+        # Seconds the server's wall clock runs ahead; see start().
+        self.clock_ahead = 0
         self.url = f"http://127.0.0.1:{port}/"
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        # A clock set ahead is the one way to make a real server hand out
+        # cursors that its successor sees as from the future (a reset).
+        run = (
+            "import runpy, time; ns = time.time_ns; "
+            f"time.time_ns = lambda: ns() + {int(self.clock_ahead * 1e9)}; "
+            "runpy.run_module('talkserver', run_name='__main__')"
+        )
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "talkserver", f"--port={self.port}", f"--poll-timeout={self.poll_timeout}"],
+            [sys.executable, "-c", run, f"--port={self.port}", f"--poll-timeout={self.poll_timeout}"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

@@ -8,6 +8,7 @@ crash, and markup that is never executed.
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 
@@ -101,7 +102,7 @@ def test_a_deleted_talk_with_an_unsent_comment_stays_until_dismissed(open_page):
     talk(ada, "Doomed").get_by_role("button", name="Delete talk").click()
 
     kept = talk(grace, "Doomed")
-    expect(kept).to_contain_text("This talk was deleted")
+    expect(kept.get_by_text("This talk was deleted")).to_be_visible()
     expect(kept.get_by_label("Comment", exact=True)).to_have_value("my unsent thoughts")
     expect(kept.get_by_role("button", name="Add comment")).to_be_disabled()
     kept.get_by_role("button", name="Dismiss").click()
@@ -164,6 +165,40 @@ def test_the_page_recovers_after_the_server_is_killed_and_restarted(open_page, s
     assert len(cursors) >= 3 and cursors == sorted(cursors)
 
 
+def test_a_reset_replaces_the_list_but_keeps_a_half_typed_comment(open_page, server):
+    # Given a server whose clock ran a day ahead, so the page's cursor is
+    # from the future for the server that replaces it.
+    server.kill()
+    server.clock_ahead = 24 * 3600
+    server.start()
+    ada, grace = open_page(), open_page()
+    sign_in(ada, "Ada")
+    sign_in(grace, "Grace")
+    propose(ada, "Forgotten")
+    propose(ada, "Drafted")
+    field = talk(grace, "Drafted").get_by_label("Comment", exact=True)
+    field.fill("half a thought")
+    field.focus()
+
+    # When it is replaced by a server with the right clock and no talks,
+    # which answers the page's cursor with "reset": true.
+    server.kill()
+    server.clock_ahead = 0
+    server.start()
+
+    # Then talks the server no longer has go, except the one holding unsent text.
+    expect(talk(grace, "Forgotten")).to_have_count(0, timeout=30_000)
+    expect(talk(grace, "Drafted").get_by_text("This talk was deleted")).to_be_visible()
+    expect(field).to_have_value("half a thought")
+    # And when that talk is proposed again, the draft is still there to send.
+    propose(ada, "Drafted")
+    expect(talk(grace, "Drafted").get_by_text("This talk was deleted")).to_be_hidden()
+    expect(field).to_have_value("half a thought")
+    expect(field).to_be_focused()
+    talk(grace, "Drafted").get_by_role("button", name="Add comment").click()
+    expect(talk(ada, "Drafted").get_by_role("listitem")).to_have_text(["Grace: half a thought"])
+
+
 def test_a_failed_write_shows_the_error_by_its_form_and_keeps_the_text(open_page, server):
     page = open_page()
     sign_in(page, "Ada")
@@ -191,6 +226,21 @@ def test_a_failed_write_shows_the_error_by_its_form_and_keeps_the_text(open_page
     expect(talk(page, "While the server is down")).to_contain_text("Kept for another try.")
     expect(error).to_be_hidden()
     assert page.dialogs == []
+
+
+def test_posting_without_a_name_asks_for_one_and_sends_nothing(open_page, server):
+    ada, grace = open_page(), open_page()
+    sign_in(ada, "Ada")
+    propose(ada, "Anonymous?")
+
+    comment(grace, "Anonymous?", "Who am I?")
+
+    article = talk(grace, "Anonymous?")
+    expect(article.get_by_role("alert")).to_have_text("Please enter your name at the top first.")
+    expect(grace.get_by_label("Your name", exact=True)).to_be_focused()
+    expect(article.get_by_label("Comment", exact=True)).to_have_value("Who am I?")
+    with urllib.request.urlopen(server.url + "talks/Anonymous%3F") as response:
+        assert json.load(response)["comments"] == []
 
 
 def test_the_page_can_be_used_by_keyboard_alone(open_page):
