@@ -99,7 +99,7 @@ const status = {
     this.set(`Reconnecting: next try in ${Math.max(1, Math.round(ms / 1000))} s`, true);
   },
   trying() {
-    this.set("Reconnecting: trying now…", false);
+    this.set("Reconnecting: trying now…", true);
   },
 };
 

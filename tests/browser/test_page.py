@@ -148,7 +148,8 @@ def test_the_page_recovers_after_the_server_is_killed_and_restarted(open_page, s
     server.kill()
 
     expect(status).not_to_have_text("Live")
-    expect(status).to_contain_text("Reconnecting")
+    expect(status).to_contain_text(re.compile(r"Reconnecting: (next try in \d+ s|trying now)"))
+    expect(grace.get_by_role("button", name="Retry now")).to_be_visible()
     # Nothing the page showed is thrown away while it waits.
     expect(talk(grace, "Before the crash")).to_be_visible()
 
@@ -156,6 +157,7 @@ def test_the_page_recovers_after_the_server_is_killed_and_restarted(open_page, s
 
     # Backoff is capped near 10 s, so the page is back well within this.
     expect(status).to_have_text("Live", timeout=30_000)
+    expect(grace.get_by_role("button", name="Retry now")).to_be_hidden()
     expect(ada.get_by_role("status")).to_have_text("Live", timeout=30_000)
     propose(ada, "After the restart")
     expect(talk(grace, "After the restart")).to_be_visible()
