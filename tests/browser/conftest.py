@@ -49,9 +49,13 @@ def free_port() -> int:
 class Server:
     """A talkserver subprocess that can be killed and started again on its port."""
 
-    def __init__(self, port: int, log_path: Path, poll_timeout: float = POLL_TIMEOUT) -> None:
+    def __init__(
+        self, port: int, log_path: Path, poll_timeout: float = POLL_TIMEOUT, db: str = ":memory:"
+    ) -> None:
         self.port = port
         self.poll_timeout = poll_timeout
+        # Named, not left to the default, so no test sees another's talks.
+        self.db = db
         # Seconds the server's wall clock runs ahead; see start().
         self.clock_ahead = 0
         self.url = f"http://127.0.0.1:{port}/"
@@ -68,7 +72,10 @@ class Server:
         )
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", run, f"--port={self.port}", f"--poll-timeout={self.poll_timeout}"],
+            [
+                sys.executable, "-c", run,
+                f"--port={self.port}", f"--poll-timeout={self.poll_timeout}", f"--db={self.db}",
+            ],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
