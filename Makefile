@@ -5,13 +5,20 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test clean
+.PHONY: run test clean chromium
 
 run: $(VENV)/.installed
 	$(BIN)/talkserver --port=8000
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest
+
+# The browser tests drive Debian's chromium (Playwright's own browser
+# download is not used).  Install it when missing and we are able to.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	  echo "chromium is missing and cannot be installed here: the browser tests will fail" >&2
 
 # A bare Debian python3 has no venv module until python3-venv is installed.
 $(BIN)/python:

@@ -211,11 +211,22 @@ class MetricsHandler(ApiHandler):
         self.finish(self.board.metrics.render())
 
 
+# Scripts only from our own files, never inline, and no framing; see
+# docs/client.md.  Style *attributes* are allowed because the book's
+# original client (servable with --static-path) hides its template with one.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
 class PageHandler(StaticFileHandler):
     """The browser client's files from www/; ``/`` is index.html."""
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", PAGE_CSP)
 
     def set_extra_headers(self, path: str) -> None:
         # Revalidate every time (cheap, thanks to ETag / 304), so a new

@@ -1,0 +1,1 @@
+"""Browser tests: the page in real Chromium against a real talkserver."""
