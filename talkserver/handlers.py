@@ -31,6 +31,8 @@ class ApiHandler(RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
 
     def compute_etag(self) -> None:
         # API answers change with every write; hashing each one (thousands
@@ -38,8 +40,13 @@ class ApiHandler(RequestHandler):
         return None
 
     def prepare(self) -> None:
+        self.application.access.check_password(self)
+        self.application.limits.check_request(self)
         if self.request.method not in ("GET", "HEAD", "OPTIONS"):
             self._check_same_origin()
+
+    def on_finish(self) -> None:
+        self.application.limits.release(self)
 
     def _check_same_origin(self) -> None:
         """Refuse writes that a page of another origin makes a browser send.
@@ -129,6 +136,7 @@ class TalksHandler(ApiHandler):
             self.cursor = parse_cursor(since)
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
+        self.application.limits.hold_poll(self)
         body = self.board.feed.since(self.cursor)
         if body is not None:
             self.send_json(body)
@@ -165,11 +173,14 @@ class TalkHandler(BodyHandler):
             presenter, summary = parse_talk(self.body())
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
+        self.application.access.claim(self, title, self.board.store)
         self.board.put(title, presenter, summary)
         self.set_status(204)
 
     def delete(self, title: str) -> None:
-        self.board.delete(self.title(title))
+        title = self.title(title)
+        self.application.access.release(self, title, self.board.store)
+        self.board.delete(title)
         self.set_status(204)
 
 
@@ -182,6 +193,7 @@ class CommentsHandler(BodyHandler):
             author, message = parse_comment(self.body())
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
+        self.application.limits.check_comment_room(self.board.store.get(title))
         try:
             self.board.add_comment(title, author, message)
         except TalkNotFound:
@@ -202,6 +214,11 @@ class PageHandler(StaticFileHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("X-Frame-Options", "DENY")
+
+    def prepare(self) -> None:
+        self.application.access.check_password(self)
 
     def set_extra_headers(self, path: str) -> None:
         # Revalidate every time (cheap, thanks to ETag / 304), so a new
