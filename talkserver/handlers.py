@@ -20,6 +20,13 @@ from .validation import BadInput, check_title, parse_comment, parse_cursor, pars
 JSON_TYPE = "application/json; charset=UTF-8"
 
 
+def allow_methods(handler: RequestHandler) -> None:
+    """Name the methods ``handler`` answers in ``Allow`` (a 405 must, says RFC 9110)."""
+    cls = type(handler)
+    allowed = [m for m in cls.SUPPORTED_METHODS if getattr(cls, m.lower()) is not getattr(RequestHandler, m.lower())]
+    handler.set_header("Allow", ", ".join(allowed))
+
+
 class ApiHandler(RequestHandler):
     """What every /talks and /metrics handler shares."""
 
@@ -80,6 +87,8 @@ class ApiHandler(RequestHandler):
         self.finish(body)
 
     def write_error(self, status_code: int, **kwargs) -> None:
+        if status_code == 405:
+            allow_methods(self)
         message = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, HTTPError) and exc.log_message:
@@ -219,6 +228,11 @@ class PageHandler(StaticFileHandler):
 
     def prepare(self) -> None:
         self.application.access.check_password(self)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        if status_code == 405:
+            allow_methods(self)
+        super().write_error(status_code, **kwargs)
 
     def set_extra_headers(self, path: str) -> None:
         # Revalidate every time (cheap, thanks to ETag / 304), so a new
