@@ -104,6 +104,12 @@ async def serve() -> None:
         idle_connection_timeout=options.idle_timeout,
         body_timeout=options.idle_timeout,
     )
+    # Handle signals before listening: a client that can connect may
+    # already rely on SIGTERM draining rather than killing.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server.listen(options.port, options.address)
     log.info(
         "talkserver listening on http://%s:%d/ (store %s, open-files limit %d)",
@@ -113,10 +119,6 @@ async def serve() -> None:
     if warning:
         log.warning("%s", warning)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: answering waiting polls, finishing writes")
     await drain(server, app)

@@ -30,6 +30,7 @@ class ServerProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.TemporaryFile()
+        self._terminated = False
         self.process = subprocess.Popen(
             [sys.executable, "-m", "talkserver", f"--port={self.port}", "--address=127.0.0.1", *options],
             stdout=self._log, stderr=subprocess.STDOUT,
@@ -49,10 +50,15 @@ class ServerProcess:
         self._log.seek(0)
         return self._log.read().decode("utf-8", "replace")
 
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM, then wait for the exit code (kill if it hangs)."""
-        if self.process.poll() is None:
+    def terminate(self) -> None:
+        """Send SIGTERM once (a second one, once the drain is over, would kill)."""
+        if not self._terminated and self.process.poll() is None:
+            self._terminated = True
             self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM (unless sent already), then wait for the exit code (kill if it hangs)."""
+        self.terminate()
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:

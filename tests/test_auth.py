@@ -23,6 +23,7 @@ from talkserver.auth import (
 )
 
 from conftest import POLL_TIMEOUT
+from harness import ServerProcess
 
 TALK = json.dumps({"presenter": "Ada", "summary": "Engines"})
 COMMENT = json.dumps({"author": "Bob", "message": "Nice"})
@@ -175,10 +176,11 @@ async def test_with_credentials_the_long_poll_waits_and_is_woken(access, http_cl
 async def test_guessing_passwords_is_slowed_down_with_429(access, http_client, base_url):
     codes = [
         (await http_client.fetch(base_url + "/talks", headers=basic("ada", f"guess{i}"), raise_error=False)).code
-        for i in range(12)
+        for i in range(20)
     ]
+    # A burst of 10, then one a second: a slow machine may earn a guess back.
     assert codes[:10] == [401] * 10
-    assert codes[10:] == [429, 429]
+    assert codes[10:].count(429) >= 5
 
 
 # -- talks owned by the browser that proposed them ---------------------------
@@ -313,3 +315,16 @@ def test_listening_beyond_this_machine_without_access_control_is_warned_about(ad
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_listening_on_loopback_is_not_warned_about(address):
     assert exposure_warning(address, None, False) is None
+
+
+def test_the_command_warns_when_it_listens_on_every_interface_without_access_control(password_file):
+    # Bound to 0.0.0.0 for a moment; the test only talks to 127.0.0.1.
+    with ServerProcess("--address=0.0.0.0") as open_server:
+        assert open_server.stop() == 0
+        assert "no access control" in open_server.log()
+    with ServerProcess("--address=0.0.0.0", f"--password-file={password_file}") as guarded:
+        assert guarded.stop() == 0
+        assert "no access control" not in guarded.log()
+    with ServerProcess() as local:
+        assert local.stop() == 0
+        assert "no access control" not in local.log()

@@ -38,7 +38,7 @@ async def test_sigterm_answers_200_waiting_polls_at_once_with_no_changes_and_exi
         while await waiting_polls(server) < 200:
             await asyncio.sleep(0.05)
 
-        server.process.terminate()
+        server.terminate()
         answers = await asyncio.wait_for(asyncio.gather(*polls), 10)  # not the 120 s poll timeout
 
         assert {a.status for a in answers} == {200}
@@ -60,7 +60,7 @@ async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
         )
         await asyncio.sleep(0.3)
 
-        server.process.terminate()
+        server.terminate()
         await asyncio.sleep(0.5)
         assert server.process.poll() is None, "the server stopped before the write in flight finished"
         writer.sendall(body[half:])
@@ -92,7 +92,7 @@ async def test_writes_acknowledged_during_sigterm_are_all_in_the_store():
         writers = [asyncio.ensure_future(writer(f"w{i}")) for i in range(8)]
         while len(acknowledged) < 50:
             await asyncio.sleep(0.02)
-        server.process.terminate()
+        server.terminate()
         await asyncio.wait_for(asyncio.gather(*writers), 30)
 
         assert await exit_code(server) == 0
