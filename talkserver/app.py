@@ -20,8 +20,10 @@ from pathlib import Path
 import tornado.log
 import tornado.web
 
+from .auth import Access
 from .board import Board
 from .handlers import CommentsHandler, MetricsHandler, PageHandler, TalkHandler, TalksHandler
+from .limits import Limits
 from .store import MemoryStore, Store
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
@@ -71,6 +73,9 @@ def make_app(
         routes, max_body_size=max_body_size, log_function=log_request, **settings
     )
     app.board = board  # type: ignore[attr-defined]
+    # Hardening (talkserver.limits, talkserver.auth): off unless named in settings.
+    app.limits = Limits.from_settings(app.settings)  # type: ignore[attr-defined]
+    app.access = Access.from_settings(app.settings)  # type: ignore[attr-defined]
     return app
 
 

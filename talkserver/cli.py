@@ -16,7 +16,10 @@ import tornado.httpserver
 import tornado.ioloop
 from tornado.options import define, options, parse_command_line, parse_config_file
 
+from . import limits
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
+from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
+from .shutdown import drain
 from .store import MemoryStore
 
 define("port", default=8000, help="TCP port to listen on", group="talkserver")
@@ -25,6 +28,16 @@ define("db", default=":memory:", help="the store: an SQLite file, or :memory: to
 define("poll_timeout", default=90.0, help="seconds a long poll waits before an empty answer", group="talkserver")
 define("static_path", default=None, type=str, help="directory of the browser client (default: the bundled www/)", group="talkserver")
 define("max_body_size", default=DEFAULT_MAX_BODY_SIZE, help="largest request body in bytes; larger ones get 413", group="talkserver")
+# Hardening: docs/security.md says what each one protects against.
+define("max_polls_per_ip", default=limits.DEFAULT_MAX_POLLS_PER_IP, help="concurrent long polls per client address (0: no limit); more get 429", group="talkserver")
+define("write_rate", default=limits.DEFAULT_WRITE_RATE, help="writes per second per client address (0: no limit); more get 429", group="talkserver")
+define("write_burst", default=limits.DEFAULT_WRITE_BURST, help="writes a client address may make at once before --write-rate applies", group="talkserver")
+define("max_comments", default=limits.DEFAULT_MAX_COMMENTS, help="comments per talk (0: no limit); more get 409", group="talkserver")
+define("idle_timeout", default=60.0, help="seconds a connection may take to send a request's headers or body before it is closed", group="talkserver")
+define("xheaders", default=False, help="behind a reverse proxy: take the client address from X-Real-Ip / X-Forwarded-For", group="talkserver")
+define("password_file", type=str, help="require HTTP Basic credentials from this file (see talkserver-passwd)", group="talkserver")
+define("protect_talks", default=False, help="only the browser that proposed a talk may replace or delete it", group="talkserver")
+define("cookie_secret", type=str, help="key for --protect-talks cookies (default: generated, kept beside --db)", group="talkserver")
 define(
     "config",
     type=str,
@@ -55,32 +68,61 @@ def open_store(path: str):
     raise SystemExit(f"talkserver: --db={path}: only :memory: is supported so far")
 
 
+def hardening_settings() -> dict:
+    """make_app() settings for the limits and access control chosen by options."""
+    settings = {
+        "max_polls_per_ip": options.max_polls_per_ip,
+        "write_rate": options.write_rate,
+        "write_burst": options.write_burst,
+        "max_comments": options.max_comments,
+        "password_file": options.password_file,
+        "protect_talks": options.protect_talks,
+    }
+    if options.protect_talks:
+        settings["cookie_secret"] = options.cookie_secret or load_or_create_secret(cookie_secret_path(options.db))
+    return settings
+
+
 async def serve() -> None:
-    """Run the server until SIGTERM or SIGINT."""
+    """Run the server until SIGTERM or SIGINT, then drain (talkserver.shutdown)."""
     store = open_store(options.db)
-    app = make_app(
-        store,
-        poll_timeout=options.poll_timeout,
-        static_path=options.static_path,
-        max_body_size=options.max_body_size,
-    )
+    try:
+        app = make_app(
+            store,
+            poll_timeout=options.poll_timeout,
+            static_path=options.static_path,
+            max_body_size=options.max_body_size,
+            **hardening_settings(),
+        )
+    except PasswordFileError as e:
+        raise SystemExit(f"talkserver: {e}") from None
     # The server's own cap is a little above the limit: the handlers answer
     # oversized bodies with 413 themselves, which HTTPServer cannot.
-    server = tornado.httpserver.HTTPServer(app, max_body_size=options.max_body_size + 65536)
+    server = tornado.httpserver.HTTPServer(
+        app,
+        max_body_size=options.max_body_size + 65536,
+        xheaders=options.xheaders,
+        idle_connection_timeout=options.idle_timeout,
+        body_timeout=options.idle_timeout,
+    )
+    # Handle signals before listening: a client that can connect may
+    # already rely on SIGTERM draining rather than killing.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server.listen(options.port, options.address)
     log.info(
         "talkserver listening on http://%s:%d/ (store %s, open-files limit %d)",
         options.address, options.port, options.db, raise_open_files_limit(),
     )
+    warning = exposure_warning(options.address, options.password_file, options.protect_talks)
+    if warning:
+        log.warning("%s", warning)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping")
-    server.stop()
-    store.close()
+    log.info("stopping: answering waiting polls, finishing writes")
+    await drain(server, app)
 
 
 def main(argv: list[str] | None = None) -> None:

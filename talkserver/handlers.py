@@ -33,6 +33,13 @@ def _normal_origin(url: str) -> tuple | None:
         return None
 
 
+def allow_methods(handler: RequestHandler) -> None:
+    """Name the methods ``handler`` answers in ``Allow`` (a 405 must, says RFC 9110)."""
+    cls = type(handler)
+    allowed = [m for m in cls.SUPPORTED_METHODS if getattr(cls, m.lower()) is not getattr(RequestHandler, m.lower())]
+    handler.set_header("Allow", ", ".join(allowed))
+
+
 class ApiHandler(RequestHandler):
     """What every /talks and /metrics handler shares."""
 
@@ -44,6 +51,8 @@ class ApiHandler(RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
 
     def compute_etag(self) -> None:
         # API answers change with every write; hashing each one (thousands
@@ -51,8 +60,13 @@ class ApiHandler(RequestHandler):
         return None
 
     def prepare(self) -> None:
+        self.application.access.check_password(self)
+        self.application.limits.check_request(self)
         if self.request.method not in ("GET", "HEAD", "OPTIONS"):
             self._check_same_origin()
+
+    def on_finish(self) -> None:
+        self.application.limits.release(self)
 
     def _check_same_origin(self) -> None:
         """Refuse writes that a page of another origin makes a browser send.
@@ -80,6 +94,8 @@ class ApiHandler(RequestHandler):
         self.finish(body)
 
     def write_error(self, status_code: int, **kwargs) -> None:
+        if status_code == 405:
+            allow_methods(self)
         message = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, HTTPError) and exc.log_message:
@@ -143,6 +159,7 @@ class TalksHandler(ApiHandler):
             self.cursor = parse_cursor(since)
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
+        self.application.limits.hold_poll(self)
         body = self.board.feed.since(self.cursor)
         if body is not None:
             self.send_json(body)
@@ -179,11 +196,14 @@ class TalkHandler(BodyHandler):
             presenter, summary = parse_talk(self.body())
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
+        self.application.access.claim(self, title, self.board.store)
         self.board.put(title, presenter, summary)
         self.set_status(204)
 
     def delete(self, title: str) -> None:
-        self.board.delete(self.title(title))
+        title = self.title(title)
+        self.application.access.release(self, title, self.board.store)
+        self.board.delete(title)
         self.set_status(204)
 
 
@@ -196,6 +216,7 @@ class CommentsHandler(BodyHandler):
             author, message = parse_comment(self.body())
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
+        self.application.limits.check_comment_room(self.board.store.get(title))
         try:
             self.board.add_comment(title, author, message)
         except TalkNotFound:
@@ -227,6 +248,16 @@ class PageHandler(StaticFileHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("X-Frame-Options", "DENY")
+
+    def prepare(self) -> None:
+        self.application.access.check_password(self)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        if status_code == 405:
+            allow_methods(self)
+        super().write_error(status_code, **kwargs)
 
     def set_extra_headers(self, path: str) -> None:
         # Revalidate every time (cheap, thanks to ETag / 304), so a new

@@ -1,0 +1,253 @@
+"""Optional access control: a group password, and talks owned by a browser.
+
+Both are off unless asked for, so the open protocol of the book keeps
+working for whoever runs the server on their own machine.
+
+- ``password_file``: every request, the page included, needs HTTP Basic
+  credentials matching a line of the file (``name:scrypt$...``, written by
+  the ``talkserver-passwd`` command).  Browsers ask once and then send the
+  credentials with every request, long polls included.
+- ``protect_talks``: the server gives each browser that proposes a talk a
+  signed cookie naming it (Tornado's secure cookies, keyed by
+  ``cookie_secret``); only that browser may replace or delete the talk.
+  Owners are remembered in memory: a talk proposed before a restart has no
+  owner, and the first browser to replace it becomes its owner.
+
+See docs/security.md for what these protect against and what they do not.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import time
+from pathlib import Path
+
+from tornado.web import HTTPError, RequestHandler
+
+from .limits import TokenBucket, refuse
+from .store import Store
+
+REALM = "talkserver"
+OWNER_COOKIE = "talkserver_owner"
+OWNER_COOKIE_DAYS = 400
+# scrypt at n=2**14, r=8 costs about 16 MiB and some tens of milliseconds
+# per check: cheap for a login, slow for guessing.  Good answers are cached.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+# Wrong passwords per address: a burst of 10, then one a second.
+FAILURE_RATE, FAILURE_BURST = 1.0, 10
+
+
+class PasswordFileError(ValueError):
+    """The password file is missing or has a line that is not name:hash."""
+
+
+# -- password hashes ---------------------------------------------------------
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """A salted scrypt hash of ``password``: ``scrypt$n$r$p$salt$hash`` (base64)."""
+    salt = salt if salt is not None else os.urandom(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+    )
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt)}${b64(digest)}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """Whether ``password`` matches a hash made by hash_password()."""
+    try:
+        scheme, n, r, p, salt, digest = hashed.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest, validate=True)
+        actual = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n), r=int(r), p=int(p), dklen=len(expected),
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def read_password_file(path: str | os.PathLike) -> dict[str, str]:
+    """Name -> hash from a password file; blank lines and ``#`` comments are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PasswordFileError(f"cannot read the password file {path}: {e}") from None
+    users = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, hashed = line.partition(":")
+        if not sep or not name or not hashed.startswith("scrypt$"):
+            raise PasswordFileError(f"{path}, line {number}: expected name:scrypt$..., written by talkserver-passwd")
+        users[name] = hashed
+    return users
+
+
+def write_password_file(path: str | os.PathLike, users: dict[str, str]) -> None:
+    """Replace the password file at once (readable by its owner only)."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("".join(f"{name}:{hashed}\n" for name, hashed in users.items()))
+    os.replace(temporary, path)
+
+
+# -- the cookie secret -------------------------------------------------------
+
+
+def cookie_secret_path(db: str) -> Path:
+    """Where a generated cookie secret is kept: beside the database, or in the working directory."""
+    if db == ":memory:":
+        return Path("talkserver-cookie-secret")
+    return Path(db + ".cookie-secret")
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The secret in ``path``, made (random, owner-only) if there is none yet."""
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+# -- warnings at start -------------------------------------------------------
+
+
+def exposure_warning(address: str, password_file: str | None, protect_talks: bool) -> str | None:
+    """A warning when the server listens beyond this machine with no access control."""
+    if password_file or protect_talks:
+        return None
+    if address == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(address).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name, or "" for every interface
+    return (
+        f"listening on {address or 'every interface'} with no access control: anyone who can "
+        "reach this port can replace and delete every talk. Use --password-file and/or "
+        "--protect-talks (see docs/security.md)."
+    )
+
+
+# -- the checks the handlers call --------------------------------------------
+
+
+class Access:
+    """The access rules of one server: who may read, who may change a talk."""
+
+    def __init__(self, users: dict[str, str] | None = None, protect_talks: bool = False) -> None:
+        self.users = users or {}
+        self.protect_talks = protect_talks
+        self._owners: dict[str, str] = {}  # title -> owner id from the cookie
+        self._good: set[str] = set()  # digests of Authorization headers that matched
+        self._failures: dict[str, TokenBucket] = {}
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Access":
+        """The rules named in an Application's settings.
+
+        With ``protect_talks`` and no ``cookie_secret``, a random secret is
+        put into the settings: cookies then last as long as the process.
+        """
+        users = read_password_file(settings["password_file"]) if settings.get("password_file") else None
+        protect = bool(settings.get("protect_talks"))
+        if protect and not settings.get("cookie_secret"):
+            settings["cookie_secret"] = secrets.token_urlsafe(32)
+        return cls(users, protect)
+
+    def check_password(self, handler: RequestHandler) -> None:
+        """401 with a realm unless the request carries matching Basic credentials."""
+        if not self.users:
+            return
+        header = handler.request.headers.get("Authorization", "")
+        key = hashlib.sha256(header.encode("utf-8", "surrogateescape")).hexdigest()
+        if key in self._good:
+            return
+        name, password = _basic_credentials(header)
+        if name is None:
+            message = "this server needs a name and password (HTTP Basic)"
+        elif self._too_many_failures(handler.request.remote_ip or ""):
+            refuse(handler, 429, "too many wrong passwords; wait a little", Retry_After="1")
+        elif name in self.users and check_password(password, self.users[name]):
+            if len(self._good) >= 10_000:
+                self._good.clear()
+            self._good.add(key)
+            return
+        else:
+            message = "wrong name or password"
+        refuse(handler, 401, message, WWW_Authenticate=f'Basic realm="{REALM}", charset="UTF-8"')
+
+    def _too_many_failures(self, address: str) -> bool:
+        # Charged before the check: guessing costs the guesser, not scrypt time.
+        now = time.monotonic()
+        if len(self._failures) >= 10_000:
+            self._failures.clear()
+        bucket = self._failures.setdefault(address, TokenBucket(FAILURE_BURST, now))
+        return bucket.take(FAILURE_RATE, FAILURE_BURST, now) > 0
+
+    def claim(self, handler: RequestHandler, title: str, store: Store) -> None:
+        """Before a PUT: 403 if another browser owns the talk, else make this one its owner."""
+        if not self.protect_talks:
+            return
+        me = self._browser(handler, create=True)
+        self._check_owner(title, me, store)
+        self._owners[title] = me
+
+    def release(self, handler: RequestHandler, title: str, store: Store) -> None:
+        """Before a DELETE: 403 if another browser owns the talk, else forget its owner."""
+        if not self.protect_talks:
+            return
+        self._check_owner(title, self._browser(handler, create=False), store)
+        self._owners.pop(title, None)
+
+    def _check_owner(self, title: str, me: str | None, store: Store) -> None:
+        owner = self._owners.get(title)
+        if owner is not None and owner != me and store.get(title) is not None:
+            raise HTTPError(403, "only the browser that proposed this talk may change or delete it")
+
+    def _browser(self, handler: RequestHandler, create: bool) -> str | None:
+        """The id in the browser's signed cookie; a new one if asked and it has none."""
+        raw = handler.get_signed_cookie(OWNER_COOKIE, max_age_days=OWNER_COOKIE_DAYS)
+        if raw is not None:
+            return raw.decode("ascii", "replace")
+        if not create:
+            return None
+        me = secrets.token_urlsafe(16)
+        handler.set_signed_cookie(
+            OWNER_COOKIE, me, expires_days=OWNER_COOKIE_DAYS, path="/",
+            httponly=True, samesite="Strict", secure=handler.request.protocol == "https",
+        )
+        return me
+
+
+def _basic_credentials(header: str) -> tuple[str | None, str]:
+    """(name, password) from an ``Authorization: Basic ...`` header, or (None, "")."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None, ""
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, binascii.Error):
+        return None, ""
+    name, sep, password = decoded.partition(":")
+    return (name, password) if sep else (None, "")

@@ -1,0 +1,175 @@
+"""Abuse limits: they answer with a status and a message, never a crash.
+
+Per client address (``request.remote_ip``, which ``--xheaders`` takes from
+the reverse proxy's X-Real-Ip / X-Forwarded-For):
+
+- at most ``max_polls_per_ip`` long polls at once; one more gets 429 with
+  Retry-After straight away, while the ones already waiting keep waiting;
+- writes (PUT, DELETE, POST) refill at ``write_rate`` per second with bursts
+  of ``write_burst`` (a token bucket); past that, 429 with Retry-After.
+
+Per talk, at most ``max_comments`` comments; one more gets 409.
+
+A limit of 0 or None is off.  make_app() leaves every limit off unless asked,
+so embedding code and tests get the open server of the book; the
+``talkserver`` command turns them on with the defaults below.
+
+Limits also counts the writes in flight, so a shutdown can wait for them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Callable
+
+from tornado.web import Finish, HTTPError, RequestHandler
+
+DEFAULT_MAX_POLLS_PER_IP = 200
+DEFAULT_WRITE_RATE = 20.0
+DEFAULT_WRITE_BURST = 40
+DEFAULT_MAX_COMMENTS = 500
+
+WRITE_METHODS = frozenset({"PUT", "DELETE", "POST", "PATCH"})
+
+
+def refuse(handler: RequestHandler, status: int, message: str, **headers: str) -> None:
+    """End the request now with ``{"error": message}`` and extra headers.
+
+    Raising HTTPError would go through send_error(), which clears headers
+    set before it (Retry-After, WWW-Authenticate); Finish keeps them.
+    """
+    handler.set_status(status)
+    for name, value in headers.items():
+        handler.set_header(name.replace("_", "-"), value)
+    handler.set_header("Content-Type", "application/json; charset=UTF-8")
+    handler.write(json.dumps({"error": message}))
+    raise Finish()
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; one per write."""
+
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, burst: float, now: float) -> None:
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, rate: float, burst: float, now: float) -> float:
+        """Take a token; returns 0, or the seconds until one is available."""
+        # max(): a clock that went back must not drain the bucket.
+        self.tokens = min(burst, self.tokens + max(0.0, now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / rate
+
+
+class Limits:
+    """The limits of one server and the counts they are checked against."""
+
+    def __init__(
+        self,
+        max_polls_per_ip: int | None = None,
+        write_rate: float | None = None,
+        write_burst: int | None = None,
+        max_comments: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_polls_per_ip = max_polls_per_ip or 0
+        self.write_rate = write_rate or 0.0
+        # Without a burst, a rate alone still allows one write at a time.
+        self.write_burst = max(1, write_burst or math.ceil(self.write_rate))
+        self.max_comments = max_comments or 0
+        self._clock = clock
+        self._polls: dict[str, int] = {}
+        self._poll_address: dict[RequestHandler, str] = {}
+        self._writing: set[RequestHandler] = set()
+        self._buckets: dict[str, TokenBucket] = {}
+
+    @property
+    def writes_in_flight(self) -> int:
+        """Writes that have started and not yet been answered."""
+        return len(self._writing)
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Limits":
+        """The limits named in an Application's settings (absent = off)."""
+        return cls(
+            settings.get("max_polls_per_ip"),
+            settings.get("write_rate"),
+            settings.get("write_burst"),
+            settings.get("max_comments"),
+        )
+
+    # -- hooks called by the handlers ------------------------------------
+
+    def check_request(self, handler: RequestHandler) -> None:
+        """Refuse a write over the address's rate; count it as in flight."""
+        if handler.request.method not in WRITE_METHODS:
+            return
+        wait = self.write_wait(handler.request.remote_ip or "")
+        if wait:
+            refuse(
+                handler, 429,
+                f"too many writes from your address; try again in {wait} s",
+                Retry_After=str(wait),
+            )
+        self._writing.add(handler)
+
+    def hold_poll(self, handler: RequestHandler) -> None:
+        """Count a long poll against its address, or refuse it with 429."""
+        address = handler.request.remote_ip or ""
+        held = self._polls.get(address, 0)
+        if self.max_polls_per_ip and held >= self.max_polls_per_ip:
+            refuse(
+                handler, 429,
+                f"{held} long polls are already waiting for your address",
+                Retry_After="1",
+            )
+        self._polls[address] = held + 1
+        self._poll_address[handler] = address
+
+    def release(self, handler: RequestHandler) -> None:
+        """Give back what the request held (called once it has finished)."""
+        self._writing.discard(handler)
+        address = self._poll_address.pop(handler, None)
+        if address is not None:
+            left = self._polls[address] - 1
+            if left:
+                self._polls[address] = left
+            else:
+                del self._polls[address]
+
+    def check_comment_room(self, talk: dict | None) -> None:
+        """409 when ``talk`` already has the most comments allowed."""
+        if talk is not None and self.max_comments and len(talk["comments"]) >= self.max_comments:
+            raise HTTPError(409, "this talk already has %d comments, the most allowed", self.max_comments)
+
+    # -- the rate limit itself -------------------------------------------
+
+    def write_wait(self, address: str) -> int:
+        """0 if ``address`` may write now, else whole seconds to wait (>= 1)."""
+        if not self.write_rate:
+            return 0
+        now = self._clock()
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= 10_000:
+                self._forget_full_buckets(now)
+            bucket = self._buckets[address] = TokenBucket(self.write_burst, now)
+        wait = bucket.take(self.write_rate, self.write_burst, now)
+        return math.ceil(wait) if wait else 0
+
+    def _forget_full_buckets(self, now: float) -> None:
+        # A bucket that has refilled is the same as a new one, so dropping
+        # it changes nothing for its address and bounds the memory used.
+        refill = self.write_burst / self.write_rate
+        self._buckets = {a: b for a, b in self._buckets.items() if now - b.stamp < refill}
+
+    def polls_held(self, address: str) -> int:
+        """How many long polls ``address`` has waiting."""
+        return self._polls.get(address, 0)

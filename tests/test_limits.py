@@ -1,0 +1,290 @@
+"""Abuse limits: each one lets the allowed through and refuses the rest with a message.
+
+In-process tests set low limits through make_app(); the subprocess tests run
+the ``talkserver`` command with its defaults, as a new user would.
+"""
+
+import asyncio
+import json
+import resource
+import socket
+import time
+
+import pytest
+
+from harness import ServerProcess, send
+from talkserver import make_app
+from talkserver.limits import Limits, TokenBucket
+
+from conftest import POLL_TIMEOUT
+
+TALK = json.dumps({"presenter": "Ada", "summary": "Engines"})
+COMMENT = json.dumps({"author": "Bob", "message": "Nice"})
+
+
+@pytest.fixture
+def limits():
+    """Low limits, so both sides of each can be reached quickly; a test may parametrize its own."""
+    return dict(max_polls_per_ip=3, write_rate=0.5, write_burst=2, max_comments=2)
+
+
+@pytest.fixture
+def app(store, limits):
+    return make_app(store, poll_timeout=POLL_TIMEOUT, **limits)
+
+
+async def until(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def poll(http_client, base_url, cursor):
+    return http_client.fetch(f"{base_url}/talks?changesSince={cursor}", raise_error=False, request_timeout=10)
+
+
+# -- long polls per address -------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_a_poll_past_the_cap_gets_429_while_the_others_keep_waiting(http_client, base_url, board):
+    cursor = board.store.head
+    waiting = [poll(http_client, base_url, cursor) for _ in range(3)]
+    await until(lambda: len(board.waiters) == 3)
+
+    refused = await poll(http_client, base_url, cursor)
+
+    assert refused.code == 429
+    assert refused.headers["Retry-After"] == "1"
+    assert "3 long polls" in json.loads(refused.body)["error"]
+    assert len(board.waiters) == 3
+    board.put("Kept", "Ada", "still served")
+    for answer in await asyncio.gather(*waiting):
+        assert answer.code == 200
+        assert [t["title"] for t in json.loads(answer.body)["talks"]] == ["Kept"]
+
+
+@pytest.mark.gen_test
+async def test_answered_polls_give_their_place_back(http_client, base_url, board, app):
+    for _ in range(2):
+        cursor = board.store.head
+        waiting = [poll(http_client, base_url, cursor) for _ in range(3)]
+        await until(lambda: len(board.waiters) == 3)
+        board.put("Again", "Ada", "s")
+        assert [a.code for a in await asyncio.gather(*waiting)] == [200, 200, 200]
+    assert app.limits.polls_held("127.0.0.1") == 0
+
+
+@pytest.mark.gen_test
+async def test_a_poll_whose_client_went_away_gives_its_place_back(http_server, http_port, board, app):
+    port = http_port
+    request = f"GET /talks?changesSince={board.store.head} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    connections = []
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        connections.append(writer)
+    await until(lambda: app.limits.polls_held("127.0.0.1") == 3)
+
+    for writer in connections:
+        writer.close()
+
+    await until(lambda: app.limits.polls_held("127.0.0.1") == 0)
+    assert len(board.waiters) == 0
+
+
+# -- write rate per address -------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_writes_past_the_burst_get_429_and_change_nothing(http_client, base_url, board):
+    first = [
+        await http_client.fetch(f"{base_url}/talks/T{i}", method="PUT", body=TALK, raise_error=False)
+        for i in range(2)
+    ]
+    refused = await http_client.fetch(f"{base_url}/talks/T2", method="PUT", body=TALK, raise_error=False)
+
+    assert [a.code for a in first] == [204, 204]
+    assert refused.code == 429
+    assert refused.headers["Retry-After"] == "2"  # one token at 0.5 per second
+    assert "too many writes" in json.loads(refused.body)["error"]
+    assert board.store.get("T2") is None
+    assert sorted(t["title"] for t in board.store.all_talks()) == ["T0", "T1"]
+
+
+@pytest.mark.gen_test
+async def test_reads_are_not_rate_limited(http_client, base_url):
+    for _ in range(2):
+        await http_client.fetch(f"{base_url}/talks/T", method="PUT", body=TALK)
+    answers = [await http_client.fetch(f"{base_url}/talks/T", raise_error=False) for _ in range(20)]
+    assert {a.code for a in answers} == {200}
+
+
+@pytest.mark.parametrize("limits", [dict(write_rate=2, write_burst=1)])
+@pytest.mark.gen_test
+async def test_the_write_rate_refills_over_time(limits, http_client, base_url, board):
+    first = await http_client.fetch(f"{base_url}/talks/T0", method="PUT", body=TALK, raise_error=False)
+    refused = await http_client.fetch(f"{base_url}/talks/T1", method="PUT", body=TALK, raise_error=False)
+    assert (first.code, refused.code) == (204, 429)
+
+    await asyncio.sleep(0.6)  # 2 writes per second: a token is back after 0.5 s
+
+    again = await http_client.fetch(f"{base_url}/talks/T1", method="PUT", body=TALK, raise_error=False)
+    assert again.code == 204
+    assert board.store.get("T1")["presenter"] == "Ada"
+
+
+def test_a_token_bucket_allows_the_burst_then_the_rate():
+    bucket = TokenBucket(burst=2, now=0.0)
+    assert [bucket.take(rate=4, burst=2, now=0.0) for _ in range(3)] == [0, 0, 0.25]
+    assert bucket.take(rate=4, burst=2, now=0.25) == 0
+    assert bucket.take(rate=4, burst=2, now=10.0) == 0  # refilled, but never past the burst
+    assert bucket.take(rate=4, burst=2, now=10.0) == 0
+    assert bucket.take(rate=4, burst=2, now=10.0) == 0.25
+
+
+def test_a_clock_going_back_does_not_empty_the_bucket():
+    now = [100.0]
+    limits = Limits(write_rate=1, write_burst=2, clock=lambda: now[0])
+    assert limits.write_wait("a") == 0
+    now[0] = 50.0
+    assert limits.write_wait("a") == 0
+    assert limits.write_wait("a") == 1
+
+
+def test_retry_after_is_whole_seconds_rounded_up():
+    now = [0.0]
+    limits = Limits(write_rate=0.4, write_burst=1, clock=lambda: now[0])
+    assert limits.write_wait("a") == 0
+    assert limits.write_wait("a") == 3  # 2.5 s until the next token
+
+
+def test_each_address_has_its_own_bucket():
+    limits = Limits(write_rate=1, write_burst=1, clock=lambda: 0.0)
+    assert [limits.write_wait("10.0.0.1"), limits.write_wait("10.0.0.1")] == [0, 1]
+    assert limits.write_wait("10.0.0.2") == 0
+
+
+# -- comments per talk ------------------------------------------------------
+
+
+@pytest.mark.parametrize("limits", [dict(max_comments=2)])
+@pytest.mark.gen_test
+async def test_a_comment_past_the_cap_gets_409_and_changes_nothing(limits, http_client, base_url, board):
+    board.put("T", "Ada", "s")
+    url = f"{base_url}/talks/T/comments"
+    first = [await http_client.fetch(url, method="POST", body=COMMENT, raise_error=False) for _ in range(2)]
+    refused = await http_client.fetch(url, method="POST", body=COMMENT, raise_error=False)
+
+    assert [a.code for a in first] == [204, 204]
+    assert refused.code == 409
+    assert "already has 2 comments" in json.loads(refused.body)["error"]
+    assert len(board.store.get("T")["comments"]) == 2
+
+
+# -- limits are off in make_app() unless asked for ---------------------------
+
+
+@pytest.mark.parametrize("limits", [{}])
+@pytest.mark.gen_test
+async def test_make_app_without_limits_lets_one_address_write_and_poll_freely(limits, http_client, base_url, board):
+    codes = [
+        (await http_client.fetch(f"{base_url}/talks/T{i}", method="PUT", body=TALK, raise_error=False)).code
+        for i in range(60)
+    ]
+    codes += [
+        (await http_client.fetch(f"{base_url}/talks/T0/comments", method="POST", body=COMMENT)).code
+        for i in range(10)
+    ]
+    polls = [poll(http_client, base_url, board.store.head) for _ in range(8)]
+    await until(lambda: len(board.waiters) == 8)
+    board.put("Wake", "Ada", "s")
+
+    assert codes == [204] * 70
+    assert len(board.store.get("T0")["comments"]) == 10
+    assert {a.code for a in await asyncio.gather(*polls)} == {200}
+
+
+# -- the talkserver command, as a new user runs it ---------------------------
+
+
+async def head_of(port):
+    return (await send(port, "GET", "/talks")).json()["serverTime"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_300_polls_from_one_address_get_429_past_200_and_others_are_still_served():
+    with ServerProcess("--poll-timeout=30") as server:
+        await three_hundred_polls_from_one_address(server)
+        assert server.stop() == 0
+
+
+async def three_hundred_polls_from_one_address(server):
+    cursor = await head_of(server.port)
+    polls = [asyncio.ensure_future(send(server.port, "GET", f"/talks?changesSince={cursor}")) for _ in range(300)]
+    refused = []
+    deadline = time.monotonic() + 20
+    while len(refused) < 100 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        refused = [p for p in polls if p.done()]
+    assert len(refused) == 100
+    assert {p.result().status for p in refused} == {429}
+
+    # Another address: its reads, writes and polls are served as usual.
+    other = await send(server.port, "GET", "/talks", source="127.0.0.2", timeout=5)
+    own_poll = asyncio.ensure_future(send(server.port, "GET", f"/talks?changesSince={cursor}", source="127.0.0.2"))
+    await asyncio.sleep(0.2)
+    assert other.status == 200 and not own_poll.done()
+    write = await send(server.port, "PUT", "/talks/Wake", TALK, source="127.0.0.2", timeout=5)
+    assert write.status == 204
+
+    answered = await asyncio.gather(*[p for p in polls if p not in refused], own_poll)
+    assert len(answered) == 201
+    assert {a.status for a in answered} == {200}
+    assert all([t["title"] for t in a.json()["talks"]] == ["Wake"] for a in answered)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_2000_idle_connections_do_not_stop_the_server_and_are_closed_after_the_timeout():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    with ServerProcess("--idle-timeout=2") as server:
+        idle = []
+        try:
+            for _ in range(2000):
+                s = socket.create_connection(("127.0.0.1", server.port))
+                s.sendall(b"GET /talks HTTP/1.1\r\nHost: x\r\n")  # never finished
+                idle.append(s)
+
+            answer = await send(server.port, "GET", "/talks", timeout=5)
+            assert answer.status == 200
+            assert answer.json()["talks"] == []
+
+            await asyncio.sleep(3)
+            for s in idle:
+                s.settimeout(5)
+                assert s.recv(1) == b"", "an idle connection was left open"
+        finally:
+            for s in idle:
+                s.close()
+        assert server.stop() == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_without_xheaders_the_proxy_headers_are_ignored():
+    with ServerProcess("--write-rate=0.01", "--write-burst=1") as server:
+        one = await send(server.port, "PUT", "/talks/A", TALK, {"X-Real-Ip": "10.0.0.1"})
+        two = await send(server.port, "PUT", "/talks/B", TALK, {"X-Real-Ip": "10.0.0.2"})
+        assert (one.status, two.status) == (204, 429)
+        assert server.stop() == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_with_xheaders_each_client_behind_the_proxy_has_its_own_limit():
+    with ServerProcess("--xheaders", "--write-rate=0.01", "--write-burst=1") as server:
+        one = await send(server.port, "PUT", "/talks/A", TALK, {"X-Real-Ip": "10.0.0.1"})
+        again = await send(server.port, "PUT", "/talks/A", TALK, {"X-Real-Ip": "10.0.0.1"})
+        two = await send(server.port, "PUT", "/talks/B", TALK, {"X-Real-Ip": "10.0.0.2"})
+        assert (one.status, again.status, two.status) == (204, 429, 204)
+        assert server.stop() == 0

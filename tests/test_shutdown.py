@@ -1,0 +1,100 @@
+"""SIGTERM drains the server: waiting polls answered at once, writes finished, exit 0.
+
+The store here is :memory:, so "no acknowledged write lost" is checked as
+"every write that got its 204 was in the store at exit", from the count the
+server logs as it stops (writers only add talks with distinct titles).
+"""
+
+import asyncio
+import re
+import socket
+
+import pytest
+
+from harness import ServerProcess, parse_answer, send
+
+TALK = {"presenter": "Ada", "summary": "Engines"}
+
+
+async def waiting_polls(server):
+    metrics = (await send(server.port, "GET", "/metrics")).body.decode()
+    return float(re.search(r"^talkserver_waiting_clients (\S+)$", metrics, re.M).group(1))
+
+
+async def exit_code(server):
+    return await asyncio.get_running_loop().run_in_executor(None, server.stop)
+
+
+def stored_talks(log):
+    return int(re.search(r"stopped: answered (\d+) waiting polls; (\d+) talks", log).group(2))
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sigterm_answers_200_waiting_polls_at_once_with_no_changes_and_exits_0():
+    with ServerProcess("--poll-timeout=120") as server:
+        await send(server.port, "PUT", "/talks/Before", TALK)
+        cursor = (await send(server.port, "GET", "/talks")).json()["serverTime"]
+        polls = [asyncio.ensure_future(send(server.port, "GET", f"/talks?changesSince={cursor}")) for _ in range(200)]
+        while await waiting_polls(server) < 200:
+            await asyncio.sleep(0.05)
+
+        server.terminate()
+        answers = await asyncio.wait_for(asyncio.gather(*polls), 10)  # not the 120 s poll timeout
+
+        assert {a.status for a in answers} == {200}
+        assert {a.body for a in answers} == {answers[0].body}
+        assert answers[0].json() == {"serverTime": cursor, "talks": []}
+        assert await exit_code(server) == 0
+        assert "stopped: answered 200 waiting polls; 1 talks in the store" in server.log()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
+    with ServerProcess() as server:
+        body = b'{"presenter": "Ada", "summary": "sent in two halves"}'
+        half = len(body) // 2
+        writer = socket.create_connection(("127.0.0.1", server.port))
+        writer.sendall(
+            f"PUT /talks/Late HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:half]
+        )
+        await asyncio.sleep(0.3)
+
+        server.terminate()
+        await asyncio.sleep(0.5)
+        assert server.process.poll() is None, "the server stopped before the write in flight finished"
+        writer.sendall(body[half:])
+        writer.settimeout(10)
+        answer = parse_answer(b"".join(iter(lambda: writer.recv(65536), b"")))
+        writer.close()
+
+        assert answer.status == 204
+        assert await exit_code(server) == 0
+        assert stored_talks(server.log()) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_writes_acknowledged_during_sigterm_are_all_in_the_store():
+    with ServerProcess("--write-rate=0") as server:
+        acknowledged, attempted = [], []
+
+        async def writer(name):
+            for n in range(100_000):
+                title = f"{name}-{n}"
+                attempted.append(title)
+                try:
+                    answer = await send(server.port, "PUT", f"/talks/{title}", TALK, timeout=10)
+                except (OSError, ValueError, IndexError):
+                    return  # refused or cut off: the server has stopped
+                if answer.status == 204:
+                    acknowledged.append(title)
+
+        writers = [asyncio.ensure_future(writer(f"w{i}")) for i in range(8)]
+        while len(acknowledged) < 50:
+            await asyncio.sleep(0.02)
+        server.terminate()
+        await asyncio.wait_for(asyncio.gather(*writers), 30)
+
+        assert await exit_code(server) == 0
+        stored = stored_talks(server.log())
+        assert len(acknowledged) <= stored <= len(attempted)
