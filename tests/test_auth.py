@@ -22,8 +22,8 @@ from talkserver.auth import (
     write_password_file,
 )
 
-from conftest import POLL_TIMEOUT
-from harness import ServerProcess
+from .conftest import POLL_TIMEOUT
+from .harness import ServerProcess
 
 TALK = json.dumps({"presenter": "Ada", "summary": "Engines"})
 COMMENT = json.dumps({"author": "Bob", "message": "Nice"})

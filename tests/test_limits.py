@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from harness import ServerProcess, send
+from .harness import ServerProcess, send
 from talkserver import make_app
 from talkserver.limits import Limits, TokenBucket
 
-from conftest import POLL_TIMEOUT
+from .conftest import POLL_TIMEOUT
 
 TALK = json.dumps({"presenter": "Ada", "summary": "Engines"})
 COMMENT = json.dumps({"author": "Bob", "message": "Nice"})

@@ -12,7 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from harness import ServerProcess, send
+from .harness import ServerProcess, send
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 schema = schemathesis.openapi.from_path(DOCUMENT)

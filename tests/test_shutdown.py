@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from harness import ServerProcess, parse_answer, send
+from .harness import ServerProcess, parse_answer, send
 
 TALK = {"presenter": "Ada", "summary": "Engines"}
 

@@ -105,8 +105,10 @@ class Server:
                 self.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Browser:
+    # Package scope, not session: while Playwright's sync API is open it keeps
+    # an asyncio loop marked as running, which the Tornado tests after it cannot share.
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package (as root)")
     with sync_playwright() as playwright:
