@@ -3,87 +3,54 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from .harness import ServerProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def get(server, path):
+    """(status, body) of a GET to a server process; HTTPError for 4xx/5xx."""
+    with urllib.request.urlopen(server.base + path, timeout=10) as response:
+        return response.status, response.read()
 
 
-class Server:
-    """A talkserver subprocess; its stderr is kept for the log assertions."""
-
-    def __init__(self, *args, cwd=None):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "talkserver", f"--port={self.port}", *args],
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=cwd,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start: " + self.proc.stderr.read())
-                time.sleep(0.05)
-
-    def get(self, path):
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
-            return response.status, response.read()
-
-    def stop(self, sig=signal.SIGTERM):
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=10)
-        return code, self.proc.stderr.read()
+def stop(server, sig):
+    """Send ``sig`` and return (exit code, everything the server printed)."""
+    server.process.send_signal(sig)
+    return server.process.wait(timeout=20), server.log()
 
 
 @pytest.fixture
 def server_factory():
-    servers = []
-
-    def start(*args, **kwargs):
-        server = Server(*args, **kwargs)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+    """Start server processes; each is killed at the end of the test if still running."""
+    with ExitStack() as stack:
+        yield lambda *args: stack.enter_context(ServerProcess(*args))
 
 
 def test_python_m_talkserver_serves_the_page_and_the_api(server_factory):
     server = server_factory()
-    status, page = server.get("/")
+    status, page = get(server, "/")
     assert status == 200 and b"<html" in page.lower()
-    status, body = server.get("/talks")
+    status, body = get(server, "/talks")
     assert status == 200 and json.loads(body)["talks"] == []
 
 
 def test_sigterm_stops_cleanly_and_each_request_has_an_access_log_line(server_factory):
     server = server_factory()
-    server.get("/talks")
+    get(server, "/talks")
     with pytest.raises(urllib.error.HTTPError):
-        server.get("/talks/ghost")
-    code, log = server.stop(signal.SIGTERM)
+        get(server, "/talks/ghost")
+    code, log = stop(server, signal.SIGTERM)
     assert code == 0
     assert "200 GET /talks (127.0.0.1)" in log
     assert "404 GET /talks/ghost (127.0.0.1)" in log
@@ -92,7 +59,7 @@ def test_sigterm_stops_cleanly_and_each_request_has_an_access_log_line(server_fa
 
 def test_ctrl_c_stops_cleanly(server_factory):
     server = server_factory()
-    code, log = server.stop(signal.SIGINT)
+    code, log = stop(server, signal.SIGINT)
     assert code == 0
     assert "Traceback" not in log
 
@@ -104,17 +71,17 @@ def test_options_come_from_a_config_file(server_factory, tmp_path):
     config = tmp_path / "talkserver.conf"
     config.write_text(f"static_path = {str(static)!r}\npoll_timeout = 0.2\n")
     server = server_factory(f"--config={config}")
-    assert server.get("/")[1] == b"<html>from the config file</html>"
+    assert get(server, "/")[1] == b"<html>from the config file</html>"
     started = time.monotonic()
-    head = json.loads(server.get("/talks")[1])["serverTime"]
-    answer = json.loads(server.get(f"/talks?changesSince={head}")[1])
+    head = json.loads(get(server, "/talks")[1])["serverTime"]
+    answer = json.loads(get(server, f"/talks?changesSince={head}")[1])
     assert answer == {"serverTime": head, "talks": []}
     assert time.monotonic() - started < 5
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit(server_factory):
     server = server_factory()
-    limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+    limits = Path(f"/proc/{server.process.pid}/limits").read_text()
     line = next(l for l in limits.splitlines() if l.startswith("Max open files"))
     soft, hard = line.split()[3:5]
     assert soft == hard
