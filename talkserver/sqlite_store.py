@@ -265,7 +265,8 @@ def _check_database(db: sqlite3.Connection, path: str) -> None:
     except sqlite3.DatabaseError as e:
         raise StoreOpenError(f"{path}: corrupt database ({e})") from None
     if problems != ["ok"]:
-        raise StoreOpenError(f"{path}: corrupt database ({problems[0]})")
+        # quick_check reports over several lines; the operator gets one.
+        raise StoreOpenError(f"{path}: corrupt database ({' '.join(problems[0].split())})")
     try:
         # Takes the write lock without writing: fails on a read-only file.
         db.execute("BEGIN IMMEDIATE")
