@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,17 +46,21 @@ class ServerProcess:
         self.args = args
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        # A file, not a pipe: a pipe nobody reads fills up with the access
+        # log and then blocks the server.
+        self.log = tempfile.TemporaryFile()
 
     def start(self) -> "ServerProcess":
         """Start the server and wait until it accepts connections."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "talkserver", f"--port={self.port}", *self.args],
-            cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=self.log,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"talkserver exited at start: {self.proc.stderr.read().decode()}")
+                self.log.seek(0)
+                raise RuntimeError(f"talkserver exited at start: {self.log.read().decode()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return self
@@ -76,8 +81,7 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=20)
-        if self.proc is not None:
-            self.proc.stderr.close()
+        self.log.close()
 
     def connection(self, timeout: float = 10) -> http.client.HTTPConnection:
         """A new keep-alive connection to the server."""
