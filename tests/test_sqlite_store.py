@@ -218,6 +218,22 @@ async def test_writes_over_http_are_in_the_file(http_client, base_url, store, cl
     assert rows == [("Unicycling", "Ann", "One wheel")]
 
 
+def test_a_live_store_can_be_copied_with_sqlites_online_backup(store, clock, tmp_path):
+    store.put("Unicycling", "Ann", "One wheel")
+    store.add_comment("Unicycling", "Bob", "Hi")
+    at_backup = state(store, [0])
+
+    source, copy = sqlite3.connect(store.path), sqlite3.connect(tmp_path / "backup.db")
+    source.backup(copy)
+    source.close()
+    copy.close()
+    store.put("After the backup", "Cy", "s")
+
+    restored = SQLiteStore(str(tmp_path / "backup.db"), clock=clock)
+    assert state(restored, [0]) == at_backup
+    restored.close()
+
+
 # -- files the store refuses -----------------------------------------------------
 
 
