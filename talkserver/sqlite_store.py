@@ -263,7 +263,8 @@ def _check_database(db: sqlite3.Connection, path: str) -> None:
             )
         problems = [row[0] for row in db.execute("PRAGMA quick_check")]
     except sqlite3.DatabaseError as e:
-        raise StoreOpenError(f"{path}: corrupt database ({e})") from None
+        damaged = e.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+        raise StoreOpenError(f"{path}: {'corrupt database' if damaged else 'cannot read the database'} ({e})") from None
     if problems != ["ok"]:
         # quick_check reports over several lines; the operator gets one.
         raise StoreOpenError(f"{path}: corrupt database ({' '.join(problems[0].split())})")

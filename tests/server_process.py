@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -30,11 +31,19 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {PORTS}")
 
 
-def run_talkserver(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedProcess:
-    """Run the talkserver command to its end (for starts that must fail)."""
+def run_talkserver(*args: str, cwd: Path, as_ordinary_user: bool = False) -> subprocess.CompletedProcess:
+    """Run the talkserver command to its end (for starts that must fail).
+
+    ``as_ordinary_user`` takes away root's power to write whatever the file
+    permissions say (CAP_DAC_OVERRIDE), so a read-only file is read-only
+    even when the tests run as root.
+    """
+    prefix = []
+    if as_ordinary_user and os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
     return subprocess.run(
-        [sys.executable, "-m", "talkserver", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [*prefix, sys.executable, "-m", "talkserver", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=20,
     )
 
 

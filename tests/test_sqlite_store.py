@@ -309,6 +309,27 @@ def test_a_path_that_cannot_be_written_stops_the_server_with_one_line(tmp_path, 
     assert list((tmp_path / "folder").iterdir()) == []
 
 
+@pytest.mark.parametrize("read_only", ["the file", "its directory"])
+def test_a_database_that_cannot_be_written_stops_the_server_and_stays_as_it_was(tmp_path, read_only):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "talks.db"
+    store = SQLiteStore(str(path))
+    store.put("Unicycling", "Ann", "One wheel")
+    store.close()
+    before = path.read_bytes()
+    (path if read_only == "the file" else folder).chmod(0o444 if read_only == "the file" else 0o555)
+    try:
+        result = run_talkserver("--db=data/talks.db", "--port=18399", cwd=tmp_path, as_ordinary_user=True)
+    finally:
+        path.chmod(0o644)
+        folder.chmod(0o755)
+    assert result.returncode != 0
+    assert result.stderr == "talkserver: data/talks.db: cannot write the database or its directory (permission denied)\n"
+    assert path.read_bytes() == before
+    assert [p.name for p in folder.iterdir()] == ["talks.db"]
+
+
 @pytest.mark.parametrize(
     "option, message",
     [("--sync=sometimes", "--sync=sometimes: use one of normal, full"), ("--retention=0", "positive number of days")],
