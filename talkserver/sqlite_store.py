@@ -81,7 +81,8 @@ class SQLiteStore(MemoryStore):
         self._lock, self._db = _open(path, sync)
         try:
             self._load()
-        except (sqlite3.Error, StoreWriteFailed) as e:
+        # KeyError: a comment on a talk that is not there (a hand-edited file).
+        except (sqlite3.Error, StoreWriteFailed, KeyError) as e:
             self.close()
             raise StoreOpenError(f"{path}: cannot load the database ({e})") from None
 
