@@ -20,11 +20,14 @@ from . import limits
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
 from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
 from .shutdown import drain
-from .store import MemoryStore
+from .sqlite_store import SYNC_MODES, SQLiteStore, StoreOpenError, StoreWriteFailed
+from .store import MemoryStore, Store, wall_clock_ms
 
 define("port", default=8000, help="TCP port to listen on", group="talkserver")
 define("address", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)", group="talkserver")
-define("db", default=":memory:", help="the store: an SQLite file, or :memory: to keep nothing", group="talkserver")
+define("db", default="talks.db", help="the store: an SQLite file (relative to the working directory), or :memory: to keep nothing", group="talkserver")
+define("sync", default="normal", help="normal: commits survive a crash of the server; full: also a power loss, but slower", group="talkserver")
+define("retention", default=7.0, help="days a deleted talk's tombstone is kept; older cursors get the full list and reset", group="talkserver")
 define("poll_timeout", default=90.0, help="seconds a long poll waits before an empty answer", group="talkserver")
 define("static_path", default=None, type=str, help="directory of the browser client (default: the bundled www/)", group="talkserver")
 define("max_body_size", default=DEFAULT_MAX_BODY_SIZE, help="largest request body in bytes; larger ones get 413", group="talkserver")
@@ -61,11 +64,30 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def open_store(path: str):
-    """The store named by ``--db``."""
+def open_store(path: str, sync: str = "normal") -> Store:
+    """The store named by ``--db``; exits with one line on stderr if it cannot be used."""
+    if sync not in SYNC_MODES:
+        raise SystemExit(f"talkserver: --sync={sync}: use one of {', '.join(SYNC_MODES)}")
     if path == ":memory:":
         return MemoryStore()
-    raise SystemExit(f"talkserver: --db={path}: only :memory: is supported so far")
+    try:
+        return SQLiteStore(path, sync=sync)
+    except StoreOpenError as e:
+        raise SystemExit(f"talkserver: {e}") from None
+
+
+PRUNE_EVERY_MS = 3600 * 1000
+
+
+def prune_tombstones(store: Store, retention_days: float) -> None:
+    """Forget tombstones older than the retention window (a failure waits for the next round)."""
+    try:
+        pruned = store.prune(wall_clock_ms() - round(retention_days * 86_400_000))
+    except StoreWriteFailed as e:
+        log.warning("could not prune old tombstones: %s", e)
+        return
+    if pruned:
+        log.info("pruned %d tombstones older than %g days", pruned, retention_days)
 
 
 def hardening_settings() -> dict:
@@ -83,9 +105,10 @@ def hardening_settings() -> dict:
     return settings
 
 
-async def serve() -> None:
-    """Run the server until SIGTERM or SIGINT, then drain (talkserver.shutdown)."""
-    store = open_store(options.db)
+async def serve(store: Store) -> None:
+    """Run the server on ``store`` until SIGTERM or SIGINT, then drain (talkserver.shutdown)."""
+    prune_tombstones(store, options.retention)
+    tornado.ioloop.PeriodicCallback(lambda: prune_tombstones(store, options.retention), PRUNE_EVERY_MS).start()
     try:
         app = make_app(
             store,
@@ -128,4 +151,7 @@ async def serve() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``talkserver`` console script."""
     parse_command_line(argv)
-    asyncio.run(serve())
+    if options.retention <= 0:
+        raise SystemExit(f"talkserver: --retention={options.retention}: must be a positive number of days")
+    # Opened before the loop starts, so a bad file ends the process at once.
+    asyncio.run(serve(open_store(options.db, options.sync)))

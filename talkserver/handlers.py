@@ -15,6 +15,7 @@ from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
 from .board import Board
+from .sqlite_store import StoreWriteFailed
 from .store import TalkNotFound
 from .validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
@@ -100,6 +101,11 @@ class ApiHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif isinstance(exc, StoreWriteFailed):
+            # The server's trouble (disk full, read-only), not the client's:
+            # nothing was changed and the same write may succeed later.
+            self.set_status(503)
+            message = f"the change could not be saved: {exc}"
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(json.dumps({"error": message}))
 

@@ -7,7 +7,9 @@ on 127.0.0.1), which is how the tests play several clients on one machine.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -23,17 +26,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """``python -m talkserver`` on a free port; ``stop()`` sends SIGTERM and returns the exit code."""
+def run_talkserver(*args: str, cwd: Path, as_ordinary_user: bool = False) -> subprocess.CompletedProcess:
+    """Run the talkserver command to its end (for starts that must fail).
 
-    def __init__(self, *options: str) -> None:
+    ``as_ordinary_user`` takes away root's power to write whatever the file
+    permissions say (CAP_DAC_OVERRIDE), so a read-only file is read-only
+    even when the tests run as root.
+    """
+    prefix = []
+    if as_ordinary_user and os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "talkserver", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=20,
+    )
+
+
+class ServerProcess:
+    """``python -m talkserver`` on a free port, started at once.
+
+    It runs in ``cwd``, by default a fresh temporary directory, so the
+    default store (talks.db in the working directory) is the server's own.
+    ``stop()`` sends SIGTERM and returns the exit code; ``kill()`` sends
+    SIGKILL, as a crash would.
+    """
+
+    def __init__(self, *options: str, cwd: Path | None = None) -> None:
+        self._own_dir = tempfile.TemporaryDirectory() if cwd is None else None
+        self.cwd = Path(self._own_dir.name) if cwd is None else cwd
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # A file, not a pipe: a pipe nobody reads fills up with the access
+        # log and then blocks the server.
         self._log = tempfile.TemporaryFile()
         self._terminated = False
         self.process = subprocess.Popen(
             [sys.executable, "-m", "talkserver", f"--port={self.port}", "--address=127.0.0.1", *options],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd,
         )
         deadline = time.monotonic() + 15
         while True:
@@ -66,14 +95,41 @@ class ServerProcess:
             self.process.wait()
             raise
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def connection(self, timeout: float = 10) -> http.client.HTTPConnection:
+        """A new keep-alive connection to the server."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+        """One request on a fresh connection: (status, decoded JSON or None)."""
+        conn = self.connection()
+        try:
+            return exchange(conn, method, path, body)
+        finally:
+            conn.close()
+
     def __enter__(self) -> "ServerProcess":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        self.kill()
         self._log.close()
+        if self._own_dir is not None:
+            self._own_dir.cleanup()
+
+
+def exchange(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+    """One request on a kept-alive ``conn``: (status, decoded JSON body or None)."""
+    data = None if body is None else json.dumps(body).encode()
+    conn.request(method, path, body=data)
+    response = conn.getresponse()
+    raw = response.read()
+    return response.status, (json.loads(raw) if raw else None)
 
 
 @dataclass

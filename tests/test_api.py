@@ -5,7 +5,15 @@ import json
 from urllib.parse import quote
 
 import pytest
-from tornado.httpclient import HTTPClientError
+from .conftest import STORE_KINDS, new_store
+
+
+@pytest.fixture(params=STORE_KINDS, autouse=True)
+def store(request, tmp_path):
+    """Every test here runs on each kind of store."""
+    store = new_store(request.param, tmp_path)
+    yield store
+    store.close()
 
 
 async def fetch(http_client, base_url, path, method="GET", body=None, headers=None):

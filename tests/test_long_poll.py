@@ -10,8 +10,24 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from talkserver import feed as feed_module
-from .conftest import POLL_TIMEOUT
+from .conftest import POLL_TIMEOUT, STORE_KINDS, new_store
 from .follower import Follower
+
+
+class FrozenClock:
+    """A wall clock that never moves: every change lands in the same millisecond."""
+
+    def __call__(self):
+        return 1_700_000_000_000
+
+
+@pytest.fixture(params=STORE_KINDS, autouse=True)
+def store(request, tmp_path):
+    """Every test here runs on each kind of store; ``frozen_clock`` ones on a clock that never moves."""
+    clock = FrozenClock() if request.node.get_closest_marker("frozen_clock") else None
+    store = new_store(request.param, tmp_path, clock)
+    yield store
+    store.close()
 
 
 @pytest.fixture
@@ -159,17 +175,10 @@ async def test_waking_many_waiters_encodes_the_answer_once(pool, base_url, board
     assert [t["title"] for t in answers[0]["talks"]] == ["news"]
 
 
-class FrozenClock:
-    """A wall clock that never moves: every change lands in the same millisecond."""
-
-    def __call__(self):
-        return 1_700_000_000_000
-
-
+@pytest.mark.frozen_clock
 @pytest.mark.gen_test
 async def test_a_same_millisecond_burst_is_seen_whole_and_once(pool, base_url, board):
     """Changes landing in the millisecond of an answer are not lost (the book's bug)."""
-    board.store._clock = FrozenClock()
     follower = Follower(base_url, pool)
     await follower.start()
     expected = {}

@@ -2,27 +2,17 @@
 
 import pytest
 
-from talkserver.store import MemoryStore, TalkNotFound
+from talkserver.store import TalkNotFound
+
+from .conftest import STORE_KINDS, new_store
 
 
-class FakeClock:
-    """A wall clock the test sets by hand (it may stand still or go back)."""
-
-    def __init__(self, now=1_000_000):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def store(clock):
-    return MemoryStore(clock=clock)
+@pytest.fixture(params=STORE_KINDS)
+def store(request, clock, tmp_path):
+    """A new store of each kind on the hand-set clock."""
+    store = new_store(request.param, tmp_path, clock)
+    yield store
+    store.close()
 
 
 def titles(changes):
@@ -48,8 +38,8 @@ def test_stamps_follow_the_wall_clock_when_it_moves_on(store, clock):
     assert store.put("b", "p", "s") == clock.now
 
 
-def test_head_starts_at_the_creation_time(clock):
-    assert MemoryStore(clock=clock).head == clock.now
+def test_head_starts_at_the_creation_time(store, clock):
+    assert store.head == clock.now
 
 
 def test_changes_since_holds_exactly_the_changes_after_the_cursor(store):
@@ -89,6 +79,7 @@ def test_deleting_a_missing_talk_is_no_change(store):
 
 
 def test_the_log_holds_one_entry_per_title(store):
+    # MemoryStore's log, which SQLiteStore mirrors row for row in change_log.
     for i in range(100):
         store.put(f"t{i % 3}", "p", str(i))
     assert len(store._log) == 3

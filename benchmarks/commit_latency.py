@@ -1,0 +1,60 @@
+"""Commit latency: how long one write holds the event loop, per store.
+
+The SQLite store commits on the event loop, so the time ``put`` or
+``add_comment`` takes is time no other request is served.  This calls the
+stores directly (no HTTP) in the same mix as benchmarks/write_throughput.py
+(a PUT, then two comments, on 80 titles) and reports the median, the 99th
+and 99.9th percentile and the worst single write.  WAL checkpoints (about
+every 1,000 pages) are in the tail.
+
+    .venv/bin/python benchmarks/commit_latency.py --writes=6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from talkserver.sqlite_store import SQLiteStore
+from talkserver.store import MemoryStore
+
+
+def latencies(store, writes: int) -> list[float]:
+    """Seconds each of ``writes`` changes took, sorted."""
+    taken = []
+    for i in range(writes):
+        title = f"talk {i // 3 % 80}"
+        start = time.perf_counter()
+        if i % 3 == 0:
+            store.put(title, "presenter", "s" * 200)
+        else:
+            store.add_comment(title, "author", f"message {i}")
+        taken.append(time.perf_counter() - start)
+    return sorted(taken)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--writes", type=int, default=6000)
+    args = parser.parse_args()
+    n = min(max(args.writes, 1000), 100_000)
+    print(f"{n} writes; milliseconds per write")
+    print("| store | median | p99 | p99.9 | worst |")
+    print("|---|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as work:
+        stores = {
+            ":memory:": MemoryStore(),
+            "SQLite (--sync=normal)": SQLiteStore(str(Path(work) / "normal.db"), sync="normal"),
+            "SQLite (--sync=full)": SQLiteStore(str(Path(work) / "full.db"), sync="full"),
+        }
+        for name, store in stores.items():
+            taken = latencies(store, n)
+            store.close()
+            cells = [taken[n // 2], taken[int(n * 0.99)], taken[int(n * 0.999)], taken[-1]]
+            print(f"| {name} | " + " | ".join(f"{1000 * t:.3f}" for t in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
