@@ -76,6 +76,7 @@ class Plan:
     pid: int | None
     json_path: str | None
     plot_path: str | None
+    loop: str = "auto"
     progress: bool = field(default_factory=lambda: sys.stdout.isatty())
 
 
@@ -122,6 +123,8 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--drain", type=_positive(float), default=10.0,
                         help="seconds to wait after writing for clients to catch up (default %(default)s)")
     parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client")
+    parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="the client's event loop; auto takes uvloop when installed (extra 'fast')")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the results as JSON to FILE")
     parser.add_argument("--plot", dest="plot_path", metavar="FILE", help="draw the fan-out latency distribution as PNG (extra 'plot')")
     args = parser.parse_args(argv)
@@ -145,6 +148,11 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         parser.error(f"--clients {args.clients} needs {needed} open files, more than the limit {limit} (ulimit -Hn)")
     if args.pid and not os.path.exists(f"/proc/{args.pid}/status"):
         parser.error(f"--pid {args.pid}: no such process")
+    if args.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            parser.error("--loop uvloop needs uvloop: pip install 'talkserver[fast]'")
     if args.plot_path:
         try:
             import matplotlib  # noqa: F401
@@ -154,6 +162,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         host=url.hostname, port=port, url=f"http://{url.netloc}", clients=args.clients,
         writers=args.writers, duration=args.duration, rate=args.rate, spaced=args.spaced,
         drain=args.drain, pid=args.pid, json_path=args.json_path, plot_path=args.plot_path,
+        loop=args.loop,
     )
 
 
@@ -196,6 +205,7 @@ class Run:
         self.write_seconds = 0.0
         self.memory: dict | None = None
         self.copies_matching = 0
+        self.event_loop = "asyncio"
 
     async def go(self) -> None:
         try:
@@ -405,7 +415,7 @@ class Run:
                 "per_change": [round(ms, 3) for ms in last] if self.plan.spaced else None,
             },
             "server_memory": self.memory,
-            "event_loop": type(asyncio.get_event_loop_policy()).__module__.split(".")[0],
+            "event_loop": self.event_loop,
         }
         return result
 
@@ -477,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = parse_plan(argv)
     run = Run(plan)
     try:
-        _run_loop(run.go())
+        run.event_loop = _run_loop(run.go(), plan.loop)
     except Unreachable as e:
         print(f"talkserver-load: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -495,16 +505,24 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(0 if clean(result) else 1)
 
 
-def _run_loop(coroutine) -> None:
-    # uvloop (the 'fast' extra) roughly halves the client's cost per answer,
-    # which matters when one process must keep up with 10,000 clients.
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coroutine)
-    else:
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        asyncio.run(coroutine)
+def _run_loop(coroutine, loop: str) -> str:
+    """Run ``coroutine`` on the chosen event loop; returns the loop's name."""
+    # uvloop (the 'fast' extra) costs the client less per answer, which
+    # matters when one process must keep up with 10,000 clients.
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            try:
+                asyncio.run(coroutine)
+            finally:
+                asyncio.set_event_loop_policy(None)
+            return "uvloop"
+    asyncio.run(coroutine)
+    return "asyncio"
 
 
 if __name__ == "__main__":
