@@ -71,7 +71,12 @@ class ApiHandler(RequestHandler):
     def send_json(self, body: bytes) -> None:
         """Finish with an already encoded JSON answer."""
         self.set_header("Content-Type", JSON_TYPE)
-        self.finish(body)
+        head = wakeup.answer_head(self)
+        if head is None:
+            self.finish(body)
+        else:
+            wakeup.write_answer(self, head, body)
+            wakeup.finish_written(self)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         message = self._reason

@@ -43,11 +43,17 @@ _settling: list[tuple[Future, object]] = []
 
 def answer_head(handler: RequestHandler) -> bytes | None:
     """The status line and headers a 200 answer to this request would carry,
-    without Content-Length; None when the request needs Tornado's own path."""
+    without Content-Length; None when the request needs Tornado's own path.
+
+    Tornado's HTTP1Connection.write documents (as deprecated but allowed)
+    that a pre-encoded header block may go out without write_headers; this
+    is that, with the block rendered as write_headers would render it.
+    """
     request = handler.request
     params = getattr(request.connection, "params", None)
     if (
-        request.version != "HTTP/1.1"
+        handler.get_status() != 200
+        or request.version != "HTTP/1.1"
         or request.method != "GET"
         or request.headers.get("Connection", "").lower() == "close"
         or params is None
