@@ -271,6 +271,8 @@ class Run:
         if self.plan.rate:
             period = self.plan.writers / self.plan.rate
         writers = [Writer(self.target) for _ in range(self.plan.writers)]
+        if not writers:
+            await asyncio.sleep(self.plan.duration)  # only watch
         try:
             await asyncio.gather(*(self._write_loop(n, w, deadline, period) for n, w in enumerate(writers)))
         finally:

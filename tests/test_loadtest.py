@@ -1,7 +1,7 @@
 """talkserver-load against live servers in subprocesses, over real sockets.
 
 A clean run must count every change reaching every client exactly once; a
-server that drops or repeats changes (faulty_server.py) must be caught;
+server that drops or repeats changes (load_server.py) must be caught;
 bad arguments and unreachable servers must end with a clear message.
 """
 
@@ -60,12 +60,8 @@ def running(*command):
         process.wait(timeout=10)
 
 
-def talkserver():
-    return running(sys.executable, "-m", "talkserver", "--port=PORT", "--logging=warning")
-
-
-def faulty_server(mode):
-    return running(sys.executable, str(HERE / "faulty_server.py"), "PORT", mode)
+def talkserver(mode="plain"):
+    return running(sys.executable, str(HERE / "load_server.py"), "PORT", mode)
 
 
 def load(*args, timeout=120):
@@ -123,7 +119,7 @@ def test_spaced_changes_report_each_changes_last_client_and_the_server_memory(tm
 
 
 def test_changes_a_server_never_delivers_are_counted_as_lost(tmp_path):
-    with faulty_server("drop") as (url, _):
+    with talkserver("drop") as (url, _):
         done, result = load_json(tmp_path, "--url", url, "--clients", 20, "--duration", 2, "--rate", 8, "--drain", 1)
 
     assert done.returncode == 1
@@ -135,7 +131,7 @@ def test_changes_a_server_never_delivers_are_counted_as_lost(tmp_path):
 
 
 def test_changes_a_server_sends_twice_are_counted_as_duplicates(tmp_path):
-    with faulty_server("repeat") as (url, _):
+    with talkserver("repeat") as (url, _):
         done, result = load_json(tmp_path, "--url", url, "--clients", 20, "--duration", 2, "--rate", 8)
 
     assert done.returncode == 1

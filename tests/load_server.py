@@ -1,8 +1,10 @@
-"""A talkserver that breaks the changesSince protocol on purpose.
+"""A talkserver for talkserver-load's tests: as it is, or breaking the protocol.
 
-The load test's own tests run it to show that talkserver-load notices lost
-and duplicated deliveries.  Usage: ``python faulty_server.py PORT MODE``:
+Built with make_app() directly, so no command-line defaults (such as
+per-address limits, which one machine's hundreds of clients would hit)
+come into play.  Usage: ``python load_server.py PORT MODE``:
 
+- ``plain``: the server as it is.
 - ``drop``: answers that carry a deletion are replaced by an empty answer
   with the new serverTime, so every client misses every deletion.
 - ``repeat``: the first answer for each (cursor, change) hands back the old
@@ -19,6 +21,8 @@ from talkserver.feed import encode_answer
 
 
 def break_feed(app, mode: str) -> None:
+    if mode == "plain":
+        return
     feed, store = app.board.feed, app.board.store
     since = feed.since
     repeated = set()
