@@ -28,13 +28,13 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import secrets
 import statistics
 import sys
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from .cli import raise_open_files_limit
 from .loadclient import Hub, Poller, ProtocolError, Target, Writer, clock, fetch_talks, talk_path
 from .loadtally import TOKEN, Tally, percentile
 
@@ -164,18 +164,6 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         drain=args.drain, pid=args.pid, json_path=args.json_path, plot_path=args.plot_path,
         loop=args.loop,
     )
-
-
-def raise_open_files_limit() -> int:
-    """Raise the soft open-files limit to the hard one; returns the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def rss_kb(pid: int) -> int:
