@@ -269,6 +269,14 @@ class Writer(Connection):
 
     async def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
         """Send one request and return (status, body); raises OSError on a lost connection."""
+        if self._close_after and self.transport is not None:
+            # The server closes after its last answer: hang up first, so the
+            # old connection's end is not taken for the new one's.
+            self.transport.close()
+            for _ in range(1000):
+                if self.transport is None:
+                    break
+                await asyncio.sleep(0.001)
         if self.transport is None or self.transport.is_closing():
             self._close_after = False
             await self.target.connect(self)

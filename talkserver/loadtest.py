@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .cli import raise_open_files_limit
-from .loadclient import Hub, Poller, ProtocolError, Target, Writer, clock, fetch_talks, talk_path
+from .loadclient import RETRY_BACKOFF, Hub, Poller, ProtocolError, Target, Writer, clock, fetch_talks, talk_path
 from .loadtally import TOKEN, Tally, percentile
 
 # Connections opened at once while connecting: enough to connect 10,000
@@ -54,6 +54,8 @@ QUIET = 0.05
 # seconds (the server has read every poll), or after IDLE_TIMEOUT anyway.
 IDLE_ANSWER = 0.02
 IDLE_TIMEOUT = 30.0
+# A writer's request unanswered this long counts as an error.
+REQUEST_TIMEOUT = 30.0
 
 
 class Unreachable(Exception):
@@ -285,7 +287,10 @@ class Run:
                 if clock() >= deadline and step == "put":
                     return
                 if not await self._change(writer, title, step):
-                    break  # the rest of this talk's steps would fail too
+                    # The rest of this talk's steps would fail too; pause so
+                    # a refusing server is not hammered.
+                    await asyncio.sleep(RETRY_BACKOFF)
+                    break
 
     async def _until_idle(self) -> None:
         """Wait until the server answers a ``GET /talks`` promptly again.
@@ -299,12 +304,12 @@ class Run:
             deadline = clock() + IDLE_TIMEOUT
             while clock() < deadline:
                 begun = clock()
-                await probe.request("GET", "/talks")
+                await asyncio.wait_for(probe.request("GET", "/talks"), REQUEST_TIMEOUT)
                 if clock() - begun < IDLE_ANSWER:
                     return
                 await asyncio.sleep(0.1)
-        except (OSError, ConnectionError) as e:
-            self.hub.error(f"idle probe: {e}")
+        except (OSError, ConnectionError, asyncio.TimeoutError) as e:
+            self.hub.error(f"idle probe: {e or 'no answer in time'}")
         finally:
             probe.close()
 
@@ -318,10 +323,11 @@ class Run:
         else:
             request = ("DELETE", talk_path(title), None)
         try:
-            status, _ = await writer.request(*request)
-        except (OSError, ConnectionError) as e:
+            status, _ = await asyncio.wait_for(writer.request(*request), REQUEST_TIMEOUT)
+        except (OSError, ConnectionError, asyncio.TimeoutError) as e:
+            writer.close()  # a late answer must not be taken for the next request's
             self.tally.refuse(cid)
-            self.hub.error(f"writer: {e}")
+            self.hub.error(f"writer: {e or 'no answer in time'}")
             return False
         if not 200 <= status < 300:
             self.tally.refuse(cid)

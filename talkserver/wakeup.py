@@ -12,11 +12,14 @@ answered in two steps:
    framed response is shared by every poll with the same head and body, so
    this step is a dict lookup and one system call per client.
 2. ``finish_written`` (when the handler's coroutine resumes, after the wake
-   loop): ``RequestHandler.finish()`` runs as usual, except that it has
-   nothing left to write, so logging, ``on_finish`` and keep-alive happen the
-   Tornado way.
+   loop; ``later`` resolves the handlers' futures in one callback once the
+   loop is done): ``RequestHandler.finish()`` runs as usual, except that it
+   has nothing left to write, so logging, ``on_finish`` and keep-alive
+   happen the Tornado way.
 
-Only plain HTTP/1.1 keep-alive GETs with no output transforms take this
+Answers that are ready when a request arrives (``ApiHandler.send_json``)
+take the same two steps back to back, which spares them Tornado's header
+rendering too.  Only plain HTTP/1.1 keep-alive GETs with no output transforms take this
 path; ``answer_head`` returns None for anything else (HTTP/1.0,
 ``Connection: close``, gzip), and those get the ordinary ``finish(body)``.
 """
