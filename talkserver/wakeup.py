@@ -35,8 +35,11 @@ from tornado.web import RequestHandler
 
 # Framed responses shared by the polls of one wake-up; keyed by (head, body)
 # and dropped wholesale when full, since the next change makes them stale.
+# Large bodies are framed per answer instead: copying them costs little
+# next to sending them, and a cache of them could hold a lot of memory.
 _frames: dict[tuple[bytes, bytes], bytes] = {}
-_MAX_FRAMES = 64
+_MAX_FRAMES = 16
+_MAX_FRAMED_BODY = 64 * 1024
 # Header blocks are the same for most parked polls; sharing them keeps a
 # waiting client's memory small.
 _heads: dict[bytes, bytes] = {}
@@ -76,9 +79,11 @@ def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
     """Put a complete 200 answer on the handler's socket now."""
     frame = _frames.get((head, body))
     if frame is None:
-        if len(_frames) >= _MAX_FRAMES:
-            _frames.clear()
-        frame = _frames[(head, body)] = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        frame = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        if len(body) <= _MAX_FRAMED_BODY:
+            if len(_frames) >= _MAX_FRAMES:
+                _frames.clear()
+            _frames[(head, body)] = frame
     stream = handler.request.connection.stream
     if stream.closed():
         return

@@ -193,3 +193,20 @@ async def test_waking_leaves_the_garbage_collector_as_it_was(board, port):
 def port(http_server, http_port):
     """The port of the running test server."""
     return http_port
+
+
+@pytest.mark.gen_test
+async def test_a_large_answer_arrives_whole_on_every_connection(board, port):
+    board.put("Long", "Gus", "x" * 4000 + "é" * 500)
+    for n in range(39):
+        board.add_comment("Long", "Hal", f"comment {n} " + "y" * 1900)
+    streams = await park(port, board, board.store.head, count=3)
+
+    board.add_comment("Long", "Hal", "the last one")
+
+    for stream in streams:
+        status, headers, body = await read_answer(stream)
+        talk = json.loads(body)["talks"][0]
+        assert status == 200 and int(headers["content-length"]) == len(body) > 64 * 1024
+        assert talk["summary"].endswith("é" * 500) and len(talk["comments"]) == 40
+        stream.close()
