@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
+from . import wakeup
 from .board import Board
 from .sqlite_store import StoreWriteFailed
 from .store import TalkNotFound
@@ -92,7 +93,12 @@ class ApiHandler(RequestHandler):
     def send_json(self, body: bytes) -> None:
         """Finish with an already encoded JSON answer."""
         self.set_header("Content-Type", JSON_TYPE)
-        self.finish(body)
+        head = wakeup.answer_head(self)
+        if head is None:
+            self.finish(body)
+        else:
+            wakeup.write_answer(self, head, body)
+            wakeup.finish_written(self)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         if status_code == 405:
@@ -155,6 +161,7 @@ class TalksHandler(ApiHandler):
 
     cursor: int
     _wait: Future | None = None
+    _head: bytes | None = None
 
     async def get(self) -> None:
         since = self.get_query_argument("changesSince", None)
@@ -170,15 +177,28 @@ class TalksHandler(ApiHandler):
         if body is not None:
             self.send_json(body)
             return
+        self.set_header("Content-Type", JSON_TYPE)
+        self._head = wakeup.answer_head(self)
         self._wait = Future()
         self.board.waiters.park(self)
-        await self._wait
+        body = await self._wait
+        if body is None:
+            return  # the client went away
+        if self._head is None:
+            self.finish(body)
+        else:
+            wakeup.finish_written(self)
 
     def deliver(self, body: bytes) -> None:
-        """Answer this parked poll (called by Waiters)."""
-        if not self._finished:
-            self.send_json(body)
-        self._wait.set_result(None)
+        """Answer this parked poll (called by Waiters, for thousands at once).
+
+        The answer's bytes go out now; the rest of finishing the request
+        waits until this coroutine resumes, after the whole wake loop (see
+        wakeup.py).
+        """
+        if self._head is not None:
+            wakeup.write_answer(self, self._head, body)
+        wakeup.later(self._wait, body)
 
     def on_connection_close(self) -> None:
         if self._wait is not None and not self._wait.done():

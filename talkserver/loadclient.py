@@ -1,0 +1,332 @@
+"""The load test's clients: raw HTTP/1.1 long pollers and writers on asyncio.
+
+One process has to hold 10,000 connections and keep up with a server that
+answers them all within a fraction of a second, so a client is a small
+``asyncio.Protocol`` that parses answers itself, not a task per client with
+an HTTP library.  When an answer arrives a poller does only what a browser
+must do at once: note the time, pick ``serverTime`` out of the bytes and send
+the next ``GET /talks?changesSince=...``.  The JSON is parsed and checked
+later, in batches, by the ``Tally`` (loadtally.py), so the receive times of a
+burst are not pushed back by the bookkeeping of the answers before them.
+
+Only what talk servers send is understood: answers framed by
+``Content-Length`` (or bodiless ones such as 204), keep-alive unless the
+server says ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+from urllib.parse import quote
+
+clock = time.perf_counter
+
+_SERVER_TIME = re.compile(rb'"serverTime"\s*:\s*(-?[0-9]+)')
+
+# Pause before a client retries after an error answer or a lost connection,
+# as the book's browser client does, so a failing server is not hammered.
+RETRY_BACKOFF = 0.5
+
+
+class ProtocolError(Exception):
+    """The server sent something that is not an HTTP/1.1 answer we can frame."""
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: write requests, split the answers.
+
+    Subclasses implement ``answered(now, status, body)``; ``now`` is the
+    clock reading when the answer's last byte arrived.
+    """
+
+    __slots__ = ("transport", "_buffer", "_close_after")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._close_after = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self._buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        now = clock()
+        buffer = self._buffer + data if self._buffer else data
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buffer[:end].lower()
+            try:
+                status = int(head[9:12])
+                length = _content_length(head)
+            except (ValueError, ProtocolError) as e:
+                self.failed(f"bad answer from the server: {e}")
+                return
+            stop = end + 4 + length
+            if len(buffer) < stop:
+                break
+            body = buffer[end + 4 : stop]
+            buffer = buffer[stop:]
+            if b"\r\nconnection: close" in head:
+                self._close_after = True
+            self.answered(now, status, body)
+        self._buffer = buffer
+
+    def send(self, request: bytes) -> None:
+        """Write one request (the answer comes to ``answered``)."""
+        if self._close_after and self.transport is not None:
+            # The server said it closes after its last answer: the request
+            # goes on a new connection once connection_lost has run.
+            self.transport.close()
+            return
+        self.transport.write(request)
+
+    def answered(self, now: float, status: int, body: bytes) -> None:
+        raise NotImplementedError
+
+    def failed(self, reason: str) -> None:
+        """Drop a connection that sent something unusable."""
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _content_length(head: bytes) -> int:
+    start = head.find(b"\r\ncontent-length:")
+    if start < 0:
+        if b"\r\ntransfer-encoding:" in head:
+            raise ProtocolError("chunked answers are not supported")
+        return 0
+    start += 17
+    end = head.find(b"\r\n", start)
+    return int(head[start : end if end >= 0 else None])
+
+
+class Target:
+    """Where the load goes: host, port and the request bytes built once."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.host_header = f"{host}:{port}".encode("ascii")
+        self.get_talks = self.request("GET", "/talks")
+        self._poll_prefix = b"GET /talks?changesSince="
+        self._poll_suffix = b" HTTP/1.1\r\nHost: " + self.host_header + b"\r\n\r\n"
+
+    def poll(self, cursor: bytes) -> bytes:
+        """``GET /talks?changesSince=cursor``, ready to write."""
+        return self._poll_prefix + cursor + self._poll_suffix
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        """Any request, ready to write."""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        if body is not None:
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (body or b"")
+
+    async def connect(self, protocol: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: protocol, self.host, self.port)
+
+
+class Poller(Connection):
+    """A browser's long-polling loop, as small as it can be.
+
+    ``GET /talks`` once, then ``GET /talks?changesSince=serverTime`` again
+    and again; errors and lost connections are retried with the same
+    cursor after a short pause.  Every 200 answer goes to ``inbox`` as
+    ``(poller, now, body)`` for the tally; ``copy`` and ``last`` belong to
+    the tally too (the poller's view of the board and, per title, the
+    newest change it has seen).
+    """
+
+    __slots__ = ("target", "hub", "cursor", "copy", "last", "joined", "waiting", "closing")
+
+    def __init__(self, target: Target, hub: "Hub") -> None:
+        super().__init__()
+        self.target, self.hub = target, hub
+        self.cursor: bytes | None = None
+        self.copy: dict | None = None
+        self.last: dict[str, int] = {}
+        self.joined: float | None = None
+        self.waiting = False
+        self.closing = False
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.hub.connected += 1
+        self._close_after = False
+        self._ask()
+
+    def _ask(self) -> None:
+        if self.closing or self.transport is None or self.transport.is_closing():
+            return
+        if self.cursor is None:
+            self.send(self.target.get_talks)
+        else:
+            self.send(self.target.poll(self.cursor))
+            self.waiting = True
+            self.hub.waiting += 1
+
+    def answered(self, now: float, status: int, body: bytes) -> None:
+        hub = self.hub
+        if self.waiting:
+            self.waiting = False
+            hub.waiting -= 1
+        hub.answers += 1
+        if status != 200:
+            hub.error(f"HTTP {status}")
+            asyncio.get_running_loop().call_later(RETRY_BACKOFF, self._ask)
+            return
+        found = _SERVER_TIME.search(body)
+        if found is None:
+            hub.error("an answer without serverTime")
+            asyncio.get_running_loop().call_later(RETRY_BACKOFF, self._ask)
+            return
+        self.cursor = found.group(1)
+        hub.inbox.append((self, now, body))
+        hub.ask_soon(self)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.hub.connected -= 1
+        if self.waiting:
+            self.waiting = False
+            self.hub.waiting -= 1
+        if not self.closing:
+            self.hub.reconnects += 1
+            asyncio.get_running_loop().call_later(RETRY_BACKOFF, self.hub.reconnect, self)
+
+    def close(self) -> None:
+        """Stop polling and hang up."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Hub:
+    """What all pollers of one run share: counters, the inbox, reconnecting."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.connected = 0
+        self.waiting = 0
+        self.answers = 0
+        self.reconnects = 0
+        self.errors: dict[str, int] = {}
+        self.inbox: list[tuple[Poller, float, bytes]] = []
+        self._asking: list[Poller] = []
+        self._connecting: set[asyncio.Task] = set()
+
+    def ask_soon(self, poller: Poller) -> None:
+        """Send ``poller``'s next poll once the answers already readable are read.
+
+        A browser polls again at once; a few microseconds later, after the
+        other sockets of this burst have been read, keeps the receive times
+        of a burst from waiting behind thousands of writes.
+        """
+        if not self._asking:
+            asyncio.get_running_loop().call_soon(self._ask_all)
+        self._asking.append(poller)
+
+    def _ask_all(self) -> None:
+        asking, self._asking = self._asking, []
+        for poller in asking:
+            poller._ask()
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def reconnect(self, poller: Poller) -> None:
+        """Open a new connection for ``poller`` (it keeps its cursor)."""
+        if poller.closing:
+            return
+        task = asyncio.ensure_future(self._reconnect(poller))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _reconnect(self, poller: Poller) -> None:
+        try:
+            await self.target.connect(poller)
+        except OSError as e:
+            self.error(f"connect: {e.strerror or e}")
+            asyncio.get_running_loop().call_later(RETRY_BACKOFF, self.reconnect, poller)
+
+
+class Writer(Connection):
+    """One writer's keep-alive connection: one request at a time, awaited."""
+
+    __slots__ = ("target", "_answer")
+
+    def __init__(self, target: Target) -> None:
+        super().__init__()
+        self.target = target
+        self._answer: asyncio.Future | None = None
+
+    async def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        """Send one request and return (status, body); raises OSError on a lost connection."""
+        if self._close_after and self.transport is not None:
+            # The server closes after its last answer: hang up first, so the
+            # old connection's end is not taken for the new one's.
+            self.transport.close()
+            for _ in range(1000):
+                if self.transport is None:
+                    break
+                await asyncio.sleep(0.001)
+        if self.transport is None or self.transport.is_closing():
+            self._close_after = False
+            await self.target.connect(self)
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        self._answer = asyncio.get_running_loop().create_future()
+        self.send(self.target.request(method, path, data))
+        return await self._answer
+
+    def answered(self, now: float, status: int, body: bytes) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result((status, body))
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(ConnectionError("the server closed the connection"))
+
+    def failed(self, reason: str) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(ConnectionError(reason))
+        super().failed(reason)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def talk_path(title: str, comments: bool = False) -> str:
+    """The URL path of a talk (or of its comments)."""
+    path = "/talks/" + quote(title, safe="")
+    return path + "/comments" if comments else path
+
+
+async def fetch_talks(target: Target, timeout: float = 10.0) -> list[dict]:
+    """``GET /talks`` on a fresh connection: the server's whole board."""
+    writer = Writer(target)
+    try:
+        status, body = await asyncio.wait_for(writer.request("GET", "/talks"), timeout)
+    finally:
+        writer.close()
+    if status != 200:
+        raise ProtocolError(f"GET /talks answered HTTP {status}")
+    try:
+        answer = json.loads(body)
+        talks = answer["talks"]
+        int(answer["serverTime"])
+    except (ValueError, KeyError, TypeError):
+        raise ProtocolError("GET /talks did not answer {\"serverTime\": ..., \"talks\": [...]}") from None
+    if not isinstance(talks, list):
+        raise ProtocolError("GET /talks answered talks that are not a list")
+    return talks
+
+

@@ -1,0 +1,134 @@
+"""Answering thousands of woken long polls at once: bytes first, bookkeeping after.
+
+When a change wakes 10,000 parked polls, what the clients wait for is the
+bytes on their sockets; everything else Tornado does per response
+(formatting headers, futures, access-log line, starting to read the next
+request) can come after the last client has its answer.  So a woken poll is
+answered in two steps:
+
+1. ``write_answer`` (inside the wake loop): the whole response, status line,
+   headers and body, is written to the socket in one ``send``.  The header
+   block was rendered when the poll was parked (``answer_head``) and the
+   framed response is shared by every poll with the same head and body, so
+   this step is a dict lookup and one system call per client.
+2. ``finish_written`` (when the handler's coroutine resumes, after the wake
+   loop; ``later`` resolves the handlers' futures in one callback once the
+   loop is done): ``RequestHandler.finish()`` runs as usual, except that it
+   has nothing left to write, so logging, ``on_finish`` and keep-alive
+   happen the Tornado way.
+
+Answers that are ready when a request arrives (``ApiHandler.send_json``)
+take the same two steps back to back, which spares them Tornado's header
+rendering too.  Only plain HTTP/1.1 keep-alive GETs with no output transforms take this
+path; ``answer_head`` returns None for anything else (HTTP/1.0,
+``Connection: close``, gzip), and those get the ordinary ``finish(body)``.
+"""
+
+from __future__ import annotations
+
+import errno
+from asyncio import Future
+
+from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
+from tornado.web import RequestHandler
+
+# Framed responses shared by the polls of one wake-up; keyed by (head, body)
+# and dropped wholesale when full, since the next change makes them stale.
+# Large bodies are framed per answer instead: copying them costs little
+# next to sending them, and a cache of them could hold a lot of memory.
+_frames: dict[tuple[bytes, bytes], bytes] = {}
+_MAX_FRAMES = 16
+_MAX_FRAMED_BODY = 64 * 1024
+# Header blocks are the same for most parked polls; sharing them keeps a
+# waiting client's memory small.
+_heads: dict[bytes, bytes] = {}
+_MAX_HEADS = 256
+_settling: list[tuple[Future, object]] = []
+
+
+def answer_head(handler: RequestHandler) -> bytes | None:
+    """The status line and headers a 200 answer to this request would carry,
+    without Content-Length; None when the request needs Tornado's own path.
+
+    Tornado's HTTP1Connection.write documents (as deprecated but allowed)
+    that a pre-encoded header block may go out without write_headers; this
+    is that, with the block rendered as write_headers would render it.
+    """
+    request = handler.request
+    params = getattr(request.connection, "params", None)
+    if (
+        handler.get_status() != 200
+        or request.version != "HTTP/1.1"
+        or request.method != "GET"
+        or request.headers.get("Connection", "").lower() == "close"
+        or params is None
+        or params.no_keep_alive
+        or handler.application.transforms
+    ):
+        return None
+    lines = ["HTTP/1.1 200 OK"]
+    lines += [f"{name}: {value}" for name, value in handler._headers.get_all() if name != "Content-Length"]
+    head = ("\r\n".join(lines) + "\r\n").encode("latin1")
+    if len(_heads) >= _MAX_HEADS:
+        _heads.clear()
+    return _heads.setdefault(head, head)
+
+
+def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
+    """Put a complete 200 answer on the handler's socket now."""
+    frame = _frames.get((head, body))
+    if frame is None:
+        frame = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        if len(body) <= _MAX_FRAMED_BODY:
+            if len(_frames) >= _MAX_FRAMES:
+                _frames.clear()
+            _frames[(head, body)] = frame
+    stream = handler.request.connection.stream
+    if stream.closed():
+        return
+    sent = 0
+    if not stream.writing():
+        # Nothing queued before us, so a direct send keeps the byte order;
+        # it skips IOStream's future per write, a good part of the cost.
+        try:
+            sent = stream.socket.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.ECONNRESET):
+                raise
+            stream.close(exc_info=True)  # the client is gone; on_connection_close follows
+            return
+    if sent < len(frame):
+        try:
+            stream.write(frame[sent:])  # IOStream queues what the socket did not take
+        except StreamClosedError:
+            pass
+
+
+def later(future: Future, result: object) -> None:
+    """Resolve ``future`` with ``result`` once the current wake loop is over.
+
+    Resolving a future schedules its waiting coroutine one by one; batching
+    them into one callback keeps that work out of the loop of writes.
+    """
+    if not _settling:
+        IOLoop.current().add_callback(_settle)
+    _settling.append((future, result))
+
+
+def _settle() -> None:
+    batch = _settling[:]
+    del _settling[:]
+    for future, result in batch:
+        if not future.done():
+            future.set_result(result)
+
+
+def finish_written(handler: RequestHandler) -> None:
+    """``finish()`` for a handler whose answer ``write_answer`` has sent."""
+    # finish() writes the headers unless they count as written; the body
+    # went with them, so what it flushes is empty.
+    handler._headers_written = True
+    handler.finish()

@@ -1,0 +1,223 @@
+"""talkserver-load against live servers in subprocesses, over real sockets.
+
+A clean run must count every change reaching every client exactly once; a
+server that drops or repeats changes (load_server.py) must be caught;
+bad arguments and unreachable servers must end with a clear message.
+"""
+
+import json
+import os
+import pty
+import select
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+# This project's tests use ports 18550-18599 for the servers they start.
+PORTS = range(18550, 18600)
+RESULT_FIELDS = {
+    "clients", "writers", "duration_s", "changes", "deliveries", "lost",
+    "duplicates", "errors", "fanout_ms", "last_client_ms", "copies_checked", "copies_matching",
+}
+
+
+def free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in %r" % PORTS)
+
+
+@contextmanager
+def running(*command):
+    """Run a server command (with PORT in it replaced); yield (url, pid)."""
+    port = free_port()
+    argv = [str(port) if part == "PORT" else part.replace("PORT", str(port)) for part in command]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, "the server exited"
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def talkserver(mode="plain"):
+    return running(sys.executable, str(HERE / "load_server.py"), "PORT", mode)
+
+
+def load(*args, timeout=120):
+    """Run talkserver-load; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "talkserver.loadtest", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def load_json(tmp_path, *args):
+    out = tmp_path / "out.json"
+    done = load(*args, "--json", out)
+    return done, json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_clean_run_delivers_every_change_to_every_client_exactly_once(tmp_path, loop):
+    with talkserver() as (url, _):
+        done, result = load_json(
+            tmp_path, "--url", url, "--clients", 300, "--writers", 2, "--duration", 3, "--loop", loop
+        )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert RESULT_FIELDS <= result.keys()
+    assert set(result["fanout_ms"]) == {"p50", "p90", "p99", "max"}
+    assert (result["clients"], result["writers"], result["event_loop"]) == (300, 2, loop)
+    assert result["duration_s"] >= 3
+    assert result["changes"] > 0
+    assert result["deliveries"] == result["changes"] * 300
+    assert (result["lost"], result["duplicates"], result["errors"]) == (0, 0, 0)
+    assert result["copies_matching"] == result["copies_checked"] == 300
+    f = result["fanout_ms"]
+    assert 0 < f["p50"] <= f["p90"] <= f["p99"] <= f["max"]
+    assert "talkserver-load: clean" in done.stdout
+    assert "\r" not in done.stdout  # no live progress when stdout is not a terminal
+
+
+def test_spaced_changes_report_each_changes_last_client_and_the_server_memory(tmp_path):
+    with talkserver() as (url, pid):
+        done, result = load_json(
+            tmp_path, "--url", url, "--clients", 200, "--writers", 1, "--duration", 2,
+            "--spaced", 0.1, "--pid", pid,
+        )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = result["last_client_ms"]
+    assert result["changes"] >= 2 and len(last["per_change"]) == result["changes"]
+    assert last["min"] <= last["median"] <= last["max"] == max(last["per_change"])
+    assert result["deliveries"] == result["changes"] * 200
+    memory = result["server_memory"]
+    assert memory["pid"] == pid and memory["waiting_rss_kb"] > 0
+    assert memory["per_client_kb"] == pytest.approx((memory["waiting_rss_kb"] - memory["idle_rss_kb"]) / 200, abs=0.01)
+    assert "KiB per client" in done.stdout
+
+
+def test_changes_a_server_never_delivers_are_counted_as_lost(tmp_path):
+    with talkserver("drop") as (url, _):
+        done, result = load_json(tmp_path, "--url", url, "--clients", 20, "--duration", 2, "--rate", 8, "--drain", 1)
+
+    assert done.returncode == 1
+    # Every deletion is missed by every client, and nothing else is.
+    assert result["lost"] > 0 and result["lost"] % 20 == 0
+    assert result["copies_matching"] == 0
+    assert result["duplicates"] == 0
+    assert "NOT CLEAN" in done.stdout
+
+
+def test_changes_a_server_sends_twice_are_counted_as_duplicates(tmp_path):
+    with talkserver("repeat") as (url, _):
+        done, result = load_json(tmp_path, "--url", url, "--clients", 20, "--duration", 2, "--rate", 8)
+
+    assert done.returncode == 1
+    assert result["duplicates"] >= 20  # at least the first change, to every client
+    assert result["lost"] == 0
+    assert result["copies_matching"] == 20
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--clients", "0"], "--clients: 0 must be greater than 0"),
+        (["--clients", "many"], "--clients: 'many' is not a number"),
+        (["--duration", "-1"], "--duration: -1 must be greater than 0"),
+        (["--url", "ftp://127.0.0.1:21"], "give an http:// URL"),
+        (["--url", "http://127.0.0.1:8000/talks"], "without a path"),
+        (["--url", "http://127.0.0.1:port"], "the port is not a number"),
+        (["--writers", "2", "--spaced", "1"], "use it with --writers 1"),
+        (["--clients", "10000000"], "open files, more than the limit"),
+        (["--pid", "999999999"], "no such process"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(args, message):
+    done = load(*args)
+
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_server_exits_2_with_a_clear_message():
+    port = free_port()  # nothing listens there
+
+    done = load("--url", f"http://127.0.0.1:{port}", "--clients", 5, "--duration", 1)
+
+    assert done.returncode == 2
+    assert f"cannot reach http://127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_server_that_is_not_a_talk_server_exits_2(tmp_path):
+    with running(sys.executable, "-m", "http.server", "PORT", "--bind", "127.0.0.1", "--directory", str(tmp_path)) as (url, _):
+        done = load("--url", url, "--clients", 5, "--duration", 1)
+
+    assert done.returncode == 2
+    assert "does not answer like a talk server: GET /talks answered HTTP 404" in done.stderr
+
+
+def test_live_progress_is_shown_on_a_terminal(tmp_path):
+    with talkserver() as (url, _):
+        controller, terminal = pty.openpty()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "talkserver.loadtest", "--url", url, "--clients", "30", "--duration", "2.5"],
+            stdout=terminal, stderr=terminal, text=True,
+        )
+        os.close(terminal)
+        output = b""
+        while True:
+            ready, _, _ = select.select([controller], [], [], 30)
+            try:
+                chunk = os.read(controller, 4096) if ready else b""
+            except OSError:  # the terminal closes when the process ends
+                chunk = b""
+            if not chunk:
+                break
+            output += chunk
+        os.close(controller)
+        assert process.wait(timeout=30) == 0
+
+    text = output.decode()
+    assert "\rwrite" in text and "connected 30/30" in text and "deliveries/s" in text
+    assert "talkserver-load: clean" in text
+
+
+def test_the_plot_is_a_png(tmp_path):
+    with talkserver() as (url, _):
+        done = load("--url", url, "--clients", 20, "--duration", 1, "--rate", 10, "--plot", tmp_path / "fanout.png")
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "fanout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_console_script_is_installed():
+    script = Path(sys.executable).parent / "talkserver-load"
+
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 0
+    assert "--clients" in done.stdout and "--spaced" in done.stdout
