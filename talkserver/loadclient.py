@@ -17,6 +17,7 @@ server says ``Connection: close``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 import time
@@ -43,12 +44,16 @@ class Connection(asyncio.Protocol):
     clock reading when the answer's last byte arrived.
     """
 
-    __slots__ = ("transport", "_buffer", "_close_after")
+    __slots__ = ("transport", "_buffer", "_close_after", "source", "retry_after")
 
-    def __init__(self) -> None:
+    def __init__(self, source: str | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = b""
         self._close_after = False
+        # The local address to connect from (None: the system's choice).
+        self.source = source
+        # Seconds the last 429 answer asked to wait (its Retry-After).
+        self.retry_after: float | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -75,6 +80,8 @@ class Connection(asyncio.Protocol):
             buffer = buffer[stop:]
             if b"\r\nconnection: close" in head:
                 self._close_after = True
+            if status == 429:
+                self.retry_after = _retry_after(head)
             self.answered(now, status, body)
         self._buffer = buffer
 
@@ -96,6 +103,18 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _retry_after(head: bytes) -> float | None:
+    """The seconds in a Retry-After header, if there is one in that form."""
+    start = head.find(b"\r\nretry-after:")
+    if start < 0:
+        return None
+    end = head.find(b"\r\n", start + 2)
+    try:
+        return float(head[start + 14 : end if end >= 0 else None])
+    except ValueError:
+        return None
+
+
 def _content_length(head: bytes) -> int:
     start = head.find(b"\r\ncontent-length:")
     if start < 0:
@@ -108,10 +127,20 @@ def _content_length(head: bytes) -> int:
 
 
 class Target:
-    """Where the load goes: host, port and the request bytes built once."""
+    """Where the load goes: host, port and the request bytes built once.
 
-    def __init__(self, host: str, port: int) -> None:
+    Real browsers come from many addresses, and a talk server limits what
+    one address may do (talkserver: 200 waiting polls and 20 writes/s by
+    default).  So on a loopback target, where every address in 127.0.0.0/8
+    reaches the server, clients are spread over source addresses,
+    ``per_address`` to each (0: all from the system's choice).
+    """
+
+    def __init__(self, host: str, port: int, per_address: int = 0) -> None:
         self.host, self.port = host, port
+        self.per_address = per_address if _is_loopback_ipv4(host) else 0
+        # "localhost" may resolve to ::1 first, which no 127.x source can reach.
+        self._connect_host = "127.0.0.1" if self.per_address and host == "localhost" else host
         self.host_header = f"{host}:{port}".encode("ascii")
         self.get_talks = self.request("GET", "/talks")
         self._poll_prefix = b"GET /talks?changesSince="
@@ -128,9 +157,33 @@ class Target:
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (body or b"")
 
+    def poller_source(self, index: int) -> str | None:
+        """The address poller number ``index`` sends from (127.0.0.2 onwards)."""
+        if not self.per_address:
+            return None
+        n = 2 + index // self.per_address
+        return f"127.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+
+    def writer_source(self, index: int) -> str | None:
+        """The address writer number ``index`` sends from: one each, apart from the pollers'."""
+        if not self.per_address:
+            return None
+        return f"127.255.{index // 254}.{index % 254 + 1}"
+
     async def connect(self, protocol: Connection) -> None:
         loop = asyncio.get_running_loop()
-        await loop.create_connection(lambda: protocol, self.host, self.port)
+        local = None if protocol.source is None else (protocol.source, 0)
+        await loop.create_connection(lambda: protocol, self._connect_host, self.port, local_addr=local)
+
+
+def _is_loopback_ipv4(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.version == 4 and address.is_loopback
 
 
 class Poller(Connection):
@@ -146,8 +199,8 @@ class Poller(Connection):
 
     __slots__ = ("target", "hub", "cursor", "copy", "last", "joined", "waiting", "closing")
 
-    def __init__(self, target: Target, hub: "Hub") -> None:
-        super().__init__()
+    def __init__(self, target: Target, hub: "Hub", source: str | None = None) -> None:
+        super().__init__(source)
         self.target, self.hub = target, hub
         self.cursor: bytes | None = None
         self.copy: dict | None = None
@@ -262,13 +315,16 @@ class Writer(Connection):
 
     __slots__ = ("target", "_answer")
 
-    def __init__(self, target: Target) -> None:
-        super().__init__()
+    def __init__(self, target: Target, source: str | None = None) -> None:
+        super().__init__(source)
         self.target = target
         self._answer: asyncio.Future | None = None
 
-    async def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
-        """Send one request and return (status, body); raises OSError on a lost connection."""
+    async def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes, float | None]:
+        """Send one request and return (status, body, Retry-After seconds of a 429 or None).
+
+        Raises OSError on a lost connection.
+        """
         if self._close_after and self.transport is not None:
             # The server closes after its last answer: hang up first, so the
             # old connection's end is not taken for the new one's.
@@ -283,7 +339,8 @@ class Writer(Connection):
         data = None if body is None else json.dumps(body).encode("utf-8")
         self._answer = asyncio.get_running_loop().create_future()
         self.send(self.target.request(method, path, data))
-        return await self._answer
+        status, answer = await self._answer
+        return status, answer, self.retry_after if status == 429 else None
 
     def answered(self, now: float, status: int, body: bytes) -> None:
         if self._answer is not None and not self._answer.done():
@@ -314,7 +371,7 @@ async def fetch_talks(target: Target, timeout: float = 10.0) -> list[dict]:
     """``GET /talks`` on a fresh connection: the server's whole board."""
     writer = Writer(target)
     try:
-        status, body = await asyncio.wait_for(writer.request("GET", "/talks"), timeout)
+        status, body, _ = await asyncio.wait_for(writer.request("GET", "/talks"), timeout)
     finally:
         writer.close()
     if status != 200:

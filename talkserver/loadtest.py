@@ -41,10 +41,15 @@ from .loadtally import TOKEN, Tally, percentile
 # Connections opened at once while connecting: enough to connect 10,000
 # clients in a few seconds, few enough not to overflow the server's backlog.
 CONNECTS_AT_ONCE = 200
+# The longest a writer waits when a 429 asks it to slow down.
+MAX_RETRY_AFTER = 5.0
 # File descriptors the tool needs beside one per connection.
 SPARE_FILES = 64
 # How long to wait for all clients to be polling before giving up on the rest.
 CONNECT_TIMEOUT = 120.0
+# Seconds without one more client waiting, while errors come in, after which
+# the run stops waiting for the rest.
+CONNECT_STALL = 5.0
 # The tally parses answers while the clients are quiet, so that its work
 # does not delay the receive times of a burst; a busy run is tallied at
 # least this often (seconds).
@@ -79,6 +84,7 @@ class Plan:
     json_path: str | None
     plot_path: str | None
     loop: str = "auto"
+    clients_per_address: int = 100
     progress: bool = field(default_factory=lambda: sys.stdout.isatty())
 
 
@@ -125,6 +131,9 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--drain", type=_positive(float), default=10.0,
                         help="seconds to wait after writing for clients to catch up (default %(default)s)")
     parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client")
+    parser.add_argument("--clients-per-address", type=_count, default=100, metavar="N",
+                        help="on a loopback URL, spread clients over 127.0.0.0/8 source addresses, N each, "
+                        "and give each writer its own (0: all from one address; default %(default)s)")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                         help="the client's event loop; auto takes uvloop when installed (extra 'fast')")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the results as JSON to FILE")
@@ -164,7 +173,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         host=url.hostname, port=port, url=f"http://{url.netloc}", clients=args.clients,
         writers=args.writers, duration=args.duration, rate=args.rate, spaced=args.spaced,
         drain=args.drain, pid=args.pid, json_path=args.json_path, plot_path=args.plot_path,
-        loop=args.loop,
+        loop=args.loop, clients_per_address=args.clients_per_address,
     )
 
 
@@ -185,10 +194,11 @@ class Run:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.target = Target(plan.host, plan.port)
+        self.target = Target(plan.host, plan.port, plan.clients_per_address)
         self.hub = Hub(self.target)
         self.tally = Tally()
-        self.pollers = [Poller(self.target, self.hub) for _ in range(plan.clients)]
+        self.pollers = [Poller(self.target, self.hub, self.target.poller_source(i)) for i in range(plan.clients)]
+        self.throttled = 0
         self.tag = secrets.token_hex(3)
         self.phase = "connect"
         self.started = clock()
@@ -245,7 +255,19 @@ class Run:
                     asyncio.get_running_loop().call_later(0.5, self.hub.reconnect, poller)
 
         await asyncio.gather(*(connect(p) for p in self.pollers))
-        await self._until(lambda: self.hub.waiting >= len(self.pollers), CONNECT_TIMEOUT)
+        # Every client waiting, or give up: at the time limit, or sooner when
+        # the count has stopped growing while the server refuses some
+        # (a per-address limit, say); those errors are in the results.
+        # (Refused clients retrying make the count bob up and down, so
+        # progress means a new highest count.)
+        deadline = clock() + CONNECT_TIMEOUT
+        best, best_at = -1, clock()
+        while self.hub.waiting < len(self.pollers) and clock() < deadline:
+            if self.hub.waiting > best:
+                best, best_at = self.hub.waiting, clock()
+            elif self.hub.errors and clock() - best_at > CONNECT_STALL:
+                break
+            await asyncio.sleep(0.02)
 
     async def _until(self, condition, timeout: float, step: float = 0.02) -> bool:
         deadline = clock() + timeout
@@ -260,7 +282,7 @@ class Run:
         period = None
         if self.plan.rate:
             period = self.plan.writers / self.plan.rate
-        writers = [Writer(self.target) for _ in range(self.plan.writers)]
+        writers = [Writer(self.target, self.target.writer_source(n)) for n in range(self.plan.writers)]
         if not writers:
             await asyncio.sleep(self.plan.duration)  # only watch
         try:
@@ -314,26 +336,34 @@ class Run:
             probe.close()
 
     async def _change(self, writer: Writer, title: str, step: str) -> bool:
-        cid = self.tally.change(title, clock(), deletes=step == "delete")
-        text = f"{TOKEN}{cid}"
-        if step == "put":
-            request = ("PUT", talk_path(title), {"presenter": "talkserver-load", "summary": text})
-        elif step == "comment":
-            request = ("POST", talk_path(title, comments=True), {"author": "talkserver-load", "message": text})
-        else:
-            request = ("DELETE", talk_path(title), None)
-        try:
-            status, _ = await asyncio.wait_for(writer.request(*request), REQUEST_TIMEOUT)
-        except (OSError, ConnectionError, asyncio.TimeoutError) as e:
-            writer.close()  # a late answer must not be taken for the next request's
-            self.tally.refuse(cid)
-            self.hub.error(f"writer: {e or 'no answer in time'}")
-            return False
-        if not 200 <= status < 300:
-            self.tally.refuse(cid)
-            self.hub.error(f"HTTP {status} on {request[0]}")
-            return False
-        return True
+        """Make one change; a 429 is waited out as its Retry-After says, then sent again."""
+        while True:
+            cid = self.tally.change(title, clock(), deletes=step == "delete")
+            text = f"{TOKEN}{cid}"
+            if step == "put":
+                request = ("PUT", talk_path(title), {"presenter": "talkserver-load", "summary": text})
+            elif step == "comment":
+                request = ("POST", talk_path(title, comments=True), {"author": "talkserver-load", "message": text})
+            else:
+                request = ("DELETE", talk_path(title), None)
+            try:
+                status, _, retry_after = await asyncio.wait_for(writer.request(*request), REQUEST_TIMEOUT)
+            except (OSError, ConnectionError, asyncio.TimeoutError) as e:
+                writer.close()  # a late answer must not be taken for the next request's
+                self.tally.refuse(cid)
+                self.hub.error(f"writer: {e or 'no answer in time'}")
+                return False
+            if status == 429:
+                # The server's write limit: a polite client waits, as told.
+                self.tally.refuse(cid)
+                self.throttled += 1
+                await asyncio.sleep(min(retry_after or 1.0, MAX_RETRY_AFTER))
+                continue
+            if not 200 <= status < 300:
+                self.tally.refuse(cid)
+                self.hub.error(f"HTTP {status} on {request[0]}")
+                return False
+            return True
 
     async def _drain(self) -> None:
         try:
@@ -394,6 +424,7 @@ class Run:
             "lost": self.tally.lost(self.pollers),
             "duplicates": self.tally.duplicates,
             "errors": errors,
+            "throttled": self.throttled,
             "error_kinds": dict(self.hub.errors, **({"unreadable answers": self.tally.bad_answers} if self.tally.bad_answers else {})),
             "reconnects": self.hub.reconnects,
             "copies_checked": len(self.pollers),
@@ -440,6 +471,7 @@ def summary(result: dict) -> str:
         ("lost", f"{result['lost']}"),
         ("duplicates", f"{result['duplicates']}"),
         ("errors", f"{result['errors']}" + "".join(f"  [{k}: {v}]" for k, v in result["error_kinds"].items())),
+        ("throttled (429, retried)", f"{result['throttled']}"),
         ("reconnects", f"{result['reconnects']}"),
         ("copies = GET /talks", f"{result['copies_matching']} of {result['copies_checked']}"),
         ("fan-out ms", f"p50 {f['p50']:.1f}   p90 {f['p90']:.1f}   p99 {f['p99']:.1f}   max {f['max']:.1f}"),

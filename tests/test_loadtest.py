@@ -100,6 +100,35 @@ def test_a_clean_run_delivers_every_change_to_every_client_exactly_once(tmp_path
     assert "\r" not in done.stdout  # no live progress when stdout is not a terminal
 
 
+def test_the_real_server_with_its_per_address_limits_is_loaded_cleanly(tmp_path):
+    """Clients are spread over 127.x addresses and writers wait out 429s, as polite clients do."""
+    with running(
+        sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:",
+        "--max-polls-per-ip=20", "--write-rate=4", "--write-burst=2",
+    ) as (url, _):
+        done, result = load_json(
+            tmp_path, "--url", url, "--clients", 100, "--writers", 2, "--duration", 3,
+            "--clients-per-address", 10,
+        )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (result["lost"], result["duplicates"], result["errors"]) == (0, 0, 0)
+    assert result["throttled"] > 0  # 2 writers at 4 writes/s cannot go as fast as answered
+    assert result["deliveries"] == result["changes"] * 100
+    assert result["copies_matching"] == 100
+
+
+def test_from_one_address_the_poll_limit_shows_as_errors(tmp_path):
+    with running(sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:", "--max-polls-per-ip=20") as (url, _):
+        done, result = load_json(
+            tmp_path, "--url", url, "--clients", 40, "--writers", 1, "--duration", 1,
+            "--clients-per-address", 0, "--drain", 1,
+        )
+
+    assert done.returncode == 1
+    assert result["error_kinds"].get("HTTP 429", 0) > 0
+
+
 def test_spaced_changes_report_each_changes_last_client_and_the_server_memory(tmp_path):
     with talkserver() as (url, pid):
         done, result = load_json(
