@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from server_process import ServerProcess  # noqa: E402
+from harness import ServerProcess  # noqa: E402
 
 STORES = {
     ":memory:": ["--db=:memory:"],
@@ -148,10 +148,15 @@ def main() -> None:
         names = list(STORES) if round_number % 2 == 0 else list(reversed(STORES))
         for name in names:
             with tempfile.TemporaryDirectory() as work:
-                server = ServerProcess(Path(work), *STORES[name], "--poll_timeout=300", "--logging=warning").start()
+                # The per-address limits would refuse one address's 1,000
+                # polls and unthrottled writers: this measures the store.
+                server = ServerProcess(
+                    *STORES[name], "--poll_timeout=300", "--logging=warning",
+                    "--max-polls-per-ip=0", "--write-rate=0", cwd=Path(work),
+                )
                 try:
                     result = asyncio.run(
-                        measure(server.port, server.proc.pid, args.waiting, args.writers, args.warmup, args.seconds)
+                        measure(server.port, server.process.pid, args.waiting, args.writers, args.warmup, args.seconds)
                     )
                 finally:
                     server.stop()
