@@ -35,6 +35,7 @@ define("max_body_size", default=DEFAULT_MAX_BODY_SIZE, help="largest request bod
 define("max_polls_per_ip", default=limits.DEFAULT_MAX_POLLS_PER_IP, help="concurrent long polls per client address (0: no limit); more get 429", group="talkserver")
 define("write_rate", default=limits.DEFAULT_WRITE_RATE, help="writes per second per client address (0: no limit); more get 429", group="talkserver")
 define("write_burst", default=limits.DEFAULT_WRITE_BURST, help="writes a client address may make at once before --write-rate applies", group="talkserver")
+define("limit_local_writes", default=False, help="apply --write-rate to clients on this machine (loopback addresses) too", group="talkserver")
 define("max_comments", default=limits.DEFAULT_MAX_COMMENTS, help="comments per talk (0: no limit); more get 409", group="talkserver")
 define("idle_timeout", default=60.0, help="seconds a connection may take to send a request's headers or body before it is closed", group="talkserver")
 define("xheaders", default=False, help="behind a reverse proxy: take the client address from X-Real-Ip / X-Forwarded-For", group="talkserver")
@@ -96,6 +97,7 @@ def hardening_settings() -> dict:
         "max_polls_per_ip": options.max_polls_per_ip,
         "write_rate": options.write_rate,
         "write_burst": options.write_burst,
+        "limit_local_writes": options.limit_local_writes,
         "max_comments": options.max_comments,
         "password_file": options.password_file,
         "protect_talks": options.protect_talks,

@@ -7,6 +7,11 @@ the reverse proxy's X-Real-Ip / X-Forwarded-For):
   Retry-After straight away, while the ones already waiting keep waiting;
 - writes (PUT, DELETE, POST) refill at ``write_rate`` per second with bursts
   of ``write_burst`` (a token bucket); past that, 429 with Retry-After.
+  Clients on this machine (loopback addresses) are not write-limited unless
+  ``limit_local_writes`` is set: the limit keeps remote clients from
+  flooding the board, and a local process has the database file anyway
+  (operator scripts, tests, load tests).  The poll cap, which protects the
+  server's own sockets and memory, applies to every address.
 
 Per talk, at most ``max_comments`` comments; one more gets 409.
 
@@ -19,6 +24,7 @@ Limits also counts the writes in flight, so a shutdown can wait for them.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import time
@@ -77,6 +83,7 @@ class Limits:
         write_rate: float | None = None,
         write_burst: int | None = None,
         max_comments: int | None = None,
+        limit_local_writes: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_polls_per_ip = max_polls_per_ip or 0
@@ -84,6 +91,7 @@ class Limits:
         # Without a burst, a rate alone still allows one write at a time.
         self.write_burst = max(1, write_burst or math.ceil(self.write_rate))
         self.max_comments = max_comments or 0
+        self.limit_local_writes = limit_local_writes
         self._clock = clock
         self._polls: dict[str, int] = {}
         self._poll_address: dict[RequestHandler, str] = {}
@@ -103,6 +111,7 @@ class Limits:
             settings.get("write_rate"),
             settings.get("write_burst"),
             settings.get("max_comments"),
+            bool(settings.get("limit_local_writes")),
         )
 
     # -- hooks called by the handlers ------------------------------------
@@ -153,7 +162,7 @@ class Limits:
 
     def write_wait(self, address: str) -> int:
         """0 if ``address`` may write now, else whole seconds to wait (>= 1)."""
-        if not self.write_rate:
+        if not self.write_rate or (not self.limit_local_writes and _is_loopback(address)):
             return 0
         now = self._clock()
         bucket = self._buckets.get(address)
@@ -173,3 +182,10 @@ class Limits:
     def polls_held(self, address: str) -> int:
         """How many long polls ``address`` has waiting."""
         return self._polls.get(address, 0)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

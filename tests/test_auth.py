@@ -288,7 +288,7 @@ async def test_every_answer_carries_the_security_headers(http_client, base_url, 
 
 @pytest.mark.parametrize(
     "access, refused_status",
-    [({"password_file": True}, 401), ({"write_rate": 0.01, "write_burst": 1}, 429)],
+    [({"password_file": True}, 401), ({"write_rate": 0.01, "write_burst": 1, "limit_local_writes": True}, 429)],
 )
 @pytest.mark.gen_test
 async def test_refusals_by_the_password_and_the_limits_carry_them_too(access, refused_status, http_client, base_url):

@@ -25,7 +25,7 @@ COMMENT = json.dumps({"author": "Bob", "message": "Nice"})
 @pytest.fixture
 def limits():
     """Low limits, so both sides of each can be reached quickly; a test may parametrize its own."""
-    return dict(max_polls_per_ip=3, write_rate=0.5, write_burst=2, max_comments=2)
+    return dict(max_polls_per_ip=3, write_rate=0.5, write_burst=2, max_comments=2, limit_local_writes=True)
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ async def test_reads_are_not_rate_limited(http_client, base_url):
     assert {a.code for a in answers} == {200}
 
 
-@pytest.mark.parametrize("limits", [dict(write_rate=2, write_burst=1)])
+@pytest.mark.parametrize("limits", [dict(write_rate=2, write_burst=1, limit_local_writes=True)])
 @pytest.mark.gen_test
 async def test_the_write_rate_refills_over_time(limits, http_client, base_url, board):
     first = await http_client.fetch(f"{base_url}/talks/T0", method="PUT", body=TALK, raise_error=False)
@@ -158,6 +158,23 @@ def test_retry_after_is_whole_seconds_rounded_up():
     limits = Limits(write_rate=0.4, write_burst=1, clock=lambda: now[0])
     assert limits.write_wait("a") == 0
     assert limits.write_wait("a") == 3  # 2.5 s until the next token
+
+
+def test_clients_on_this_machine_are_not_write_limited_unless_asked():
+    limits = Limits(write_rate=1, write_burst=1, clock=lambda: 0.0)
+    assert [limits.write_wait(a) for a in ["127.0.0.1", "127.0.0.1", "127.9.8.7", "::1", "::1"]] == [0] * 5
+    assert [limits.write_wait("192.0.2.7"), limits.write_wait("192.0.2.7")] == [0, 1]
+    strict = Limits(write_rate=1, write_burst=1, limit_local_writes=True, clock=lambda: 0.0)
+    assert [strict.write_wait("127.0.0.1"), strict.write_wait("127.0.0.1")] == [0, 1]
+
+
+@pytest.mark.parametrize("limits", [dict(write_rate=0.5, write_burst=2)])
+@pytest.mark.gen_test
+async def test_a_local_script_can_write_faster_than_the_write_rate(limits, http_client, base_url, board):
+    for n in range(10):
+        response = await http_client.fetch(f"{base_url}/talks/t{n}", method="PUT", body=TALK, raise_error=False)
+        assert response.code == 204
+    assert len(board.store.all_talks()) == 10
 
 
 def test_each_address_has_its_own_bucket():
@@ -273,7 +290,7 @@ async def test_2000_idle_connections_do_not_stop_the_server_and_are_closed_after
 
 @pytest.mark.gen_test(timeout=30)
 async def test_without_xheaders_the_proxy_headers_are_ignored():
-    with ServerProcess("--write-rate=0.01", "--write-burst=1") as server:
+    with ServerProcess("--write-rate=0.01", "--write-burst=1", "--limit-local-writes") as server:
         one = await send(server.port, "PUT", "/talks/A", TALK, {"X-Real-Ip": "10.0.0.1"})
         two = await send(server.port, "PUT", "/talks/B", TALK, {"X-Real-Ip": "10.0.0.2"})
         assert (one.status, two.status) == (204, 429)
@@ -282,7 +299,7 @@ async def test_without_xheaders_the_proxy_headers_are_ignored():
 
 @pytest.mark.gen_test(timeout=30)
 async def test_with_xheaders_each_client_behind_the_proxy_has_its_own_limit():
-    with ServerProcess("--xheaders", "--write-rate=0.01", "--write-burst=1") as server:
+    with ServerProcess("--xheaders", "--write-rate=0.01", "--write-burst=1", "--limit-local-writes") as server:
         one = await send(server.port, "PUT", "/talks/A", TALK, {"X-Real-Ip": "10.0.0.1"})
         again = await send(server.port, "PUT", "/talks/A", TALK, {"X-Real-Ip": "10.0.0.1"})
         two = await send(server.port, "PUT", "/talks/B", TALK, {"X-Real-Ip": "10.0.0.2"})

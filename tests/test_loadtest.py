@@ -104,7 +104,7 @@ def test_the_real_server_with_its_per_address_limits_is_loaded_cleanly(tmp_path)
     """Clients are spread over 127.x addresses and writers wait out 429s, as polite clients do."""
     with running(
         sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:",
-        "--max-polls-per-ip=20", "--write-rate=4", "--write-burst=2",
+        "--max-polls-per-ip=20", "--write-rate=4", "--write-burst=2", "--limit-local-writes",
     ) as (url, _):
         done, result = load_json(
             tmp_path, "--url", url, "--clients", 100, "--writers", 2, "--duration", 3,
