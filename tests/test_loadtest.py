@@ -18,24 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from .harness import free_port
+
 HERE = Path(__file__).resolve().parent
-# This project's tests use ports 18550-18599 for the servers they start.
-PORTS = range(18550, 18600)
 RESULT_FIELDS = {
     "clients", "writers", "duration_s", "changes", "deliveries", "lost",
     "duplicates", "errors", "fanout_ms", "last_client_ms", "copies_checked", "copies_matching",
 }
-
-
-def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in %r" % PORTS)
 
 
 @contextmanager

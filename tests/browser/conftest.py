@@ -19,31 +19,19 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from ..harness import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-# Servers for these tests listen in this range, clear of the other suites.
-PORTS = range(18400, 18500)
 # Short enough that pages see empty (timed-out) answers during a test too.
 POLL_TIMEOUT = 4.0
 
 # Two shared cores and a browser: give every auto-waiting check some slack.
 expect.set_options(timeout=15_000)
-
-
-def free_port() -> int:
-    """The first port in PORTS that nothing listens on."""
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS}")
 
 
 class Server:
