@@ -30,7 +30,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from .store import MemoryStore, TalkNotFound, wall_clock_ms
+from .store import MemoryStore, TalkNotFound, next_stamp, wall_clock_ms
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 SYNC_MODES = ("normal", "full")
@@ -165,7 +165,7 @@ class SQLiteStore(MemoryStore):
 
     def _commit_change(self, title: str, statements: list[tuple[str, tuple]]) -> None:
         """Commit ``statements`` with the change-log row and head of the next stamp."""
-        stamp = max(self._wall_clock(), self.head + 1)
+        stamp = next_stamp(self._wall_clock(), self.head)
         self._transaction(statements + [
             (
                 "INSERT INTO change_log (title, stamp) VALUES (?, ?)"

@@ -30,6 +30,12 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def next_stamp(now: int, head: int) -> int:
+    """The stamp of the next change: the wall clock, or one past ``head`` when
+    the clock has not moved past it (same millisecond, or gone back)."""
+    return max(now, head + 1)
+
+
 class TalkNotFound(KeyError):
     """Raised when a comment is added to a talk that does not exist."""
 
@@ -111,7 +117,7 @@ class MemoryStore:
     # -- writing ---------------------------------------------------------
 
     def _stamp(self, title: str) -> int:
-        stamp = max(self._clock(), self.head + 1)
+        stamp = next_stamp(self._clock(), self.head)
         self._log.pop(title, None)
         self._log[title] = stamp
         self.head = stamp
