@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from talkserver.sqlite_store import SQLiteStore
-from talkserver.store import MemoryStore
+from talkserver.stores.sqlite import SQLiteStore
+from talkserver.stores import MemoryStore
 
 
 def latencies(store, writes: int) -> list[float]:

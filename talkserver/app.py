@@ -24,7 +24,7 @@ from .auth import Access
 from .board import Board
 from .handlers import CommentsHandler, MetricsHandler, PageHandler, TalkHandler, TalksHandler
 from .limits import Limits
-from .store import MemoryStore, Store
+from .stores import MemoryStore, Store
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 

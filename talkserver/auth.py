@@ -31,7 +31,7 @@ from pathlib import Path
 from tornado.web import HTTPError, RequestHandler
 
 from .limits import TokenBucket, refuse
-from .store import Store
+from .stores import Store
 
 REALM = "talkserver"
 OWNER_COOKIE = "talkserver_owner"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .feed import Feed
 from .metrics import Metrics
-from .store import Store
+from .stores import Store
 from .waiters import Waiters
 
 

@@ -20,8 +20,7 @@ from . import limits
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
 from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
 from .shutdown import drain
-from .sqlite_store import SYNC_MODES, SQLiteStore, StoreOpenError, StoreWriteFailed
-from .store import MemoryStore, Store, wall_clock_ms
+from .stores import SYNC_MODES, MemoryStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed, wall_clock_ms
 
 define("port", default=8000, help="TCP port to listen on", group="talkserver")
 define("address", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)", group="talkserver")

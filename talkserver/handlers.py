@@ -16,8 +16,8 @@ from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_req
 
 from . import wakeup
 from .board import Board
-from .sqlite_store import StoreWriteFailed
-from .store import TalkNotFound
+from .stores import StoreWriteFailed
+from .stores import TalkNotFound
 from .validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
 JSON_TYPE = "application/json; charset=UTF-8"

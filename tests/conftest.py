@@ -11,8 +11,8 @@ timeout path can be tested without waiting 90 seconds.
 import pytest
 
 from talkserver import make_app
-from talkserver.sqlite_store import SQLiteStore
-from talkserver.store import MemoryStore
+from talkserver.stores.sqlite import SQLiteStore
+from talkserver.stores import MemoryStore
 
 POLL_TIMEOUT = 1.0
 

@@ -11,7 +11,7 @@ import threading
 import time
 from urllib.parse import quote
 
-from talkserver.sqlite_store import SQLiteStore
+from talkserver.stores.sqlite import SQLiteStore
 
 from .harness import ServerProcess, exchange
 

@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from talkserver.sqlite_store import SQLiteStore
+from talkserver.stores.sqlite import SQLiteStore
 
 from .harness import ServerProcess, parse_answer, send
 

@@ -10,8 +10,8 @@ import sqlite3
 
 import pytest
 
-from talkserver.sqlite_store import SCHEMA_VERSION, SQLiteStore, StoreOpenError, StoreWriteFailed
-from talkserver.store import MemoryStore, TalkNotFound
+from talkserver.stores.sqlite import SCHEMA_VERSION, SQLiteStore, StoreOpenError, StoreWriteFailed
+from talkserver.stores import MemoryStore, TalkNotFound
 
 from .harness import run_talkserver
 

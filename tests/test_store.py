@@ -2,7 +2,7 @@
 
 import pytest
 
-from talkserver.store import TalkNotFound
+from talkserver.stores import TalkNotFound
 
 from .conftest import STORE_KINDS, new_store
 

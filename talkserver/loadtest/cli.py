@@ -9,7 +9,7 @@ connection, fetches ``GET /talks`` and starts polling, as a browser does.
 over and over, for ``--duration`` seconds.  *Drain*: the writers stop, the
 tool fetches ``GET /talks`` and waits (at most ``--drain`` seconds) until
 every client's copy equals it.  *Verdict*: deliveries, fan-out latency,
-lost and duplicated deliveries and errors (see loadtally.py for how they
+lost and duplicated deliveries and errors (see tally.py for how they
 are counted), printed as a table and optionally written as JSON.
 
 ``--spaced SECONDS`` is the fan-out benchmark: one writer, one change at a
@@ -34,9 +34,9 @@ import sys
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .cli import raise_open_files_limit
-from .loadclient import RETRY_BACKOFF, Hub, Poller, ProtocolError, Target, Writer, clock, fetch_talks, talk_path
-from .loadtally import TOKEN, Tally, percentile
+from ..cli import raise_open_files_limit
+from .clients import RETRY_BACKOFF, Hub, Poller, ProtocolError, Target, Writer, clock, fetch_talks, talk_path
+from .tally import TOKEN, Tally, percentile
 
 # Connections opened at once while connecting: enough to connect 10,000
 # clients in a few seconds, few enough not to overflow the server's backlog.
@@ -552,6 +552,3 @@ def _run_loop(coroutine, loop: str) -> str:
     asyncio.run(coroutine)
     return "asyncio"
 
-
-if __name__ == "__main__":
-    main()

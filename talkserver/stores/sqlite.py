@@ -30,7 +30,8 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from .store import MemoryStore, TalkNotFound, next_stamp, wall_clock_ms
+from .contract import StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
+from .memory import MemoryStore
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 SYNC_MODES = ("normal", "full")
@@ -55,14 +56,6 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-
-
-class StoreOpenError(Exception):
-    """The database file cannot be used; the message is one line for the operator."""
-
-
-class StoreWriteFailed(Exception):
-    """A change could not be committed; nothing was changed."""
 
 
 class SQLiteStore(MemoryStore):

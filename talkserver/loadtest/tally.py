@@ -21,7 +21,7 @@ import json
 from array import array
 from bisect import bisect_right
 
-from .loadclient import Poller
+from .clients import Poller
 
 TOKEN = "load#"
 

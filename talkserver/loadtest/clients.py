@@ -6,7 +6,7 @@ answers them all within a fraction of a second, so a client is a small
 an HTTP library.  When an answer arrives a poller does only what a browser
 must do at once: note the time, pick ``serverTime`` out of the bytes and send
 the next ``GET /talks?changesSince=...``.  The JSON is parsed and checked
-later, in batches, by the ``Tally`` (loadtally.py), so the receive times of a
+later, in batches, by the ``Tally`` (tally.py), so the receive times of a
 burst are not pushed back by the bookkeeping of the answers before them.
 
 Only what talk servers send is understood: answers framed by

@@ -1,0 +1,5 @@
+"""``python -m talkserver.loadtest``: the same as ``talkserver-load``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""The store contract: talks, comments, the change log and their rules.
+
+Every change (a talk proposed or replaced, commented on, deleted) is stamped
+with a *server time*: wall-clock milliseconds, bumped past the newest stamp
+when the clock stands still or goes back.  Stamps are therefore strictly
+increasing, and the newest one, ``head``, is the cursor every answer carries
+as ``serverTime``.  Because ``head`` is always the stamp of a change already
+in the log, an answer covers exactly the changes up to it, and a client that
+sends it back as ``changesSince`` sees each later change exactly once.
+
+The change log keeps only the newest change per title (a deleted talk leaves
+a tombstone), so it never grows beyond the number of titles ever used.
+Tombstones older than the retention window may be pruned; cursors older than
+what has been pruned can no longer be answered with a diff, and get the full
+list flagged as a reset instead.
+
+This module knows nothing of HTTP, Tornado or SQL: it names what every store
+(memory, SQLite, ...) promises, so the rules can be tested once against each
+store and the storage behind them swapped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+
+def wall_clock_ms() -> int:
+    """The current wall-clock time in whole milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def next_stamp(now: int, head: int) -> int:
+    """The stamp of the next change: the wall clock, or one past ``head`` when
+    the clock has not moved past it (same millisecond, or gone back)."""
+    return max(now, head + 1)
+
+
+class StoreOpenError(Exception):
+    """The store cannot be opened; the message is one line for the operator."""
+
+
+class StoreWriteFailed(Exception):
+    """A change could not be committed; nothing was changed (answered 503)."""
+
+
+class TalkNotFound(KeyError):
+    """Raised when a comment is added to a talk that does not exist."""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed after a cursor.
+
+    ``talks`` holds a full talk dict per changed title and
+    ``{"title": t, "deleted": True}`` per deleted one.  ``reset`` means the
+    cursor could not be answered with a diff, and ``talks`` is the complete
+    list that replaces the client's copy.
+    """
+
+    server_time: int
+    talks: list[dict]
+    reset: bool = False
+
+
+class Store(Protocol):
+    """What the server needs from a store; stores.memory.MemoryStore shows the rules."""
+
+    head: int
+
+    def all_talks(self) -> list[dict]: ...
+    def get(self, title: str) -> dict | None: ...
+    def put(self, title: str, presenter: str, summary: str) -> int: ...
+    def delete(self, title: str) -> int | None: ...
+    def add_comment(self, title: str, author: str, message: str) -> int: ...
+    def changes_since(self, cursor: int) -> Changes: ...
+    def prune(self, older_than: int) -> int: ...
+    def close(self) -> None: ...
