@@ -16,6 +16,10 @@ The file is in WAL mode.  ``sync="normal"`` keeps every commit through a
 crash of the process (SIGKILL included); ``sync="full"`` also through a
 power loss.  docs/storage.md explains the choice, backups and retention.
 
+Before each write the store checks that the file at its path is still the
+one it has open; if the file was removed or replaced, writes are refused
+(StoreWriteFailed, so 503) and the error is logged at each refusal.
+
 The schema version is ``PRAGMA user_version``, the number of MIGRATIONS
 applied.  A file that is not ours to use (not SQLite, corrupt, from a newer
 talkserver, not writable, held by another server) raises StoreOpenError
@@ -25,6 +29,7 @@ before anything in it has been changed.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -32,6 +37,8 @@ from urllib.parse import quote
 
 from .contract import StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
 from .memory import MemoryStore
+
+log = logging.getLogger("talkserver")
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 SYNC_MODES = ("normal", "full")
@@ -174,6 +181,7 @@ class SQLiteStore(MemoryStore):
         db = self._db
         if db is None:
             raise StoreWriteFailed("the store is closed")
+        self._check_still_at_path()
         try:
             db.execute("BEGIN IMMEDIATE")
             for sql, args in statements:
@@ -183,6 +191,29 @@ class SQLiteStore(MemoryStore):
             if db.in_transaction:
                 db.rollback()
             raise StoreWriteFailed(str(e)) from e
+
+
+    def _check_still_at_path(self) -> None:
+        """Refuse to write when the open file is no longer the one at ``path``.
+
+        A database removed or replaced under a running server would take
+        every later write with it (or hide it under the new file): each
+        would be acknowledged and then gone after a restart.  One stat per
+        write (microseconds) tells.
+        """
+        opened = os.fstat(self._lock.fileno())
+        try:
+            current = os.stat(self.path)
+            moved = (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino)
+        except OSError:
+            moved = True
+        if moved:
+            message = (
+                "the database file was removed or replaced while the server was running; "
+                "writes are refused until the server is restarted"
+            )
+            log.error("%s: %s (a write was refused with 503)", self.path, message)
+            raise StoreWriteFailed(message)
 
 
 def _open(path: str, sync: str) -> tuple:
