@@ -52,6 +52,10 @@ def _parse_object(body: bytes) -> dict:
         value = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadInput("the body is not valid UTF-8") from None
+    except RecursionError:
+        # The decoder recurses per level of nesting; no talk or comment is
+        # more than one level deep, so a deep body is simply wrong.
+        raise BadInput("the body is nested too deeply") from None
     except ValueError as e:
         raise BadInput(f"the body is not valid JSON: {e}") from None
     if not isinstance(value, dict):
@@ -80,11 +84,11 @@ def parse_comment(body: bytes) -> tuple[str, str]:
     return _two_fields(body, "author", "message", MAX_MESSAGE)
 
 
-_CURSOR = re.compile(r"-?[0-9]{1,18}")
+_CURSOR = re.compile(r"-?[0-9]{1,18}", re.ASCII)
 
 
 def parse_cursor(text: str) -> int:
-    """A changesSince cursor: a decimal integer of at most 18 digits."""
-    if not _CURSOR.fullmatch(text.strip()):
+    """A changesSince cursor: a decimal integer of at most 18 ASCII digits, nothing around it."""
+    if not _CURSOR.fullmatch(text):
         raise BadInput("changesSince must be an integer (the serverTime of an earlier answer)")
     return int(text)

@@ -1,0 +1,103 @@
+"""Checks every request passes before any handler sees it.
+
+They run in ``TalkApplication.find_handler`` (app.py), so the page, the API
+and paths that match no route are covered alike, and a refused request is
+answered with ``{"error": ...}`` before a password is checked or a body read.
+
+- **Host** (``allowed_hosts``): a request whose ``Host`` names a server this
+  one is not is refused with 400.  This stops DNS rebinding: a page on
+  ``evil.example`` whose name the attacker re-points to 127.0.0.1 reaches a
+  loopback server with ``Host: evil.example`` (and a matching ``Origin``,
+  so the same-origin check alone cannot tell).  Names compare without the
+  port; an entry starting with ``.`` also matches its subdomains; ``*``
+  allows any name.  None (make_app's default) checks nothing.
+- **Request target**: it must be ASCII (RFC 9112 section 3.2).  Tornado
+  takes raw bytes as Latin-1, so a raw UTF-8 title would otherwise become a
+  second, mojibake talk beside its percent-encoded twin.
+- **Sizes**: a request target over ``MAX_TARGET`` gets 414 and a header
+  block over ``MAX_HEADERS`` 431.  Tornado itself closes connections whose
+  header block exceeds its ``max_header_size`` (``TORNADO_MAX_HEADER_SIZE``,
+  set by the command) without an answer, so that limit is set above ours.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tornado.httputil import HTTPServerRequest, split_host_and_port
+from tornado.web import RequestHandler
+
+MAX_TARGET = 8 * 1024
+MAX_HEADERS = 32 * 1024
+TORNADO_MAX_HEADER_SIZE = 64 * 1024
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def loopback_hosts(address: str) -> list[str]:
+    """The names a server listening on ``address`` answers to by default.
+
+    A loopback server answers to the loopback names and its own address;
+    a server on any other address to every name (``*``), since it cannot
+    know the names it is reached by (docs/security.md asks to set them).
+    """
+    if address in LOOPBACK_NAMES or address.startswith("127."):
+        return sorted({*LOOPBACK_NAMES, address})
+    return ["*"]
+
+
+def parse_allowed_hosts(text: str) -> list[str]:
+    """``--allowed-hosts`` (comma-separated names) as a list, lower-cased."""
+    return [name.strip().lower().strip("[]") for name in text.split(",") if name.strip()]
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without port or IPv6 brackets, lower-cased."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    try:
+        return split_host_and_port(host)[0]
+    except ValueError:
+        return host
+
+
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """Whether a request's Host names this server."""
+    if "*" in allowed:
+        return True
+    name = host_name(host)
+    for entry in allowed:
+        if name == entry or (entry.startswith(".") and (name.endswith(entry) or name == entry[1:])):
+            return True
+    return False
+
+
+def problem(request: HTTPServerRequest, allowed_hosts: list[str] | None) -> tuple[int, str] | None:
+    """(status, message) when ``request`` must be refused before routing, else None."""
+    if len(request.uri or "") > MAX_TARGET:
+        return 414, f"the request target is longer than {MAX_TARGET} bytes"
+    size = sum(len(name) + len(value) + 4 for name, value in request.headers.get_all())
+    if size > MAX_HEADERS:
+        return 431, f"the request headers are larger than {MAX_HEADERS} bytes"
+    if not (request.uri or "").isascii():
+        return 400, "the request target must be ASCII: percent-encode other characters as UTF-8"
+    if allowed_hosts is not None and not host_allowed(request.host, allowed_hosts):
+        return 400, f"this server does not answer to the name {host_name(request.host)!r} (see --allowed-hosts)"
+    return None
+
+
+class RefusalHandler(RequestHandler):
+    """Answers any method with the status and message the guard chose."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+    def initialize(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+    def prepare(self) -> None:
+        self.set_status(self.status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"error": self.message}))
