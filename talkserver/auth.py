@@ -25,12 +25,13 @@ import hmac
 import ipaddress
 import os
 import secrets
-import time
+import unicodedata
 from pathlib import Path
 
 from tornado.web import HTTPError, RequestHandler
 
-from .limits import TokenBucket, refuse
+from .limits import refuse
+from .passwords import PasswordChecks
 from .stores import Store
 
 REALM = "talkserver"
@@ -39,8 +40,6 @@ OWNER_COOKIE_DAYS = 400
 # scrypt at n=2**14, r=8 costs about 16 MiB and some tens of milliseconds
 # per check: cheap for a login, slow for guessing.  Good answers are cached.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
-# Wrong passwords per address: a burst of 10, then one a second.
-FAILURE_RATE, FAILURE_BURST = 1.0, 10
 
 
 class PasswordFileError(ValueError):
@@ -160,7 +159,7 @@ class Access:
         self.protect_talks = protect_talks
         self._owners: dict[str, str] = {}  # title -> owner id from the cookie
         self._good: set[str] = set()  # digests of Authorization headers that matched
-        self._failures: dict[str, TokenBucket] = {}
+        self._checks = PasswordChecks(check_password, hash_password)
 
     @classmethod
     def from_settings(cls, settings: dict) -> "Access":
@@ -175,8 +174,14 @@ class Access:
             settings["cookie_secret"] = secrets.token_urlsafe(32)
         return cls(users, protect)
 
-    def check_password(self, handler: RequestHandler) -> None:
-        """401 with a realm unless the request carries matching Basic credentials."""
+    async def check_password(self, handler: RequestHandler) -> None:
+        """401 with a realm unless the request carries matching Basic credentials.
+
+        Credentials seen to match before are let through at once.  Others
+        are checked by ``PasswordChecks`` off the event loop, each wrong
+        guess slowing down the next ones for that name from that address;
+        a right password is never refused.
+        """
         if not self.users:
             return
         header = handler.request.headers.get("Authorization", "")
@@ -185,10 +190,11 @@ class Access:
             return
         name, password = _basic_credentials(header)
         if name is None:
-            message = "this server needs a name and password (HTTP Basic)"
-        elif self._too_many_failures(handler.request.remote_ip or ""):
-            refuse(handler, 429, "too many wrong passwords; wait a little", Retry_After="1")
-        elif name in self.users and check_password(password, self.users[name]):
+            message = (
+                "this server needs a name and password (HTTP Basic)" if not header
+                else "the Authorization header is not valid HTTP Basic credentials"
+            )
+        elif await self._checks.verify(handler.request.remote_ip or "", name, password, self.users.get(name)):
             if len(self._good) >= 10_000:
                 self._good.clear()
             self._good.add(key)
@@ -196,14 +202,6 @@ class Access:
         else:
             message = "wrong name or password"
         refuse(handler, 401, message, WWW_Authenticate=f'Basic realm="{REALM}", charset="UTF-8"')
-
-    def _too_many_failures(self, address: str) -> bool:
-        # Charged before the check: guessing costs the guesser, not scrypt time.
-        now = time.monotonic()
-        if len(self._failures) >= 10_000:
-            self._failures.clear()
-        bucket = self._failures.setdefault(address, TokenBucket(FAILURE_BURST, now))
-        return bucket.take(FAILURE_RATE, FAILURE_BURST, now) > 0
 
     def claim(self, handler: RequestHandler, title: str, store: Store) -> None:
         """Before a PUT: 403 if another browser owns the talk, else make this one its owner."""
@@ -241,7 +239,11 @@ class Access:
 
 
 def _basic_credentials(header: str) -> tuple[str | None, str]:
-    """(name, password) from an ``Authorization: Basic ...`` header, or (None, "")."""
+    """(name, password) from an ``Authorization: Basic ...`` header, or (None, "").
+
+    Control characters are refused: scrypt (OpenSSL) stops at a NUL, so
+    ``secret\\0`` would otherwise match ``secret``.
+    """
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
         return None, ""
@@ -250,4 +252,6 @@ def _basic_credentials(header: str) -> tuple[str | None, str]:
     except (ValueError, binascii.Error):
         return None, ""
     name, sep, password = decoded.partition(":")
-    return (name, password) if sep else (None, "")
+    if not sep or any(unicodedata.category(ch) == "Cc" for ch in decoded):
+        return None, ""
+    return name, password
