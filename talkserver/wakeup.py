@@ -35,11 +35,10 @@ from tornado.web import RequestHandler
 
 # Framed responses shared by the polls of one wake-up; keyed by (head, body)
 # and dropped wholesale when full, since the next change makes them stale.
-# Large bodies are framed per answer instead: copying them costs little
-# next to sending them, and a cache of them could hold a lot of memory.
+# Large bodies are never framed (copied): they go out after their head.
 _frames: dict[tuple[bytes, bytes], bytes] = {}
 _MAX_FRAMES = 16
-_MAX_FRAMED_BODY = 64 * 1024
+_MAX_FRAMED_BODY = LARGE_BODY = 64 * 1024
 # Header blocks are the same for most parked polls; sharing them keeps a
 # waiting client's memory small.
 _heads: dict[bytes, bytes] = {}
@@ -76,35 +75,52 @@ def answer_head(handler: RequestHandler) -> bytes | None:
 
 
 def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
-    """Put a complete 200 answer on the handler's socket now."""
-    frame = _frames.get((head, body))
-    if frame is None:
-        frame = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-        if len(body) <= _MAX_FRAMED_BODY:
-            if len(_frames) >= _MAX_FRAMES:
-                _frames.clear()
-            _frames[(head, body)] = frame
+    """Put a complete 200 answer on the handler's socket now.
+
+    A small answer goes out as one framed block, shared by the polls of one
+    wake-up.  A large one goes out as its header block and then the body
+    itself: what the socket does not take at once, IOStream keeps as a view
+    of the body, so a thousand slow readers of a 5 MB answer share one copy
+    of it instead of holding one each.
+    """
     stream = handler.request.connection.stream
     if stream.closed():
         return
+    if len(body) > _MAX_FRAMED_BODY:
+        if _send(stream, head + b"Content-Length: %d\r\n\r\n" % len(body)):
+            _send(stream, body)
+        return
+    frame = _frames.get((head, body))
+    if frame is None:
+        frame = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        if len(_frames) >= _MAX_FRAMES:
+            _frames.clear()
+        _frames[(head, body)] = frame
+    _send(stream, frame)
+
+
+def _send(stream, data: bytes) -> bool:
+    """Write ``data`` now as far as the socket takes it, queue the rest; False if the client is gone."""
     sent = 0
     if not stream.writing():
         # Nothing queued before us, so a direct send keeps the byte order;
         # it skips IOStream's future per write, a good part of the cost.
         try:
-            sent = stream.socket.send(frame)
+            sent = stream.socket.send(data)
         except BlockingIOError:
             sent = 0
         except OSError as e:
             if e.errno not in (errno.EPIPE, errno.ECONNRESET):
                 raise
             stream.close(exc_info=True)  # the client is gone; on_connection_close follows
-            return
-    if sent < len(frame):
+            return False
+    if sent < len(data):
         try:
-            stream.write(frame[sent:])  # IOStream queues what the socket did not take
+            # A view, not a slice: IOStream keeps it without copying.
+            stream.write(memoryview(data)[sent:])
         except StreamClosedError:
-            pass
+            return False
+    return True
 
 
 def later(future: Future, result: object) -> None:
