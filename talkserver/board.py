@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .feed import Feed
 from .metrics import Metrics
+from .slowlane import DEFAULT_INTERVAL, SlowLane
 from .stores import Store
 from .waiters import Waiters
 
@@ -15,12 +16,21 @@ from .waiters import Waiters
 class Board:
     """The state a server shares between all of its requests."""
 
-    def __init__(self, store: Store, poll_timeout: float, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, store: Store, poll_timeout: float, metrics: Metrics | None = None,
+        slow_lane_interval: float = DEFAULT_INTERVAL,
+    ) -> None:
         self.store = store
         self.feed = Feed(store)
         self.waiters = Waiters(poll_timeout, self.feed.timeout_answer)
+        # Polls over their address's cap (talkserver.slowlane).
+        self.slow_lane = SlowLane(slow_lane_interval, self.feed.since, self.feed.timeout_answer)
         self.metrics = metrics or Metrics()
         self.metrics.gauge("talkserver_waiting_clients", "Long polls waiting for a change.", lambda: len(self.waiters))
+        self.metrics.gauge(
+            "talkserver_slow_lane_clients", "Long polls over their address's cap, answered in rounds.",
+            lambda: len(self.slow_lane),
+        )
         self.metrics.gauge("talkserver_talks", "Talks on the board.", lambda: len(self.store.all_talks()))
         self._changes = self.metrics.counter("talkserver_changes_total", "Changes made to talks since start.")
 

@@ -3,8 +3,10 @@
 Per client address (``request.remote_ip``, which ``--xheaders`` takes from
 the reverse proxy's X-Real-Ip / X-Forwarded-For):
 
-- at most ``max_polls_per_ip`` long polls at once; one more gets 429 with
-  Retry-After straight away, while the ones already waiting keep waiting;
+- at most ``max_polls_per_ip`` long polls wait for a change at once; the
+  polls past that go to the slow lane (talkserver.slowlane), answered every
+  few seconds, up to ``SLOW_LANE_FACTOR`` times the cap; past that, 429
+  with Retry-After, while the ones already waiting keep waiting;
 - writes (PUT, DELETE, POST) refill at ``write_rate`` per second with bursts
   of ``write_burst`` (a token bucket); past that, 429 with Retry-After.
   Clients on this machine (loopback addresses) are not write-limited unless
@@ -36,6 +38,8 @@ DEFAULT_MAX_POLLS_PER_IP = 200
 DEFAULT_WRITE_RATE = 20.0
 DEFAULT_WRITE_BURST = 40
 DEFAULT_MAX_COMMENTS = 500
+# Polls past the cap wait in the slow lane, up to this many times the cap.
+SLOW_LANE_FACTOR = 4
 
 WRITE_METHODS = frozenset({"PUT", "DELETE", "POST", "PATCH"})
 
@@ -129,18 +133,21 @@ class Limits:
             )
         self._writing.add(handler)
 
-    def hold_poll(self, handler: RequestHandler) -> None:
-        """Count a long poll against its address, or refuse it with 429."""
+    def hold_poll(self, handler: RequestHandler) -> bool:
+        """Count a long poll against its address; True if it is over the cap
+        (it goes to the slow lane), 429 if even the slow lane is full."""
         address = handler.request.remote_ip or ""
         held = self._polls.get(address, 0)
-        if self.max_polls_per_ip and held >= self.max_polls_per_ip:
+        over_cap = bool(self.max_polls_per_ip) and held >= self.max_polls_per_ip
+        if over_cap and held >= self.max_polls_per_ip * (1 + SLOW_LANE_FACTOR):
             refuse(
                 handler, 429,
-                f"{held} long polls are already waiting for your address",
-                Retry_After="1",
+                f"{held} long polls are already waiting for your address; try again in 5 s",
+                Retry_After="5",
             )
         self._polls[address] = held + 1
         self._poll_address[handler] = address
+        return over_cap
 
     def release(self, handler: RequestHandler) -> None:
         """Give back what the request held (called once it has finished)."""

@@ -38,9 +38,10 @@ async def drain(
     started = loop.time()
     answered = 0
     while True:
-        waiting = len(board.waiters)
+        waiting = len(board.waiters) + len(board.slow_lane)
         if waiting:
             board.waiters.deliver_to_all(board.feed.timeout_answer())
+            board.slow_lane.deliver_to_all(board.feed.timeout_answer())
             answered += waiting
         elapsed = loop.time() - started
         if (limits.writes_in_flight == 0 and elapsed >= FLUSH_SECONDS) or elapsed >= write_grace:
