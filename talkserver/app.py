@@ -7,10 +7,13 @@
     DELETE /talks/{title}            delete                 TalkHandler
     POST   /talks/{title}/comments   add a comment          CommentsHandler
     GET    /metrics                  Prometheus metrics     MetricsHandler
+    *      /talks/anything/else      404 as JSON            NoSuchApiPath
     GET    /anything/else            a file from www/       PageHandler
 
 Titles are single URL-encoded path segments (``/`` inside a title travels
 as ``%2F``); Tornado decodes the captured group before the handler sees it.
+Before routing, every request passes the checks of guard.py (Host, an
+ASCII request target, sizes).
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from pathlib import Path
 import tornado.log
 import tornado.web
 
+from . import guard
 from .auth import Access
 from .board import Board
-from .handlers import CommentsHandler, MetricsHandler, PageHandler, TalkHandler, TalksHandler
+from .handlers import CommentsHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
 from .limits import Limits
+from .slowlane import DEFAULT_INTERVAL
+from .slowreaders import SlowReaders
 from .stores import MemoryStore, Store
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
@@ -51,7 +57,10 @@ def make_app(
     The Application's ``board`` attribute holds the shared state, for tests
     and for code that embeds the server.
     """
-    board = Board(store if store is not None else MemoryStore(), poll_timeout)
+    board = Board(
+        store if store is not None else MemoryStore(), poll_timeout,
+        slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL),
+    )
     requests = board.metrics.counter(
         "talkserver_requests_total", "HTTP requests answered, by status code.", label="code"
     )
@@ -60,6 +69,7 @@ def make_app(
         (r"/talks", TalksHandler, api),
         (r"/talks/([^/]+)/comments", CommentsHandler, api),
         (r"/talks/([^/]+)", TalkHandler, api),
+        (r"/talks/.*", NoSuchApiPath, api),
         (r"/metrics", MetricsHandler, api),
         (r"/(.*)", PageHandler, {"path": static_path or default_static_path(), "default_filename": "index.html"}),
     ]
@@ -69,14 +79,32 @@ def make_app(
         requests.inc(str(status))
         access_log(status, handler)
 
-    app = tornado.web.Application(
+    app = TalkApplication(
         routes, max_body_size=max_body_size, log_function=log_request, **settings
     )
     app.board = board  # type: ignore[attr-defined]
     # Hardening (talkserver.limits, talkserver.auth): off unless named in settings.
     app.limits = Limits.from_settings(app.settings)  # type: ignore[attr-defined]
+    board.metrics.gauge(
+        "talkserver_writes_in_flight", "Writes started and not yet answered.",
+        lambda: app.limits.writes_in_flight,
+    )
     app.access = Access.from_settings(app.settings)  # type: ignore[attr-defined]
+    app.slow_readers = SlowReaders(app.settings.get("send_timeout"), board.metrics)  # type: ignore[attr-defined]
     return app
+
+
+class TalkApplication(tornado.web.Application):
+    """An Application whose requests pass guard.py's checks before routing."""
+
+    def find_handler(self, request, **kwargs):
+        refused = guard.problem(request, self.settings.get("allowed_hosts"))
+        if refused is not None:
+            status, message = refused
+            return self.get_handler_delegate(
+                request, guard.RefusalHandler, {"status": status, "message": message}
+            )
+        return super().find_handler(request, **kwargs)
 
 
 def access_log(status: int, handler: tornado.web.RequestHandler) -> None:

@@ -12,12 +12,13 @@ import logging
 import resource
 import signal
 
-import tornado.httpserver
 import tornado.ioloop
 from tornado.options import define, options, parse_command_line, parse_config_file
 
-from . import limits
+from . import guard, limits
+from .accept import HTTPServer
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
+from .guard import loopback_hosts, parse_allowed_hosts
 from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
 from .shutdown import drain
 from .stores import SYNC_MODES, MemoryStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed, wall_clock_ms
@@ -37,6 +38,8 @@ define("write_burst", default=limits.DEFAULT_WRITE_BURST, help="writes a client 
 define("limit_local_writes", default=False, help="apply --write-rate to clients on this machine (loopback addresses) too", group="talkserver")
 define("max_comments", default=limits.DEFAULT_MAX_COMMENTS, help="comments per talk (0: no limit); more get 409", group="talkserver")
 define("idle_timeout", default=60.0, help="seconds a connection may take to send a request's headers or body before it is closed", group="talkserver")
+define("allowed_hosts", default=None, type=str, help="comma-separated host names the server answers to (Host header; '*' for any; .example.com for subdomains); default: the loopback names on a loopback address, any name otherwise", group="talkserver")
+define("send_timeout", default=60.0, help="seconds a client may leave more than 64 KiB of an answer unread before its connection is closed (0: never)", group="talkserver")
 define("xheaders", default=False, help="behind a reverse proxy: take the client address from X-Real-Ip / X-Forwarded-For", group="talkserver")
 define("password_file", type=str, help="require HTTP Basic credentials from this file (see talkserver-passwd)", group="talkserver")
 define("protect_talks", default=False, help="only the browser that proposed a talk may replace or delete it", group="talkserver")
@@ -100,6 +103,11 @@ def hardening_settings() -> dict:
         "max_comments": options.max_comments,
         "password_file": options.password_file,
         "protect_talks": options.protect_talks,
+        "send_timeout": options.send_timeout,
+        "allowed_hosts": (
+            parse_allowed_hosts(options.allowed_hosts) if options.allowed_hosts is not None
+            else loopback_hosts(options.address)
+        ),
     }
     if options.protect_talks:
         settings["cookie_secret"] = options.cookie_secret or load_or_create_secret(cookie_secret_path(options.db))
@@ -122,12 +130,17 @@ async def serve(store: Store) -> None:
         raise SystemExit(f"talkserver: {e}") from None
     # The server's own cap is a little above the limit: the handlers answer
     # oversized bodies with 413 themselves, which HTTPServer cannot.
-    server = tornado.httpserver.HTTPServer(
+    server = HTTPServer(
         app,
+        # Above guard.MAX_HEADERS, so headers up to that get a 431 in JSON.
+        max_header_size=guard.TORNADO_MAX_HEADER_SIZE,
         max_body_size=options.max_body_size + 65536,
         xheaders=options.xheaders,
         idle_connection_timeout=options.idle_timeout,
         body_timeout=options.idle_timeout,
+    )
+    server.accept_errors = app.board.metrics.counter(  # type: ignore[attr-defined]
+        "talkserver_accept_errors_total", "Failed accepts of new connections, by error.", label="error"
     )
     # Handle signals before listening: a client that can connect may
     # already rely on SIGTERM draining rather than killing.

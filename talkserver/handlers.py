@@ -61,14 +61,15 @@ class ApiHandler(RequestHandler):
         # per change for long polls) would buy nothing.
         return None
 
-    def prepare(self) -> None:
-        self.application.access.check_password(self)
+    async def prepare(self) -> None:
+        await self.application.access.check_password(self)
         self.application.limits.check_request(self)
         if self.request.method not in ("GET", "HEAD", "OPTIONS"):
             self._check_same_origin()
 
     def on_finish(self) -> None:
         self.application.limits.release(self)
+        self.application.slow_readers.watch(self.request.connection.stream)
 
     def _check_same_origin(self) -> None:
         """Refuse writes that a page of another origin makes a browser send.
@@ -95,10 +96,21 @@ class ApiHandler(RequestHandler):
         self.set_header("Content-Type", JSON_TYPE)
         head = wakeup.answer_head(self)
         if head is None:
-            self.finish(body)
+            self.finish_with(body)
         else:
             wakeup.write_answer(self, head, body)
             wakeup.finish_written(self)
+
+    def finish_with(self, body: bytes) -> None:
+        """finish(body) the Tornado way, without copying a large body.
+
+        Tornado sends the headers and a first chunk as one joined copy;
+        sent apart, the body is queued as a view of the shared bytes.
+        """
+        if len(body) > wakeup.LARGE_BODY and not self.application.transforms:
+            self.set_header("Content-Length", len(body))
+            self.flush()
+        self.finish(body)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         if status_code == 405:
@@ -129,8 +141,8 @@ class ApiHandler(RequestHandler):
 class BodyHandler(ApiHandler):
     """A write whose body is read in chunks, so an oversized one is refused early."""
 
-    def prepare(self) -> None:
-        super().prepare()
+    async def prepare(self) -> None:
+        await super().prepare()
         self._chunks: list[bytes] = []
         self._size = 0
         limit = self.settings["max_body_size"]
@@ -155,6 +167,14 @@ class BodyHandler(ApiHandler):
         """The whole request body."""
         return b"".join(self._chunks)
 
+    def on_connection_close(self) -> None:
+        # The client left before its body was complete: Tornado ends the
+        # request without finish(), so on_finish never gives back what it
+        # held (it would stay "in flight", and a drain would wait for it).
+        super().on_connection_close()
+        self._chunks = []
+        self.application.limits.release(self)
+
 
 class TalksHandler(ApiHandler):
     """``GET /talks``: every talk, or the changes since a cursor (long poll)."""
@@ -164,7 +184,8 @@ class TalksHandler(ApiHandler):
     _head: bytes | None = None
 
     async def get(self) -> None:
-        since = self.get_query_argument("changesSince", None)
+        # strip=False: the grammar is digits only, padding included.
+        since = self.get_query_argument("changesSince", None, strip=False)
         if since is None:
             self.send_json(self.board.feed.everything())
             return
@@ -172,7 +193,7 @@ class TalksHandler(ApiHandler):
             self.cursor = parse_cursor(since)
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
-        self.application.limits.hold_poll(self)
+        over_cap = self.application.limits.hold_poll(self)
         body = self.board.feed.since(self.cursor)
         if body is not None:
             self.send_json(body)
@@ -180,12 +201,12 @@ class TalksHandler(ApiHandler):
         self.set_header("Content-Type", JSON_TYPE)
         self._head = wakeup.answer_head(self)
         self._wait = Future()
-        self.board.waiters.park(self)
+        (self.board.slow_lane if over_cap else self.board.waiters).park(self)
         body = await self._wait
         if body is None:
             return  # the client went away
         if self._head is None:
-            self.finish(body)
+            self.finish_with(body)
         else:
             wakeup.finish_written(self)
 
@@ -203,6 +224,7 @@ class TalksHandler(ApiHandler):
     def on_connection_close(self) -> None:
         if self._wait is not None and not self._wait.done():
             self.board.waiters.forget(self)
+            self.board.slow_lane.forget(self)
             self._wait.set_result(None)
 
 
@@ -213,8 +235,7 @@ class TalkHandler(BodyHandler):
         talk = self.board.store.get(self.title(title))
         if talk is None:
             raise HTTPError(404, "there is no talk titled %r", title)
-        self.set_header("Content-Type", JSON_TYPE)
-        self.finish(json.dumps(talk, ensure_ascii=False))
+        self.send_json(json.dumps(talk, ensure_ascii=False).encode("utf-8"))
 
     def put(self, title: str) -> None:
         title = self.title(title)
@@ -250,6 +271,20 @@ class CommentsHandler(BodyHandler):
         self.set_status(204)
 
 
+class NoSuchApiPath(ApiHandler):
+    """Any method on a /talks/... path that names no resource: 404 as JSON.
+
+    Without it such paths would fall through to the static files, whose
+    errors are HTML pages.
+    """
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise HTTPError(404, "no such API path: %s (a title is one URL-encoded path segment)", self.request.path)
+
+
 class MetricsHandler(ApiHandler):
     """``GET /metrics``: counters and gauges in the Prometheus text format."""
 
@@ -277,8 +312,8 @@ class PageHandler(StaticFileHandler):
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("X-Frame-Options", "DENY")
 
-    def prepare(self) -> None:
-        self.application.access.check_password(self)
+    async def prepare(self) -> None:
+        await self.application.access.check_password(self)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         if status_code == 405:

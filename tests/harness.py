@@ -10,6 +10,7 @@ import asyncio
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -48,10 +49,11 @@ class ServerProcess:
     It runs in ``cwd``, by default a fresh temporary directory, so the
     default store (talks.db in the working directory) is the server's own.
     ``stop()`` sends SIGTERM and returns the exit code; ``kill()`` sends
-    SIGKILL, as a crash would.
+    SIGKILL, as a crash would.  ``open_files`` sets the process's open-files
+    limit, soft and hard, so the server cannot raise it.
     """
 
-    def __init__(self, *options: str, cwd: Path | None = None) -> None:
+    def __init__(self, *options: str, cwd: Path | None = None, open_files: int | None = None) -> None:
         self._own_dir = tempfile.TemporaryDirectory() if cwd is None else None
         self.cwd = Path(self._own_dir.name) if cwd is None else cwd
         self.port = free_port()
@@ -63,6 +65,9 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "talkserver", f"--port={self.port}", "--address=127.0.0.1", *options],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd,
+            preexec_fn=None if open_files is None else lambda: resource.setrlimit(
+                resource.RLIMIT_NOFILE, (open_files, open_files)
+            ),
         )
         deadline = time.monotonic() + 15
         while True:

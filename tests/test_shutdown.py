@@ -62,7 +62,7 @@ async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
         half = len(body) // 2
         writer = socket.create_connection(("127.0.0.1", server.port))
         writer.sendall(
-            f"PUT /talks/Late HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            f"PUT /talks/Late HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body[:half]
         )
         await asyncio.sleep(0.3)
