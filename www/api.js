@@ -4,12 +4,22 @@
 // path prefix.  Every failure becomes a RequestError whose message can be
 // shown to a person as it is.
 
-/** A request that failed; `status` is the HTTP status, or 0 when the server could not be reached. */
+/**
+ * A request that failed; `status` is the HTTP status, or 0 when the server
+ * could not be reached; `retryAfter` the seconds its Retry-After asked for, or 0.
+ */
 export class RequestError extends Error {
-  constructor(message, status) {
+  constructor(message, status, retryAfter = 0) {
     super(message);
     this.status = status;
+    this.retryAfter = retryAfter;
   }
+}
+
+// Retry-After in seconds (the HTTP-date form is not used by talkserver).
+function retryAfter(response) {
+  const value = response.headers.get("Retry-After");
+  return value && /^\d+$/.test(value) ? Number(value) : 0;
 }
 
 /** The API path of one talk: its title is a single URL-encoded segment. */
@@ -25,7 +35,9 @@ async function request(path, options = {}) {
     if (error.name === "AbortError" || error.name === "TimeoutError") throw error;
     throw new RequestError("The server could not be reached.", 0);
   }
-  if (!response.ok) throw new RequestError(await errorMessage(response), response.status);
+  if (!response.ok) {
+    throw new RequestError(await errorMessage(response), response.status, retryAfter(response));
+  }
   return response;
 }
 

@@ -95,8 +95,9 @@ const status = {
   live() {
     this.set("Live", false);
   },
-  retryingIn(ms) {
-    this.set(`Reconnecting: next try in ${Math.max(1, Math.round(ms / 1000))} s`, true);
+  retryingIn(ms, message) {
+    const next = `Reconnecting: next try in ${Math.max(1, Math.round(ms / 1000))} s`;
+    this.set(message ? `${next}. The server said: ${message}` : next, true);
   },
   trying() {
     this.set("Reconnecting: trying now…", true);

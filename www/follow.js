@@ -35,7 +35,8 @@ export function retryDelay(failures, random = Math.random) {
  *
  * `onAnswer(talks, replace)` gets the talks of each answer; `replace` says
  * they are the complete list (the first load, or a `"reset": true` answer).
- * `status` is told `live()`, `retryingIn(ms)` and `trying()`.
+ * `status` is told `live()`, `retryingIn(ms, message)` (the server's own
+ * message when it sent one) and `trying()`.
  */
 export class Follower {
   #onAnswer;
@@ -66,8 +67,9 @@ export class Follower {
         // A cursor the server refuses will not get better: start over.
         if (error.status === 400) this.cursor = null;
         failures += 1;
-        const delay = retryDelay(failures);
-        this.#status.retryingIn(delay);
+        // A server that says when to come back (Retry-After) is not asked sooner.
+        const delay = Math.max(retryDelay(failures), (error.retryAfter || 0) * 1000);
+        this.#status.retryingIn(delay, error.status ? error.message : "");
         await this.#sleep(delay);
         this.#status.trying();
       }

@@ -38,9 +38,11 @@ class Server:
     """A talkserver subprocess that can be killed and started again on its port."""
 
     def __init__(
-        self, port: int, log_path: Path, poll_timeout: float = POLL_TIMEOUT, db: str = ":memory:"
+        self, port: int, log_path: Path, poll_timeout: float = POLL_TIMEOUT, db: str = ":memory:",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = port
+        self.args = args
         self.poll_timeout = poll_timeout
         # Named, not left to the default, so no test sees another's talks.
         self.db = db
@@ -63,6 +65,7 @@ class Server:
             [
                 sys.executable, "-c", run,
                 f"--port={self.port}", f"--poll-timeout={self.poll_timeout}", f"--db={self.db}",
+                *self.args,
             ],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -106,8 +109,14 @@ def browser() -> Browser:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Server:
-    server = Server(free_port(), tmp_path / "talkserver.log")
+def server_args() -> tuple[str, ...]:
+    """Extra options for the test's server; a test may parametrize it."""
+    return ()
+
+
+@pytest.fixture
+def server(tmp_path: Path, server_args) -> Server:
+    server = Server(free_port(), tmp_path / "talkserver.log", args=server_args)
     server.start()
     yield server
     server.stop()
