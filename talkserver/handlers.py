@@ -7,10 +7,12 @@ errors are raised as ``HTTPError(status, message)`` and answered as
 
 from __future__ import annotations
 
+import errno
 import json
 from asyncio import Future
 from urllib.parse import urlsplit
 
+import tornado.log
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
@@ -303,6 +305,10 @@ PAGE_CSP = (
 )
 
 
+def _out_of_descriptors(error: BaseException | None) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE)
+
+
 class PageHandler(StaticFileHandler):
     """The browser client's files from www/; ``/`` is index.html."""
 
@@ -318,7 +324,18 @@ class PageHandler(StaticFileHandler):
     def write_error(self, status_code: int, **kwargs) -> None:
         if status_code == 405:
             allow_methods(self)
-        super().write_error(status_code, **kwargs)
+        if _out_of_descriptors(kwargs.get("exc_info", (None, None, None))[1]):
+            # The server is short of file descriptors (see accept.py): a
+            # passing condition, not a fault in the page.
+            self.set_status(503)
+            self.set_header("Retry-After", "1")
+        super().write_error(self.get_status(), **kwargs)
+
+    def log_exception(self, typ, value, tb) -> None:
+        if _out_of_descriptors(value):
+            tornado.log.app_log.warning("cannot open a page file: %s", value)
+            return
+        super().log_exception(typ, value, tb)
 
     def set_extra_headers(self, path: str) -> None:
         # Revalidate every time (cheap, thanks to ETag / 304), so a new

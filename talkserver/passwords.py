@@ -97,6 +97,10 @@ class PasswordChecks:
     def _forget_refilled(self) -> None:
         # A full bucket is the same as none, so dropping it changes nothing.
         self._guesses = {p: s for p, s in self._guesses.items() if self._refill(s) < GUESS_BURST}
+        if len(self._guesses) >= _MAX_PAIRS:
+            # Guessing at 10,000 pairs at once: the memory bound wins over
+            # the slow-down (each guess still costs the guesser a check).
+            self._guesses = {}
 
     def _matches(self, password: str, hashed: str | None) -> bool:
         # In a pool thread.  Two threads may both make the dummy; either will do.
