@@ -143,8 +143,14 @@ class ApiHandler(RequestHandler):
 class BodyHandler(ApiHandler):
     """A write whose body is read in chunks, so an oversized one is refused early."""
 
+    _client_gone = False
+
     async def prepare(self) -> None:
         await super().prepare()
+        if self._client_gone:
+            # It left while its password was being checked: nothing follows.
+            self.application.limits.release(self)
+            return
         self._chunks: list[bytes] = []
         self._size = 0
         limit = self.settings["max_body_size"]
@@ -174,6 +180,7 @@ class BodyHandler(ApiHandler):
         # request without finish(), so on_finish never gives back what it
         # held (it would stay "in flight", and a drain would wait for it).
         super().on_connection_close()
+        self._client_gone = True
         self._chunks = []
         self.application.limits.release(self)
 
