@@ -86,6 +86,29 @@ async def test_a_slow_lane_poll_with_nothing_new_gets_an_empty_answer_after_its_
     await asyncio.gather(*waiting)
 
 
+@pytest.mark.gen_test(timeout=20)
+@pytest.mark.parametrize("limits", [dict(max_polls_per_ip=1, slow_lane_interval=0.5)])
+async def test_a_client_over_the_cap_that_polls_again_at_once_gets_one_answer_a_round(limits, http_server, http_port, board):
+    # Given the address's one waiting place taken
+    cursor = board.store.head
+    path = f"/talks?changesSince={cursor}"
+    holder = asyncio.ensure_future(send(http_port, "GET", path, timeout=10))
+    await until(lambda: len(board.waiters) == 1)
+
+    # When a client like the book's polls again as soon as it has an answer, for 3 s
+    answers = 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        answer = await send(http_port, "GET", path, timeout=10)
+        assert answer.json() == {"serverTime": cursor, "talks": []}
+        answers += 1
+
+    # Then it was answered about once per half-second round, not in a busy loop
+    assert 2 <= answers <= 8
+    board.put("End", "Ada", "s")
+    await holder
+
+
 @pytest.mark.gen_test
 @pytest.mark.parametrize("limits", [dict(max_polls_per_ip=3, slow_lane_interval=30)])
 async def test_a_poll_past_five_times_the_cap_gets_429_with_retry_after(limits, http_server, http_port, board, app):
