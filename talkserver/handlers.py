@@ -157,16 +157,21 @@ class BodyHandler(ApiHandler):
 
 
 class TalksHandler(ApiHandler):
-    """``GET /talks``: every talk, or the changes since a cursor (long poll)."""
+    """``GET /talks``: every talk, or the changes since a cursor (long poll).
+
+    Without ``changesSince`` it is a conditional request (ETag,
+    If-None-Match, ``Prefer: wait``), answered by talkserver.conditional.
+    """
 
     cursor: int
     _wait: Future | None = None
     _head: bytes | None = None
+    _conditional = None  # a parked conditional.ConditionalPoll
 
     async def get(self) -> None:
         since = self.get_query_argument("changesSince", None)
         if since is None:
-            self.send_json(self.board.feed.everything())
+            await self.application.conditional.answer(self)
             return
         try:
             self.cursor = parse_cursor(since)
@@ -201,6 +206,8 @@ class TalksHandler(ApiHandler):
         wakeup.later(self._wait, body)
 
     def on_connection_close(self) -> None:
+        if self._conditional is not None:
+            self._conditional.cancel()
         if self._wait is not None and not self._wait.done():
             self.board.waiters.forget(self)
             self._wait.set_result(None)
