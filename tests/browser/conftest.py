@@ -38,9 +38,11 @@ class Server:
     """A talkserver subprocess that can be killed and started again on its port."""
 
     def __init__(
-        self, port: int, log_path: Path, poll_timeout: float = POLL_TIMEOUT, db: str = ":memory:"
+        self, port: int, log_path: Path, poll_timeout: float = POLL_TIMEOUT, db: str = ":memory:",
+        options: tuple[str, ...] = (),
     ) -> None:
         self.port = port
+        self.options = options  # more talkserver options, e.g. --api=etag
         self.poll_timeout = poll_timeout
         # Named, not left to the default, so no test sees another's talks.
         self.db = db
@@ -63,6 +65,7 @@ class Server:
             [
                 sys.executable, "-c", run,
                 f"--port={self.port}", f"--poll-timeout={self.poll_timeout}", f"--db={self.db}",
+                *self.options,
             ],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
