@@ -113,11 +113,13 @@ class ConditionalPolls:
         # without it: woken polls share them, and so share framed answers.
         self._tagged: dict[bytes, bytes] = {}
         self._tagged_head: int | None = None
+        self._tag_head: int | None = None
+        self._tag = ""
 
     async def answer(self, handler: RequestHandler) -> None:
         """Answer ``GET /talks`` (no changesSince) at once, with 304, or after a wait."""
         head = self.board.store.head
-        tag = etag(head)
+        tag = self.tag(head)
         headers = handler.request.headers
         tags = if_none_match(headers.get_list("If-None-Match"))
         if tags is None or tag not in tags:
@@ -150,6 +152,12 @@ class ConditionalPolls:
         else:
             wakeup.finish_written(handler)
 
+    def tag(self, head: int) -> str:
+        """``etag(head)``, formatted once per state rather than once per poll."""
+        if self._tag_head != head:
+            self._tag_head, self._tag = head, etag(head)
+        return self._tag
+
     def tagged_block(self, block: bytes, head: int) -> bytes:
         """``block`` (a header block from wakeup.answer_head) with the tag of ``head``."""
         if self._tagged_head != head:
@@ -159,7 +167,7 @@ class ConditionalPolls:
         if tagged is None:
             if len(self._tagged) >= 256:
                 self._tagged.clear()
-            tagged = self._tagged[block] = block + b"Etag: %s\r\n" % etag(head).encode()
+            tagged = self._tagged[block] = block + b"Etag: %s\r\n" % self.tag(head).encode()
         return tagged
 
     # -- waits shorter than the poll timeout -------------------------------
@@ -220,7 +228,7 @@ class ConditionalPoll:
             polls.unpark_short(self)
             wakeup.later(self.future, NOT_MODIFIED)
             return
-        tag = etag(head)
+        tag = polls.tag(head)
         if tag in self.tags:
             # The client listed this state too: it has it, so wait on.
             self.cursor = head
