@@ -146,6 +146,9 @@ async def serve(store: Store) -> None:
     warning = exposure_warning(options.address, options.password_file, options.protect_talks)
     if warning:
         log.warning("%s", warning)
+    if options.api == "etag" and options.static_path is None:
+        log.warning("the bundled page polls with changesSince and cannot read --api=etag answers; "
+                    "serve the book's 3rd or 4th edition client with --static-path")
 
     await stop.wait()
     log.info("stopping: answering waiting polls, finishing writes")

@@ -27,8 +27,9 @@ class FrozenClock:
         return 1_700_000_000_000
 
 
-@pytest.fixture(params=STORE_KINDS, autouse=True)
+@pytest.fixture(params=STORE_KINDS)
 def store(request, tmp_path):
+    """Each test that runs a server here runs it on each kind of store."""
     clock = FrozenClock() if request.node.get_closest_marker("frozen_clock") else None
     store = new_store(request.param, tmp_path, clock)
     yield store
@@ -552,3 +553,9 @@ def test_an_unknown_api_mode_stops_the_command_with_one_line(tmp_path):
 
     assert result.returncode != 0
     assert result.stderr.strip() == "talkserver: --api=rest: use one of changes, etag"
+
+
+def test_etag_mode_with_the_bundled_page_warns_at_start():
+    with ServerProcess("--api=etag", "--db=:memory:") as server:
+        assert server.stop() == 0
+        assert "the bundled page polls with changesSince" in server.log()
