@@ -16,7 +16,7 @@ The board holds ``--talks`` talks, so the whole list is larger than a diff,
 as it is in use.  The report gives the median per kind and the ratio
 etag / changes.
 
-    flock /work/bench.lock .venv/bin/python benchmarks/conditional_fanout.py --clients=5000 --rounds=3
+    .venv/bin/python benchmarks/conditional_fanout.py --clients=5000 --rounds=3
 
 Everything is bounded: the clients, the changes per run and the rounds.
 """
