@@ -1,6 +1,6 @@
 """The route table and make_app(), which builds the Tornado Application.
 
-    GET    /talks                    every talk             TalksHandler
+    GET    /talks                    every talk (ETag)      TalksHandler
     GET    /talks?changesSince=T     changes after T (waits) TalksHandler
     GET    /talks/{title}            one talk               TalkHandler
     PUT    /talks/{title}            create or replace      TalkHandler
@@ -26,6 +26,7 @@ import tornado.web
 from . import guard
 from .auth import Access
 from .board import Board
+from .conditional import ConditionalPolls
 from .handlers import CommentsHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
 from .limits import Limits
 from .slowlane import DEFAULT_INTERVAL
@@ -50,9 +51,14 @@ def make_app(
     poll_timeout: float = 90.0,
     static_path: str | None = None,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    api: str = "changes",
     **settings,
 ) -> tornado.web.Application:
     """Build the talkserver Application around ``store`` (in memory if None).
+
+    ``api`` is what a plain ``GET /talks`` answers: ``"changes"`` the
+    ``{"serverTime", "talks"}`` object (the book's 2nd edition), ``"etag"``
+    the bare array its current edition expects (talkserver.conditional).
 
     The Application's ``board`` attribute holds the shared state, for tests
     and for code that embeds the server.
@@ -61,6 +67,7 @@ def make_app(
         store if store is not None else MemoryStore(), poll_timeout,
         slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL),
     )
+    conditional = ConditionalPolls(board, api)
     requests = board.metrics.counter(
         "talkserver_requests_total", "HTTP requests answered, by status code.", label="code"
     )
@@ -83,6 +90,7 @@ def make_app(
         routes, max_body_size=max_body_size, log_function=log_request, **settings
     )
     app.board = board  # type: ignore[attr-defined]
+    app.conditional = conditional  # type: ignore[attr-defined]
     # Hardening (talkserver.limits, talkserver.auth): off unless named in settings.
     app.limits = Limits.from_settings(app.settings)  # type: ignore[attr-defined]
     board.metrics.gauge(

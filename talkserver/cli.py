@@ -20,6 +20,7 @@ from .accept import HTTPServer
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
 from .guard import loopback_hosts, parse_allowed_hosts
 from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
+from .conditional import API_MODES
 from .shutdown import drain
 from .stores import SYNC_MODES, MemoryStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed, wall_clock_ms
 
@@ -29,6 +30,7 @@ define("db", default="talks.db", help="the store: an SQLite file (relative to th
 define("sync", default="normal", help="normal: commits survive a crash of the server; full: also a power loss, but slower", group="talkserver")
 define("retention", default=7.0, help="days a deleted talk's tombstone is kept; older cursors get the full list and reset", group="talkserver")
 define("poll_timeout", default=90.0, help="seconds a long poll waits before an empty answer", group="talkserver")
+define("api", default="changes", help="what plain GET /talks answers: changes ({serverTime, talks}, the book's 2nd edition) or etag (the array, with ETag and Prefer: wait polling, its 3rd and 4th)", group="talkserver")
 define("static_path", default=None, type=str, help="directory of the browser client (default: the bundled www/)", group="talkserver")
 define("max_body_size", default=DEFAULT_MAX_BODY_SIZE, help="largest request body in bytes; larger ones get 413", group="talkserver")
 # Hardening: docs/security.md says what each one protects against.
@@ -124,6 +126,7 @@ async def serve(store: Store) -> None:
             poll_timeout=options.poll_timeout,
             static_path=options.static_path,
             max_body_size=options.max_body_size,
+            api=options.api,
             **hardening_settings(),
         )
     except PasswordFileError as e:
@@ -156,6 +159,9 @@ async def serve(store: Store) -> None:
     warning = exposure_warning(options.address, options.password_file, options.protect_talks)
     if warning:
         log.warning("%s", warning)
+    if options.api == "etag" and options.static_path is None:
+        log.warning("the bundled page polls with changesSince and cannot read --api=etag answers; "
+                    "serve the book's 3rd or 4th edition client with --static-path")
 
     await stop.wait()
     log.info("stopping: answering waiting polls, finishing writes")
@@ -165,6 +171,8 @@ async def serve(store: Store) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``talkserver`` console script."""
     parse_command_line(argv)
+    if options.api not in API_MODES:
+        raise SystemExit(f"talkserver: --api={options.api}: use one of {', '.join(API_MODES)}")
     if options.retention <= 0:
         raise SystemExit(f"talkserver: --retention={options.retention}: must be a positive number of days")
     # Opened before the loop starts, so a bad file ends the process at once.

@@ -45,6 +45,15 @@ class Feed:
             body = cache[None] = encode_answer(self.store.head, self.store.all_talks())
         return body
 
+    def talk_array(self) -> bytes:
+        """Every talk as a bare JSON array: the ``--api=etag`` answer, whose
+        version travels in the ETag header instead of the body."""
+        cache = self._fresh()
+        body = cache.get("array")
+        if body is None:
+            body = cache["array"] = _encode(self.store.all_talks()).encode("utf-8")
+        return body
+
     def since(self, cursor: int) -> bytes | None:
         """The answer for ``changesSince=cursor``, or None when there is nothing new."""
         cache = self._fresh()

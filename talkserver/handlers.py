@@ -186,17 +186,22 @@ class BodyHandler(ApiHandler):
 
 
 class TalksHandler(ApiHandler):
-    """``GET /talks``: every talk, or the changes since a cursor (long poll)."""
+    """``GET /talks``: every talk, or the changes since a cursor (long poll).
+
+    Without ``changesSince`` it is a conditional request (ETag,
+    If-None-Match, ``Prefer: wait``), answered by talkserver.conditional.
+    """
 
     cursor: int
     _wait: Future | None = None
     _head: bytes | None = None
+    _conditional = None  # a parked conditional.ConditionalPoll
 
     async def get(self) -> None:
         # strip=False: the grammar is digits only, padding included.
         since = self.get_query_argument("changesSince", None, strip=False)
         if since is None:
-            self.send_json(self.board.feed.everything())
+            await self.application.conditional.answer(self)
             return
         try:
             self.cursor = parse_cursor(since)
@@ -231,6 +236,8 @@ class TalksHandler(ApiHandler):
         wakeup.later(self._wait, body)
 
     def on_connection_close(self) -> None:
+        if self._conditional is not None:
+            self._conditional.cancel()
         if self._wait is not None and not self._wait.done():
             self.board.waiters.forget(self)
             self.board.slow_lane.forget(self)

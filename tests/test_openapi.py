@@ -18,11 +18,13 @@ DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 schema = schemathesis.openapi.from_path(DOCUMENT)
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=["changes", "etag"])
+def server(request):
     # Limits that let the fuzzer reach the handlers, but a low comment cap so
     # 409 is met as well; a short poll timeout for cursors that would wait.
-    with ServerProcess("--write-rate=0", "--max-comments=3", "--poll-timeout=0.2") as server:
+    # The document describes both --api modes, so both are fuzzed.
+    options = ("--write-rate=0", "--max-comments=3", "--poll-timeout=0.2", f"--api={request.param}")
+    with ServerProcess(*options) as server:
         # The document's example titles exist, so reads of them are checked too.
         for title in ("Unix%20pipes", "100%25%20sure%3F%20a%2Fb%20%C3%BCn%C3%AF%20%F0%9F%98%80"):
             asyncio.run(send(server.port, "PUT", f"/talks/{title}", {"presenter": "Ada", "summary": "s"}))

@@ -42,7 +42,7 @@ class Server:
         args: tuple[str, ...] = (),
     ) -> None:
         self.port = port
-        self.args = args
+        self.args = args  # more talkserver options, e.g. --api=etag
         self.poll_timeout = poll_timeout
         # Named, not left to the default, so no test sees another's talks.
         self.db = db
