@@ -2,6 +2,7 @@
 
     GET    /talks                    every talk             TalksHandler
     GET    /talks?changesSince=T     changes after T (waits) TalksHandler
+    GET    /talks  (text/event-stream) every change, pushed  TalksHandler
     GET    /talks/{title}            one talk               TalkHandler
     PUT    /talks/{title}            create or replace      TalkHandler
     DELETE /talks/{title}            delete                 TalkHandler
@@ -25,6 +26,7 @@ from .board import Board
 from .handlers import CommentsHandler, MetricsHandler, PageHandler, TalkHandler, TalksHandler
 from .limits import Limits
 from .stores import MemoryStore, Store
+from .streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 
@@ -44,6 +46,8 @@ def make_app(
     poll_timeout: float = 90.0,
     static_path: str | None = None,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    stream_buffer: int = DEFAULT_BUFFER_LIMIT,
     **settings,
 ) -> tornado.web.Application:
     """Build the talkserver Application around ``store`` (in memory if None).
@@ -51,7 +55,10 @@ def make_app(
     The Application's ``board`` attribute holds the shared state, for tests
     and for code that embeds the server.
     """
-    board = Board(store if store is not None else MemoryStore(), poll_timeout)
+    board = Board(
+        store if store is not None else MemoryStore(), poll_timeout,
+        heartbeat=heartbeat, stream_buffer=stream_buffer,
+    )
     requests = board.metrics.counter(
         "talkserver_requests_total", "HTTP requests answered, by status code.", label="code"
     )

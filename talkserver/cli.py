@@ -16,7 +16,7 @@ import tornado.httpserver
 import tornado.ioloop
 from tornado.options import define, options, parse_command_line, parse_config_file
 
-from . import limits
+from . import limits, streams
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
 from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
 from .shutdown import drain
@@ -28,6 +28,8 @@ define("db", default="talks.db", help="the store: an SQLite file (relative to th
 define("sync", default="normal", help="normal: commits survive a crash of the server; full: also a power loss, but slower", group="talkserver")
 define("retention", default=7.0, help="days a deleted talk's tombstone is kept; older cursors get the full list and reset", group="talkserver")
 define("poll_timeout", default=90.0, help="seconds a long poll waits before an empty answer", group="talkserver")
+define("heartbeat", default=streams.DEFAULT_HEARTBEAT, help="seconds between keep-alive comments on an idle event stream (0: none)", group="talkserver")
+define("stream_buffer", default=streams.DEFAULT_BUFFER_LIMIT, help="bytes an event stream's client may leave unread before the stream is closed (it reconnects and catches up)", group="talkserver")
 define("static_path", default=None, type=str, help="directory of the browser client (default: the bundled www/)", group="talkserver")
 define("max_body_size", default=DEFAULT_MAX_BODY_SIZE, help="largest request body in bytes; larger ones get 413", group="talkserver")
 # Hardening: docs/security.md says what each one protects against.
@@ -116,6 +118,8 @@ async def serve(store: Store) -> None:
             poll_timeout=options.poll_timeout,
             static_path=options.static_path,
             max_body_size=options.max_body_size,
+            heartbeat=options.heartbeat,
+            stream_buffer=options.stream_buffer,
             **hardening_settings(),
         )
     except PasswordFileError as e:

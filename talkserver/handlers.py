@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
-from . import wakeup
+from . import streams, wakeup
 from .board import Board
 from .stores import StoreWriteFailed
 from .stores import TalkNotFound
@@ -157,13 +157,18 @@ class BodyHandler(ApiHandler):
 
 
 class TalksHandler(ApiHandler):
-    """``GET /talks``: every talk, or the changes since a cursor (long poll)."""
+    """``GET /talks``: every talk, or the changes since a cursor (long poll),
+    or an event stream of them (streams.py)."""
 
     cursor: int
     _wait: Future | None = None
     _head: bytes | None = None
+    event_stream: streams.EventStream | None = None
 
     async def get(self) -> None:
+        if streams.wants_stream(self.request):
+            await streams.follow(self, self.board.streams)
+            return
         since = self.get_query_argument("changesSince", None)
         if since is None:
             self.send_json(self.board.feed.everything())
@@ -201,6 +206,8 @@ class TalksHandler(ApiHandler):
         wakeup.later(self._wait, body)
 
     def on_connection_close(self) -> None:
+        if self.event_stream is not None:
+            self.event_stream.end()
         if self._wait is not None and not self._wait.done():
             self.board.waiters.forget(self)
             self._wait.set_result(None)
