@@ -1,10 +1,11 @@
 """``talkserver-load``: many long-polling clients and a few writers against one server.
 
     talkserver-load --url http://127.0.0.1:8000 --clients 1000 --writers 2 \\
-        --duration 10 [--rate R] [--json out.json] [--plot out.png]
+        --duration 10 [--rate R] [--transport sse] [--json out.json] [--plot out.png]
 
 A run has four phases.  *Connect*: every client opens a keep-alive
-connection, fetches ``GET /talks`` and starts polling, as a browser does.
+connection, fetches ``GET /talks`` and starts polling, as a browser does
+(with ``--transport sse``: opens an event stream, see streams.py).
 *Write*: each writer proposes a talk, comments on it twice and deletes it,
 over and over, for ``--duration`` seconds.  *Drain*: the writers stop, the
 tool fetches ``GET /talks`` and waits (at most ``--drain`` seconds) until
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 
 from ..cli import raise_open_files_limit
 from .clients import RETRY_BACKOFF, Hub, Poller, ProtocolError, Target, Writer, clock, fetch_talks, talk_path
+from .streams import Streamer
 from .tally import TOKEN, Tally, percentile
 
 # Connections opened at once while connecting: enough to connect 10,000
@@ -84,6 +86,7 @@ class Plan:
     json_path: str | None
     plot_path: str | None
     loop: str = "auto"
+    transport: str = "poll"
     clients_per_address: int = 100
     progress: bool = field(default_factory=lambda: sys.stdout.isatty())
 
@@ -123,6 +126,8 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
     parser.add_argument("--clients", type=_positive(int), default=100, help="long-polling clients (default %(default)s)")
+    parser.add_argument("--transport", choices=("poll", "sse"), default="poll",
+                        help="how clients follow the board: long polls, or server-sent event streams (default %(default)s)")
     parser.add_argument("--writers", type=_count, default=1, help="writers making changes (default %(default)s)")
     parser.add_argument("--duration", type=_positive(float), default=10.0, help="seconds of writing (default %(default)s)")
     parser.add_argument("--rate", type=_positive(float), help="changes per second, all writers together (default: as fast as answered)")
@@ -173,7 +178,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         host=url.hostname, port=port, url=f"http://{url.netloc}", clients=args.clients,
         writers=args.writers, duration=args.duration, rate=args.rate, spaced=args.spaced,
         drain=args.drain, pid=args.pid, json_path=args.json_path, plot_path=args.plot_path,
-        loop=args.loop, clients_per_address=args.clients_per_address,
+        loop=args.loop, clients_per_address=args.clients_per_address, transport=args.transport,
     )
 
 
@@ -197,7 +202,8 @@ class Run:
         self.target = Target(plan.host, plan.port, plan.clients_per_address)
         self.hub = Hub(self.target)
         self.tally = Tally()
-        self.pollers = [Poller(self.target, self.hub, self.target.poller_source(i)) for i in range(plan.clients)]
+        client = Streamer if plan.transport == "sse" else Poller
+        self.pollers = [client(self.target, self.hub, self.target.poller_source(i)) for i in range(plan.clients)]
         self.throttled = 0
         self.tag = secrets.token_hex(3)
         self.phase = "connect"
@@ -414,6 +420,7 @@ class Run:
         result = {
             "url": self.plan.url,
             "mode": "spaced" if self.plan.spaced else "load",
+            "transport": self.plan.transport,
             "clients": self.plan.clients,
             "writers": self.plan.writers,
             "duration_s": round(self.write_seconds, 3),
@@ -464,7 +471,7 @@ def summary(result: dict) -> str:
         pace = "one change at a time (--spaced)"
     rows = [
         ("server", f"{result['url']}  (client loop: {result['event_loop']})"),
-        ("clients", f"{result['clients']}"),
+        ("clients", f"{result['clients']} ({'event streams' if result['transport'] == 'sse' else 'long polls'})"),
         ("writers", f"{result['writers']} for {result['duration_s']:.1f} s, {pace}"),
         ("changes", f"{result['changes']}"),
         ("deliveries", f"{result['deliveries']}  ({result['deliveries_per_s']:.0f} per s)"),
