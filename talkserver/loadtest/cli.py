@@ -135,7 +135,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
                         help="fan-out benchmark: one change at a time, sent SECONDS after every client waits again")
     parser.add_argument("--drain", type=_positive(float), default=10.0,
                         help="seconds to wait after writing for clients to catch up (default %(default)s)")
-    parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client")
+    parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client and its CPU while writing")
     parser.add_argument("--clients-per-address", type=_count, default=100, metavar="N",
                         help="on a loopback URL, spread clients over 127.0.0.0/8 source addresses, N each, "
                         "and give each writer its own (0: all from one address; default %(default)s)")
@@ -182,6 +182,13 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int:
     """The resident memory of process ``pid`` in KiB (Linux /proc)."""
     with open(f"/proc/{pid}/status") as status:
@@ -210,6 +217,7 @@ class Run:
         self.started = clock()
         self.write_seconds = 0.0
         self.memory: dict | None = None
+        self.server_cpu: float | None = None
         self.copies_matching = 0
         self.event_loop = "asyncio"
 
@@ -236,8 +244,12 @@ class Run:
                 }
             self.phase = "write"
             begun = clock()
+            cpu = cpu_seconds(self.plan.pid) if self.plan.pid else None
             await self._write()
             self.write_seconds = clock() - begun
+            if cpu is not None:
+                # The server's share of one core while the writers wrote.
+                self.server_cpu = (cpu_seconds(self.plan.pid) - cpu) / self.write_seconds * 100
             self.phase = "drain"
             await self._drain()
         finally:
@@ -449,6 +461,7 @@ class Run:
                 "per_change": [round(ms, 3) for ms in last] if self.plan.spaced else None,
             },
             "server_memory": self.memory,
+            "server_cpu_percent": None if self.server_cpu is None else round(self.server_cpu, 1),
             "event_loop": self.event_loop,
         }
         return result
@@ -491,6 +504,8 @@ def summary(result: dict) -> str:
             f"idle {memory['idle_rss_kb'] / 1024:.1f} MiB, {result['clients']} waiting "
             f"{memory['waiting_rss_kb'] / 1024:.1f} MiB: {memory['per_client_kb']:.2f} KiB per client",
         ))
+    if result.get("server_cpu_percent") is not None:
+        rows.append(("server CPU", f"{result['server_cpu_percent']:.0f} % of one core while writing"))
     width = max(len(name) for name, _ in rows)
     verdict = "clean: nothing lost, doubled or failed" if clean(result) else "NOT CLEAN: see lost / duplicates / errors / copies"
     return "\n".join([f"talkserver-load: {verdict}"] + [f"  {name:<{width}}  {value}" for name, value in rows])
