@@ -28,7 +28,6 @@ coalesced into one event (one entry per title) by the Feed.
 
 from __future__ import annotations
 
-import errno
 import gc
 import random
 from asyncio import Future
@@ -107,9 +106,9 @@ class EventStream:
                 sent = io.socket.send(data)
             except BlockingIOError:
                 sent = 0
-            except OSError as e:
-                if e.errno not in (errno.EPIPE, errno.ECONNRESET):
-                    raise
+            except OSError:
+                # The client is gone (EPIPE, ECONNRESET, ...); one socket's
+                # trouble must not stop the loop for the others.
                 io.close(exc_info=True)
                 return True
         if sent < len(data):
@@ -231,7 +230,7 @@ def stream_cursor(handler: RequestHandler) -> int | None:
         raise HTTPError(400, "%s", e) from None
 
 
-async def follow(handler: RequestHandler, streams: Streams) -> EventStream | None:
+async def follow(handler: RequestHandler, streams: Streams) -> None:
     """Answer ``handler``'s request with an event stream until it ends.
 
     Counted as a long poll against the client's address.  Returns when the
@@ -248,11 +247,10 @@ async def follow(handler: RequestHandler, streams: Streams) -> EventStream | Non
     stream = EventStream(handler)
     handler.event_stream = stream
     if handler.request.connection.stream.closed():
-        return None
+        return
     streams.add(stream, first)
     try:
         await stream.ended
     finally:
         streams.discard(stream)
-    return stream
 
