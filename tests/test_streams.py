@@ -311,6 +311,21 @@ async def test_streams_count_against_the_per_address_poll_cap(port, board):
 
 
 @pytest.mark.gen_test
+@pytest.mark.parametrize("settings", ["cap"], indirect=True)
+async def test_a_stream_that_ends_gives_its_slot_back(port, board, app):
+    first = await open_stream(port, board, source="127.0.0.7")
+    second = await open_stream(port, board, source="127.0.0.7")
+
+    first.close()
+    await until(lambda: app.limits.polls_held("127.0.0.7") == 1)
+    third = await StreamClient.open(port, source="127.0.0.7")
+
+    assert third.status == 200
+    second.close()
+    third.close()
+
+
+@pytest.mark.gen_test
 async def test_a_stream_whose_client_leaves_is_forgotten(port, board):
     client = await open_stream(port, board)
 
