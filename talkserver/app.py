@@ -2,6 +2,7 @@
 
     GET    /talks                    every talk (ETag)      TalksHandler
     GET    /talks?changesSince=T     changes after T (waits) TalksHandler
+    GET    /talks  (text/event-stream) every change, pushed  TalksHandler
     GET    /talks/{title}            one talk               TalkHandler
     PUT    /talks/{title}            create or replace      TalkHandler
     DELETE /talks/{title}            delete                 TalkHandler
@@ -32,6 +33,7 @@ from .limits import Limits
 from .slowlane import DEFAULT_INTERVAL
 from .slowreaders import SlowReaders
 from .stores import MemoryStore, Store
+from .streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 
@@ -52,6 +54,8 @@ def make_app(
     static_path: str | None = None,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     api: str = "changes",
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    stream_buffer: int = DEFAULT_BUFFER_LIMIT,
     **settings,
 ) -> tornado.web.Application:
     """Build the talkserver Application around ``store`` (in memory if None).
@@ -66,6 +70,7 @@ def make_app(
     board = Board(
         store if store is not None else MemoryStore(), poll_timeout,
         slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL),
+        heartbeat=heartbeat, stream_buffer=stream_buffer,
     )
     conditional = ConditionalPolls(board, api)
     requests = board.metrics.counter(

@@ -1,7 +1,7 @@
-"""The talk board: one store, its encoded answers and the polls waiting on it.
+"""The talk board: one store, its encoded answers and the clients following it.
 
-Every write goes through here, so each change wakes the waiting polls
-exactly once, after the store has accepted it.
+Every write goes through here, so each change wakes the waiting polls and
+reaches the open event streams exactly once, after the store has accepted it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from .feed import Feed
 from .metrics import Metrics
 from .slowlane import DEFAULT_INTERVAL, SlowLane
 from .stores import Store
+from .streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT, Streams
 from .waiters import Waiters
 
 
@@ -17,8 +18,13 @@ class Board:
     """The state a server shares between all of its requests."""
 
     def __init__(
-        self, store: Store, poll_timeout: float, metrics: Metrics | None = None,
+        self,
+        store: Store,
+        poll_timeout: float,
+        metrics: Metrics | None = None,
         slow_lane_interval: float = DEFAULT_INTERVAL,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        stream_buffer: int = DEFAULT_BUFFER_LIMIT,
     ) -> None:
         self.store = store
         self.feed = Feed(store)
@@ -32,6 +38,7 @@ class Board:
             lambda: len(self.slow_lane),
         )
         self.metrics.gauge("talkserver_talks", "Talks on the board.", lambda: len(self.store.all_talks()))
+        self.streams = Streams(self.feed, self.metrics, heartbeat, stream_buffer)
         self._changes = self.metrics.counter("talkserver_changes_total", "Changes made to talks since start.")
 
     def put(self, title: str, presenter: str, summary: str) -> None:
@@ -52,3 +59,4 @@ class Board:
     def _changed(self) -> None:
         self._changes.inc()
         self.waiters.wake_all(self.feed.since)
+        self.streams.publish()

@@ -15,7 +15,7 @@ import signal
 import tornado.ioloop
 from tornado.options import define, options, parse_command_line, parse_config_file
 
-from . import guard, limits
+from . import guard, limits, streams
 from .accept import HTTPServer
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
 from .guard import loopback_hosts, parse_allowed_hosts
@@ -31,6 +31,8 @@ define("sync", default="normal", help="normal: commits survive a crash of the se
 define("retention", default=7.0, help="days a deleted talk's tombstone is kept; older cursors get the full list and reset", group="talkserver")
 define("poll_timeout", default=90.0, help="seconds a long poll waits before an empty answer", group="talkserver")
 define("api", default="changes", help="what plain GET /talks answers: changes ({serverTime, talks}, the book's 2nd edition) or etag (the array, with ETag and Prefer: wait polling, its 3rd and 4th)", group="talkserver")
+define("heartbeat", default=streams.DEFAULT_HEARTBEAT, help="seconds between keep-alive comments on an idle event stream (0: none)", group="talkserver")
+define("stream_buffer", default=streams.DEFAULT_BUFFER_LIMIT, help="bytes an event stream's client may leave unread before the stream is closed (it reconnects and catches up)", group="talkserver")
 define("static_path", default=None, type=str, help="directory of the browser client (default: the bundled www/)", group="talkserver")
 define("max_body_size", default=DEFAULT_MAX_BODY_SIZE, help="largest request body in bytes; larger ones get 413", group="talkserver")
 # Hardening: docs/security.md says what each one protects against.
@@ -127,6 +129,8 @@ async def serve(store: Store) -> None:
             static_path=options.static_path,
             max_body_size=options.max_body_size,
             api=options.api,
+            heartbeat=options.heartbeat,
+            stream_buffer=options.stream_buffer,
             **hardening_settings(),
         )
     except PasswordFileError as e:

@@ -16,7 +16,7 @@ import tornado.log
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
-from . import wakeup
+from . import streams, wakeup
 from .board import Board
 from .stores import StoreWriteFailed
 from .stores import TalkNotFound
@@ -186,7 +186,8 @@ class BodyHandler(ApiHandler):
 
 
 class TalksHandler(ApiHandler):
-    """``GET /talks``: every talk, or the changes since a cursor (long poll).
+    """``GET /talks``: every talk, or the changes since a cursor (long poll),
+    or an event stream of them (streams.py).
 
     Without ``changesSince`` it is a conditional request (ETag,
     If-None-Match, ``Prefer: wait``), answered by talkserver.conditional.
@@ -196,8 +197,12 @@ class TalksHandler(ApiHandler):
     _wait: Future | None = None
     _head: bytes | None = None
     _conditional = None  # a parked conditional.ConditionalPoll
+    event_stream: streams.EventStream | None = None
 
     async def get(self) -> None:
+        if streams.wants_stream(self.request):
+            await streams.follow(self, self.board.streams)
+            return
         # strip=False: the grammar is digits only, padding included.
         since = self.get_query_argument("changesSince", None, strip=False)
         if since is None:
@@ -238,6 +243,8 @@ class TalksHandler(ApiHandler):
     def on_connection_close(self) -> None:
         if self._conditional is not None:
             self._conditional.cancel()
+        if self.event_stream is not None:
+            self.event_stream.end()
         if self._wait is not None and not self._wait.done():
             self.board.waiters.forget(self)
             self.board.slow_lane.forget(self)

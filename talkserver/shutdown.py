@@ -1,10 +1,11 @@
 """Stopping without dropping anyone: what the server does on SIGTERM.
 
 1. Stop accepting connections.
-2. Answer every waiting long poll at once with an empty change list, so
-   browsers poll again straight away, reaching whatever replaces this
-   process.  Polls that arrive on kept-alive connections meanwhile are
-   answered the same way until the end.
+2. Answer every waiting long poll at once with an empty change list, and
+   end every event stream cleanly, so browsers poll or reconnect straight
+   away, reaching whatever replaces this process.  Polls and streams that
+   arrive on kept-alive connections meanwhile are answered the same way
+   until the end.
 3. Let the writes in flight finish (bounded by ``write_grace`` seconds): a
    write that got its 204 is in the store.
 4. Close the remaining connections, then the store.
@@ -37,7 +38,10 @@ async def drain(
     loop = asyncio.get_running_loop()
     started = loop.time()
     answered = 0
+    streams_ended = 0
     while True:
+        if len(board.streams):
+            streams_ended += board.streams.end_all()
         waiting = len(board.waiters) + len(board.slow_lane)
         if waiting:
             board.waiters.deliver_to_all(board.feed.timeout_answer())
@@ -56,4 +60,6 @@ async def drain(
     talks = len(board.store.all_talks())
     board.store.close()
     log.info("stopped: answered %d waiting polls; %d talks in the store", answered, talks)
+    if streams_ended:
+        log.info("ended %d event streams", streams_ended)
     return answered

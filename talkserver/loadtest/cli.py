@@ -1,10 +1,11 @@
 """``talkserver-load``: many long-polling clients and a few writers against one server.
 
     talkserver-load --url http://127.0.0.1:8000 --clients 1000 --writers 2 \\
-        --duration 10 [--rate R] [--json out.json] [--plot out.png]
+        --duration 10 [--rate R] [--transport sse] [--json out.json] [--plot out.png]
 
 A run has four phases.  *Connect*: every client opens a keep-alive
-connection, fetches ``GET /talks`` and starts polling, as a browser does.
+connection, fetches ``GET /talks`` and starts polling, as a browser does
+(with ``--transport sse``: opens an event stream, see streams.py).
 *Write*: each writer proposes a talk, comments on it twice and deletes it,
 over and over, for ``--duration`` seconds.  *Drain*: the writers stop, the
 tool fetches ``GET /talks`` and waits (at most ``--drain`` seconds) until
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 
 from ..cli import raise_open_files_limit
 from .clients import RETRY_BACKOFF, Hub, Poller, ProtocolError, Target, Writer, clock, fetch_talks, talk_path
+from .streams import Streamer
 from .tally import TOKEN, Tally, percentile
 
 # Connections opened at once while connecting: enough to connect 10,000
@@ -84,6 +86,7 @@ class Plan:
     json_path: str | None
     plot_path: str | None
     loop: str = "auto"
+    transport: str = "poll"
     clients_per_address: int = 100
     progress: bool = field(default_factory=lambda: sys.stdout.isatty())
 
@@ -123,6 +126,8 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
     parser.add_argument("--clients", type=_positive(int), default=100, help="long-polling clients (default %(default)s)")
+    parser.add_argument("--transport", choices=("poll", "sse"), default="poll",
+                        help="how clients follow the board: long polls, or server-sent event streams (default %(default)s)")
     parser.add_argument("--writers", type=_count, default=1, help="writers making changes (default %(default)s)")
     parser.add_argument("--duration", type=_positive(float), default=10.0, help="seconds of writing (default %(default)s)")
     parser.add_argument("--rate", type=_positive(float), help="changes per second, all writers together (default: as fast as answered)")
@@ -130,7 +135,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
                         help="fan-out benchmark: one change at a time, sent SECONDS after every client waits again")
     parser.add_argument("--drain", type=_positive(float), default=10.0,
                         help="seconds to wait after writing for clients to catch up (default %(default)s)")
-    parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client")
+    parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client and its CPU while writing")
     parser.add_argument("--clients-per-address", type=_count, default=100, metavar="N",
                         help="on a loopback URL, spread clients over 127.0.0.0/8 source addresses, N each, "
                         "and give each writer its own (0: all from one address; default %(default)s)")
@@ -173,8 +178,15 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         host=url.hostname, port=port, url=f"http://{url.netloc}", clients=args.clients,
         writers=args.writers, duration=args.duration, rate=args.rate, spaced=args.spaced,
         drain=args.drain, pid=args.pid, json_path=args.json_path, plot_path=args.plot_path,
-        loop=args.loop, clients_per_address=args.clients_per_address,
+        loop=args.loop, clients_per_address=args.clients_per_address, transport=args.transport,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kb(pid: int) -> int:
@@ -197,13 +209,15 @@ class Run:
         self.target = Target(plan.host, plan.port, plan.clients_per_address)
         self.hub = Hub(self.target)
         self.tally = Tally()
-        self.pollers = [Poller(self.target, self.hub, self.target.poller_source(i)) for i in range(plan.clients)]
+        client = Streamer if plan.transport == "sse" else Poller
+        self.pollers = [client(self.target, self.hub, self.target.poller_source(i)) for i in range(plan.clients)]
         self.throttled = 0
         self.tag = secrets.token_hex(3)
         self.phase = "connect"
         self.started = clock()
         self.write_seconds = 0.0
         self.memory: dict | None = None
+        self.server_cpu: float | None = None
         self.copies_matching = 0
         self.event_loop = "asyncio"
 
@@ -230,8 +244,12 @@ class Run:
                 }
             self.phase = "write"
             begun = clock()
+            cpu = cpu_seconds(self.plan.pid) if self.plan.pid else None
             await self._write()
             self.write_seconds = clock() - begun
+            if cpu is not None:
+                # The server's share of one core while the writers wrote.
+                self.server_cpu = (cpu_seconds(self.plan.pid) - cpu) / self.write_seconds * 100
             self.phase = "drain"
             await self._drain()
         finally:
@@ -414,6 +432,7 @@ class Run:
         result = {
             "url": self.plan.url,
             "mode": "spaced" if self.plan.spaced else "load",
+            "transport": self.plan.transport,
             "clients": self.plan.clients,
             "writers": self.plan.writers,
             "duration_s": round(self.write_seconds, 3),
@@ -442,6 +461,7 @@ class Run:
                 "per_change": [round(ms, 3) for ms in last] if self.plan.spaced else None,
             },
             "server_memory": self.memory,
+            "server_cpu_percent": None if self.server_cpu is None else round(self.server_cpu, 1),
             "event_loop": self.event_loop,
         }
         return result
@@ -464,7 +484,7 @@ def summary(result: dict) -> str:
         pace = "one change at a time (--spaced)"
     rows = [
         ("server", f"{result['url']}  (client loop: {result['event_loop']})"),
-        ("clients", f"{result['clients']}"),
+        ("clients", f"{result['clients']} ({'event streams' if result['transport'] == 'sse' else 'long polls'})"),
         ("writers", f"{result['writers']} for {result['duration_s']:.1f} s, {pace}"),
         ("changes", f"{result['changes']}"),
         ("deliveries", f"{result['deliveries']}  ({result['deliveries_per_s']:.0f} per s)"),
@@ -484,6 +504,8 @@ def summary(result: dict) -> str:
             f"idle {memory['idle_rss_kb'] / 1024:.1f} MiB, {result['clients']} waiting "
             f"{memory['waiting_rss_kb'] / 1024:.1f} MiB: {memory['per_client_kb']:.2f} KiB per client",
         ))
+    if result.get("server_cpu_percent") is not None:
+        rows.append(("server CPU", f"{result['server_cpu_percent']:.0f} % of one core while writing"))
     width = max(len(name) for name, _ in rows)
     verdict = "clean: nothing lost, doubled or failed" if clean(result) else "NOT CLEAN: see lost / duplicates / errors / copies"
     return "\n".join([f"talkserver-load: {verdict}"] + [f"  {name:<{width}}  {value}" for name, value in rows])

@@ -133,7 +133,7 @@ def open_page(browser: Browser, server: Server):
     contexts = []
     pages = []
 
-    def open_page(width: int = 1100, height: int = 800) -> Page:
+    def open_page(width: int = 1100, height: int = 800, before_load=None) -> Page:
         context = browser.new_context(viewport={"width": width, "height": height})
         contexts.append(context)
         page = context.new_page()
@@ -146,6 +146,8 @@ def open_page(browser: Browser, server: Server):
             lambda message: page.problems.append(f"CSP: {message.text}")
             if "Content Security Policy" in message.text else None,
         )
+        if before_load is not None:
+            before_load(page)  # e.g. page.route(...) for the page's very first requests
         page.goto(server.url)
         expect(page.get_by_role("status")).to_have_text("Live")
         pages.append(page)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 
 from playwright.sync_api import Page, expect
@@ -163,8 +164,68 @@ def test_the_page_recovers_after_the_server_is_killed_and_restarted(open_page, s
     expect(talk(grace, "After the restart")).to_be_visible()
     expect(talk(grace, "After the restart")).to_have_count(1)
     # It resumed from its cursor every time instead of reloading everything.
+    # (Over a stream, changes need no request: only reconnects are seen.)
+    assert reads and all("changesSince=" in url for url in reads)
     cursors = [int(url.split("changesSince=")[1]) for url in reads]
-    assert len(cursors) >= 3 and cursors == sorted(cursors)
+    assert cursors == sorted(cursors)
+
+
+def server_metric(server, name: str) -> float:
+    with urllib.request.urlopen(server.url + "metrics") as response:
+        text = response.read().decode()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def eventually(condition, timeout: float = 15.0) -> None:
+    """Wait for ``condition()`` (checked every 50 ms) to hold."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def refuse_event_streams(page: Page) -> None:
+    """Make every event-stream request of ``page`` fail, as a proxy that cannot stream would;
+    ``page.refused`` counts them."""
+    page.refused = 0
+
+    def route(route):
+        if "text/event-stream" in (route.request.headers.get("accept") or ""):
+            page.refused += 1
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/talks*", route)
+
+
+def test_two_pages_stay_live_over_event_streams(open_page, server):
+    ada, grace = open_page(), open_page()
+    sign_in(ada, "Ada")
+
+    propose(ada, "Streams")
+    comment(ada, "Streams", "No polling here")
+
+    expect(talk(grace, "Streams").get_by_role("listitem")).to_have_text(["Ada: No polling here"])
+    assert server_metric(server, "talkserver_streams_open") == 2
+    assert server_metric(server, "talkserver_waiting_clients") == 0
+
+
+def test_a_page_whose_streams_are_refused_switches_to_long_polling_and_stays_live(open_page, server):
+    ada = open_page()
+    grace = open_page(before_load=refuse_event_streams)
+    sign_in(ada, "Ada")
+
+    propose(ada, "Polled")
+    comment(ada, "Polled", "Still arrives")
+
+    expect(talk(grace, "Polled").get_by_role("listitem")).to_have_text(["Ada: Still arrives"])
+    expect(grace.get_by_role("status")).to_have_text("Live")
+    # Ada streams; Grace waits in a long poll, and gave up on streams
+    # after the refusals the page allows instead of trying again and again.
+    eventually(lambda: server_metric(server, "talkserver_waiting_clients") == 1)
+    assert server_metric(server, "talkserver_streams_open") == 1
+    assert grace.refused == grace.evaluate("async () => (await import('./follow.js')).STREAM_REFUSALS")
 
 
 def test_a_reset_replaces_the_list_but_keeps_a_half_typed_comment(open_page, server):

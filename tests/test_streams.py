@@ -1,0 +1,406 @@
+"""Event streams (server-sent events) on ``GET /talks``, with real sockets against a live server.
+
+Each test opens streams with the raw client in tests/sse.py and checks the
+events a browser's EventSource would get.
+"""
+
+import asyncio
+import re
+
+import pytest
+
+from talkserver import make_app
+from talkserver.auth import hash_password, write_password_file
+
+from .conftest import POLL_TIMEOUT
+from .harness import ServerProcess, send
+from .sse import StreamClient
+
+HEARTBEAT = 0.3
+STREAM_BUFFER = 64 * 1024
+TALK = {"presenter": "Ada", "summary": "Engines"}
+
+
+@pytest.fixture
+def settings(request, tmp_path):
+    """Extra make_app() settings, chosen by indirect parametrization: "cap" or "password"."""
+    kind = getattr(request, "param", None)
+    if kind == "cap":
+        return {"max_polls_per_ip": 2}
+    if kind == "password":
+        path = tmp_path / "passwords"
+        write_password_file(path, {"ada": hash_password("secret")})
+        return {"password_file": str(path)}
+    return {}
+
+
+@pytest.fixture
+def app(store, settings):
+    return make_app(store, poll_timeout=POLL_TIMEOUT, heartbeat=HEARTBEAT, stream_buffer=STREAM_BUFFER, **settings)
+
+
+@pytest.fixture
+def port(http_server, http_port):
+    """The port of the live server pytest-tornado runs for ``app``."""
+    return http_port
+
+
+async def until(condition, timeout=15.0):
+    """Wait for ``condition()`` to hold."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def open_stream(port, board, path="/talks", **kwargs):
+    """A stream that the server has registered (so it gets every later change)."""
+    before = len(board.streams)
+    client = await StreamClient.open(port, path, **kwargs)
+    assert client.status == 200, client.body
+    await until(lambda: len(board.streams) > before)
+    return client
+
+
+def titles(block):
+    return [t["title"] for t in block.json()["talks"]]
+
+
+# -- opening a stream --------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_a_stream_is_200_text_event_stream_and_its_first_event_holds_the_board(port, board):
+    board.put("One", "Ada", "first")
+    board.put("Two", "Bob", "second")
+
+    client = await StreamClient.open(port)
+    first = await client.event()
+
+    assert client.status == 200
+    assert client.headers["content-type"] == "text/event-stream"
+    assert client.headers["cache-control"] == "no-store"
+    assert client.headers["x-accel-buffering"] == "no"
+    assert first.json() == {"serverTime": board.store.head, "talks": board.store.all_talks()}
+    assert first.id == str(board.store.head)
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_a_stream_begins_with_a_retry_hint_of_one_to_three_seconds(port, board):
+    client = await StreamClient.open(port)
+
+    first = await client.block()
+
+    assert 1000 <= first.retry <= 3000
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_the_first_event_after_changes_since_holds_only_the_later_changes(port, board):
+    board.put("Old", "Ada", "s")
+    cursor = board.store.head
+    board.put("New", "Bob", "s")
+
+    client = await StreamClient.open(port, f"/talks?changesSince={cursor}")
+    first = await client.event()
+
+    assert titles(first) == ["New"]
+    assert first.id == str(board.store.head)
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_a_stream_at_the_newest_cursor_gets_no_event_until_something_changes(port, board):
+    board.put("Old", "Ada", "s")
+    cursor = board.store.head
+    client = await open_stream(port, board, f"/talks?changesSince={cursor}")
+
+    board.put("Next", "Bob", "s")
+    first = await client.event()
+
+    # Had anything been sent for the old cursor, it would have come first.
+    assert titles(first) == ["Next"]
+    assert first.json()["serverTime"] > cursor
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_a_malformed_last_event_id_is_answered_400_with_a_json_error(port, board):
+    client = await StreamClient.open(port, headers={"Last-Event-ID": "yesterday"})
+
+    assert client.status == 400
+    assert b'"error"' in client.body
+    assert len(board.streams) == 0
+    client.close()
+
+
+# -- live events ---------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_each_change_is_one_event_whose_id_is_its_server_time_and_ids_increase(port, board):
+    client = await open_stream(port, board)
+    await client.event()  # the (empty) board
+
+    seen = []
+    for title in ("a", "b", "c"):
+        board.put(title, "Ada", "s")
+        block = await client.event()
+        seen.append((titles(block), int(block.id), block.json()["serverTime"], board.store.head))
+
+    assert [t for t, *_ in seen] == [["a"], ["b"], ["c"]]
+    assert all(i == server_time == head for _, i, server_time, head in seen)
+    assert seen[0][1] < seen[1][1] < seen[2][1]
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board):
+    client = await open_stream(port, board)
+    await client.event()
+    cursor = board.store.head
+
+    board.put("Shared", "Ada", "é and ✓")
+    block = await client.event()
+    poll = await send(port, "GET", f"/talks?changesSince={cursor}")
+
+    assert block.data.encode("utf-8") == poll.body
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_a_deleted_talk_arrives_as_a_tombstone(port, board):
+    board.put("Doomed", "Ada", "s")
+    client = await open_stream(port, board)
+    await client.event()
+
+    board.delete("Doomed")
+    block = await client.event()
+
+    assert block.json()["talks"] == [{"title": "Doomed", "deleted": True}]
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_a_cursor_from_the_future_gets_the_whole_board_as_a_reset(port, board):
+    board.put("Kept", "Ada", "s")
+
+    client = await StreamClient.open(port, f"/talks?changesSince={board.store.head + 10_000}")
+    first = await client.event()
+
+    assert first.json() == {"serverTime": board.store.head, "talks": board.store.all_talks(), "reset": True}
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_an_idle_stream_gets_a_heartbeat_comment(port, board):
+    client = await open_stream(port, board)
+    await client.event()
+
+    block = await client.block(timeout=10 * HEARTBEAT + 5)
+
+    assert block.comments == ["heartbeat"]
+    assert block.data is None
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events(port, board):
+    client = await open_stream(port, board, http10=True)
+    await client.event()
+
+    board.put("Plain", "Ada", "s")
+    block = await client.event()
+
+    assert "transfer-encoding" not in client.headers
+    assert titles(block) == ["Plain"]
+    client.close()
+
+
+# -- reconnecting ----------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_a_reconnect_with_last_event_id_gets_exactly_the_missed_changes_beating_a_stale_query(port, board):
+    board.put("Seen", "Ada", "s")
+    stale = board.store.head
+    client = await open_stream(port, board, f"/talks?changesSince={stale}")
+    board.put("Also seen", "Ada", "s")
+    last_id = (await client.event()).id
+    client.close()
+    await until(lambda: len(board.streams) == 0)
+    board.put("Missed 1", "Bob", "s")
+    board.put("Missed 2", "Bob", "s")
+
+    # EventSource reconnects to its original URL, with the id it saw last.
+    again = await StreamClient.open(port, f"/talks?changesSince={stale}", headers={"Last-Event-ID": last_id})
+    first = await again.event()
+
+    assert titles(first) == ["Missed 2", "Missed 1"]
+    assert first.id == str(board.store.head)
+    again.close()
+
+
+# -- limits, metrics, access -------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every_change(port, board):
+    board.put("Big", "Ada", "s")
+    reader = await open_stream(port, board)
+    await reader.event()
+    before = len(board.streams)
+    slow = await StreamClient.open_unread(port)
+    await until(lambda: len(board.streams) == before + 1)
+
+    # Each comment makes the talk's event longer, so the unread bytes pile
+    # up fast once the slow client's socket buffers are full.
+    message = "x" * 2000
+    n = 0
+    while "talkserver_streams_dropped_total 1" not in board.metrics.render():
+        n += 1
+        assert n < 1000, "the slow client was never dropped"
+        board.add_comment("Big", "Bob", f"{n} {message}")
+        block = await reader.event()
+        assert len(block.json()["talks"][0]["comments"]) == n
+    board.put("After", "Ada", "s")
+    after = await reader.event()
+
+    assert titles(after) == ["After"]
+    assert len(board.streams) == 1
+    loop = asyncio.get_running_loop()
+    while await asyncio.wait_for(loop.sock_recv(slow, 1 << 20), 30):
+        pass  # what was sent before the drop, then the end
+    slow.close()
+    reader.close()
+
+
+@pytest.mark.gen_test
+async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board):
+    client = await open_stream(port, board)
+    last_id = (await client.event()).id
+    client.close()
+    for n in range(5):
+        board.put(f"t{n}", "Ada", "s")
+    board.put("t0", "Ada", "changed again")
+
+    again = await StreamClient.open(port, headers={"Last-Event-ID": last_id})
+    first = await again.event()
+
+    assert titles(first) == ["t0", "t4", "t3", "t2", "t1"]
+    assert first.json()["talks"][0]["summary"] == "changed again"
+    again.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("settings", ["cap"], indirect=True)
+async def test_streams_count_against_the_per_address_poll_cap(port, board):
+    first = await open_stream(port, board, source="127.0.0.5")
+    second = await open_stream(port, board, source="127.0.0.5")
+
+    refused = await StreamClient.open(port, source="127.0.0.5")
+    elsewhere = await StreamClient.open(port, source="127.0.0.6")
+
+    assert refused.status == 429
+    assert refused.headers["retry-after"] == "1"
+    assert elsewhere.status == 200
+    for client in (first, second, refused, elsewhere):
+        client.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("settings", ["cap"], indirect=True)
+async def test_a_stream_that_ends_gives_its_slot_back(port, board, app):
+    first = await open_stream(port, board, source="127.0.0.7")
+    second = await open_stream(port, board, source="127.0.0.7")
+
+    first.close()
+    await until(lambda: app.limits.polls_held("127.0.0.7") == 1)
+    third = await StreamClient.open(port, source="127.0.0.7")
+
+    assert third.status == 200
+    second.close()
+    third.close()
+
+
+@pytest.mark.gen_test
+async def test_a_stream_whose_client_leaves_is_forgotten(port, board):
+    client = await open_stream(port, board)
+
+    client.close()
+
+    await until(lambda: len(board.streams) == 0)
+    board.put("Nobody listens", "Ada", "s")  # and nothing fails
+
+
+@pytest.mark.gen_test
+async def test_metrics_count_open_streams_and_events_sent(port, board):
+    clients = [await open_stream(port, board) for _ in range(3)]
+    board.put("Counted", "Ada", "s")
+    for client in clients:
+        await client.event()
+        await client.event()
+
+    metrics = (await send(port, "GET", "/metrics")).body.decode()
+
+    assert re.search(r"^talkserver_streams_open 3$", metrics, re.M)
+    # Three first events (the board) and the change to each of three.
+    assert re.search(r"^talkserver_stream_events_total 6$", metrics, re.M)
+    assert re.search(r"^talkserver_streams_dropped_total 0$", metrics, re.M)
+    for client in clients:
+        client.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("settings", ["password"], indirect=True)
+async def test_a_stream_needs_the_password_when_one_is_set(port, board):
+    refused = await StreamClient.open(port)
+    allowed = await StreamClient.open(port, headers={"Authorization": "Basic YWRhOnNlY3JldA=="})  # ada:secret
+    first = await allowed.event()
+
+    assert refused.status == 401
+    assert b'"error"' in refused.body
+    assert first.json() == {"serverTime": board.store.head, "talks": []}
+    refused.close()
+    allowed.close()
+
+
+# -- the talkserver command ----------------------------------------------------------
+
+
+async def open_streams(server) -> str:
+    metrics = (await send(server.port, "GET", "/metrics")).body.decode()
+    return re.search(r"^talkserver_streams_open (\S+)$", metrics, re.M).group(1)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sigterm_ends_every_stream_cleanly_and_exits_0():
+    with ServerProcess("--db=:memory:") as server:
+        clients = [await StreamClient.open(server.port) for _ in range(2)]
+        for client in clients:
+            await client.event()
+        while await open_streams(server) != "2":
+            await asyncio.sleep(0.05)
+
+        server.terminate()
+        ended = await asyncio.gather(*(client.ended(timeout=10) for client in clients))
+        code = await asyncio.get_running_loop().run_in_executor(None, server.stop)
+
+        assert ended == [True, True]
+        assert code == 0
+        assert "ended 2 event streams" in server.log()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_heartbeat_option_sets_the_seconds_between_comments():
+    with ServerProcess("--db=:memory:", "--heartbeat=0.5") as server:
+        client = await StreamClient.open(server.port)
+        await client.event()
+
+        beats = [await client.block(timeout=10) for _ in range(3)]
+
+        # Three within the 10 s each may take: not the 15 s default.
+        assert [b.comments for b in beats] == [["heartbeat"]] * 3
+        client.close()
