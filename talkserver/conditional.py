@@ -132,12 +132,17 @@ class ConditionalPolls:
         if not wait:
             _not_modified(handler, tag)
             return
-        handler.application.limits.hold_poll(handler)
+        over_cap = handler.application.limits.hold_poll(handler)
         handler.set_header("Preference-Applied", f"wait={wait:g}")
         handler.set_header("Content-Type", JSON_TYPE)
-        poll = ConditionalPoll(self, handler, head, tags, wait)
+        # Past the per-address cap a wait goes to the slow lane, as a
+        # changesSince poll does: answered every few seconds (304 or the
+        # new list), so a crowd behind one address costs one request per
+        # client per round, and nobody starves.
+        lane = self.board.slow_lane if over_cap else self.board.waiters
+        poll = ConditionalPoll(self, handler, head, tags, wait, lane)
         handler._conditional = poll  # for on_connection_close
-        self.board.waiters.park(poll)
+        lane.park(poll)
         if wait < self.board.waiters.timeout:
             self._park_short(poll)
         result = await poll.future
@@ -196,7 +201,7 @@ class ConditionalPolls:
                 loop.call_at(deadline, self._expire, wait)
                 return
             del group[poll]
-            self.board.waiters.forget(poll)
+            poll.lane.forget(poll)
             poll.deliver(b"")
         del self._short[wait]
 
@@ -209,10 +214,13 @@ class ConditionalPoll:
     the whole list with its new tag if the state moved, else 304.
     """
 
-    __slots__ = ("polls", "handler", "cursor", "tags", "wait", "head_block", "future")
+    __slots__ = ("polls", "handler", "cursor", "tags", "wait", "lane", "head_block", "future")
 
-    def __init__(self, polls: ConditionalPolls, handler: RequestHandler, head: int, tags: frozenset[str], wait: float) -> None:
+    def __init__(
+        self, polls: ConditionalPolls, handler: RequestHandler, head: int, tags: frozenset[str], wait: float, lane
+    ) -> None:
         self.polls = polls
+        self.lane = lane  # the board's Waiters, or its SlowLane past the cap
         self.handler = handler
         self.cursor = head
         self.tags = tags
@@ -232,7 +240,7 @@ class ConditionalPoll:
         if tag in self.tags:
             # The client listed this state too: it has it, so wait on.
             self.cursor = head
-            polls.board.waiters.park(self)
+            self.lane.park(self)
             return
         polls.unpark_short(self)
         answer = polls.body()
@@ -243,7 +251,7 @@ class ConditionalPoll:
     def cancel(self) -> None:
         """The client went away: forget the poll at once."""
         if not self.future.done():
-            self.polls.board.waiters.forget(self)
+            self.lane.forget(self)
             self.polls.unpark_short(self)
             self.future.set_result(None)
 
