@@ -37,6 +37,7 @@ from tornado.iostream import IOStream
 from tornado.web import HTTPError, RequestHandler
 
 from .feed import Feed
+from .limits import refuse
 from .metrics import Metrics
 from .validation import BadInput, parse_cursor
 
@@ -238,7 +239,15 @@ async def follow(handler: RequestHandler, streams: Streams) -> None:
     finishes as usual.
     """
     cursor = stream_cursor(handler)
-    handler.application.limits.hold_poll(handler)
+    if handler.application.limits.hold_poll(handler):
+        # Past the cap a poll still waits, in the slow lane; a stream would
+        # hold its socket for hours, so it is refused and the page falls
+        # back to polling, which the slow lane serves.
+        refuse(
+            handler, 429,
+            "too many long polls and event streams are open from your address; poll instead",
+            Retry_After="5",
+        )
     handler.set_header("Content-Type", EVENT_STREAM_TYPE)
     # nginx would otherwise buffer the stream (see docs/deploy.md).
     handler.set_header("X-Accel-Buffering", "no")

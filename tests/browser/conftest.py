@@ -96,6 +96,21 @@ class Server:
                 self.kill()
 
 
+def refuse_event_streams(page: Page) -> None:
+    """Make every event-stream request of ``page`` fail, as a proxy that cannot stream would;
+    ``page.refused`` counts them."""
+    page.refused = 0
+
+    def route(route):
+        if "text/event-stream" in (route.request.headers.get("accept") or ""):
+            page.refused += 1
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/talks*", route)
+
+
 @pytest.fixture(scope="package")
 def browser() -> Browser:
     # Package scope, not session: while Playwright's sync API is open it keeps

@@ -15,6 +15,8 @@ import urllib.request
 
 from playwright.sync_api import Page, expect
 
+from .conftest import refuse_event_streams
+
 XSS_TITLE = "<img src=x onerror=alert(1)>"
 
 
@@ -182,21 +184,6 @@ def eventually(condition, timeout: float = 15.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
-
-
-def refuse_event_streams(page: Page) -> None:
-    """Make every event-stream request of ``page`` fail, as a proxy that cannot stream would;
-    ``page.refused`` counts them."""
-    page.refused = 0
-
-    def route(route):
-        if "text/event-stream" in (route.request.headers.get("accept") or ""):
-            page.refused += 1
-            route.abort()
-        else:
-            route.continue_()
-
-    page.route("**/talks*", route)
 
 
 def test_two_pages_stay_live_over_event_streams(open_page, server):
