@@ -7,6 +7,7 @@
     DELETE /talks/{title}            delete                 TalkHandler
     POST   /talks/{title}/comments   add a comment          CommentsHandler
     GET    /metrics                  Prometheus metrics     MetricsHandler
+    GET    /healthz                  ready for traffic?     HealthHandler
     GET    /anything/else            a file from www/       PageHandler
 
 Titles are single URL-encoded path segments (``/`` inside a title travels
@@ -22,7 +23,7 @@ import tornado.web
 
 from .auth import Access
 from .board import Board
-from .handlers import CommentsHandler, MetricsHandler, PageHandler, TalkHandler, TalksHandler
+from .handlers import CommentsHandler, HealthHandler, MetricsHandler, PageHandler, TalkHandler, TalksHandler
 from .limits import Limits
 from .stores import MemoryStore, Store
 
@@ -61,6 +62,7 @@ def make_app(
         (r"/talks/([^/]+)/comments", CommentsHandler, api),
         (r"/talks/([^/]+)", TalkHandler, api),
         (r"/metrics", MetricsHandler, api),
+        (r"/healthz", HealthHandler, api),
         (r"/(.*)", PageHandler, {"path": static_path or default_static_path(), "default_filename": "index.html"}),
     ]
 

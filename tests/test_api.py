@@ -5,15 +5,15 @@ import json
 from urllib.parse import quote
 
 import pytest
-from .conftest import STORE_KINDS, new_store
+from .conftest import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(params=STORE_KINDS, autouse=True)
 def store(request, tmp_path):
     """Every test here runs on each kind of store."""
-    store = new_store(request.param, tmp_path)
+    store = new_store(request.param, tmp_path, request=request)
     yield store
-    store.close()
+    close_store(store, request)
 
 
 async def fetch(http_client, base_url, path, method="GET", body=None, headers=None):

@@ -4,15 +4,15 @@ import pytest
 
 from talkserver.stores import TalkNotFound
 
-from .conftest import STORE_KINDS, new_store
+from .conftest import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(params=STORE_KINDS)
 def store(request, clock, tmp_path):
     """A new store of each kind on the hand-set clock."""
-    store = new_store(request.param, tmp_path, clock)
+    store = new_store(request.param, tmp_path, clock, request=request)
     yield store
-    store.close()
+    close_store(store, request)
 
 
 def titles(changes):

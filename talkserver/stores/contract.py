@@ -65,7 +65,13 @@ class Changes:
 
 
 class Store(Protocol):
-    """What the server needs from a store; stores.memory.MemoryStore shows the rules."""
+    """What the server needs from a store; stores.memory.MemoryStore shows the rules.
+
+    A shared store (stores.postgres) has the same methods, but its writes,
+    ``prune`` and ``close`` are coroutines, and it calls ``on_change`` when
+    changes from any process have been applied; talkserver.board awaits
+    and wakes accordingly.
+    """
 
     head: int
 
