@@ -11,7 +11,10 @@ timeout path can be tested without waiting 90 seconds.
 
 import pytest
 
-from talkserver import make_app
+# Helpers whose asserts should explain themselves like the tests' own.
+pytest.register_assert_rewrite("tests.consistency")
+
+from talkserver import make_app  # noqa: E402
 from talkserver.stores.sqlite import SQLiteStore
 from talkserver.stores import MemoryStore, PostgresStore
 

@@ -42,6 +42,19 @@ def test_head_starts_at_the_creation_time(store, clock):
     assert store.head == clock.now
 
 
+@pytest.fixture(params=STORE_KINDS)
+def wall_clock_store(request, tmp_path):
+    """A new store of each kind on the real clock (the database's, for PostgreSQL)."""
+    store = new_store(request.param, tmp_path, request=request)
+    yield store
+    close_store(store, request)
+
+
+def test_a_new_stores_first_server_time_is_a_cursor_without_reset(wall_clock_store):
+    changes = wall_clock_store.changes_since(wall_clock_store.head)
+    assert not changes.reset and changes.talks == []
+
+
 def test_changes_since_holds_exactly_the_changes_after_the_cursor(store):
     store.put("a", "p", "s")
     cursor = store.head

@@ -192,7 +192,9 @@ class PostgresStore(MemoryStore):
                 # from before it (another, wiped board) get a reset.
                 now = _DB_CLOCK_MS if self._given_clock is None else str(int(self._given_clock()))
                 await conn.execute(
-                    f"INSERT INTO head (stamp, pruned_through) SELECT {now}, {now}"
+                    # One reading of the clock for both: a cursor at the
+                    # creation time must not count as older than history.
+                    f"INSERT INTO head (stamp, pruned_through) SELECT created, created FROM (SELECT {now} AS created) AS c"
                     " WHERE NOT EXISTS (SELECT 1 FROM head)"
                 )
 
@@ -367,7 +369,9 @@ class PostgresStore(MemoryStore):
         first = True
         while not self._closed:
             try:
-                conn = await asyncpg.connect(self.url, timeout=5, server_settings=SESSION_SETTINGS)
+                conn = await asyncpg.connect(
+                    self.url, timeout=5, server_settings=dict(SESSION_SETTINGS, application_name="talkserver-listen")
+                )
             except Exception as e:
                 if not _unreachable(e):
                     raise
