@@ -12,6 +12,7 @@ from asyncio import Future
 from urllib.parse import urlsplit
 
 from tornado.iostream import StreamClosedError
+from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
 from . import wakeup
@@ -121,6 +122,10 @@ class ApiHandler(RequestHandler):
         if isinstance(value, HTTPError) and value.status_code < 500:
             return
         if isinstance(value, StreamClosedError):
+            return
+        if isinstance(value, StoreWriteFailed):
+            # Known trouble with a known cause (the store says which): one line.
+            app_log.warning("%s: the change could not be saved: %s", self._request_summary(), value)
             return
         super().log_exception(typ, value, tb)
 

@@ -218,3 +218,67 @@ def test_a_postgresql_url_without_the_driver_names_the_extra(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "talkserver: the PostgreSQL store needs the asyncpg driver: pip install 'talkserver[postgres]'"
     ]
+
+
+# -- PostgreSQL going away -------------------------------------------------------
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster of this test's own, to stop and start under a running server."""
+    cluster = Cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_postgresql_restarted_under_load_loses_no_acknowledged_write(own_cluster):
+    loop = asyncio.get_running_loop()
+    with started(f"--db={own_cluster.new_database()}", "--logging=info") as server:
+        acknowledged, refused = [], []
+        stop = asyncio.Event()
+
+        async def writer(number):
+            for k in range(100_000):
+                if stop.is_set():
+                    return
+                answer = await send(server.port, "PUT", f"/talks/w{number}-{k}", {"presenter": "p", "summary": "s"})
+                (acknowledged if answer.status == 204 else refused).append((f"w{number}-{k}", answer))
+                if answer.status != 204:
+                    await asyncio.sleep(0.05)
+
+        writing = [asyncio.ensure_future(writer(n)) for n in range(4)]
+        await asyncio.sleep(1.0)
+        await loop.run_in_executor(None, own_cluster.stop)
+
+        # While it is away: writes are refused, reads go on from memory.
+        during = await send(server.port, "PUT", "/talks/During", {"presenter": "p", "summary": "s"})
+        read = await send(server.port, "GET", "/talks")
+        health = await send(server.port, "GET", "/healthz")
+        await loop.run_in_executor(None, own_cluster.start)
+
+        async def writable():
+            answer = await send(server.port, "PUT", "/talks/After", {"presenter": "p", "summary": "s"})
+            return answer.status == 204
+
+        await until(writable, timeout=30)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*writing)
+        await asyncio.sleep(0.5)
+        board = {t["title"] for t in (await send(server.port, "GET", "/talks")).json()["talks"]}
+        health_after = await send(server.port, "GET", "/healthz")
+        metrics = (await send(server.port, "GET", "/metrics")).body.decode()
+        log = server.log()
+
+    assert during.status == 503
+    assert during.json()["error"].startswith("the change could not be saved: the database is unreachable")
+    assert read.status == 200 and {t["title"] for t in read.json()["talks"]} >= {acknowledged[0][0]}
+    assert health.status == 503 and health.json() == {"ok": False}
+    assert health_after.status == 200
+    assert refused and all(answer.status == 503 for _, answer in refused)
+    assert {title for title, _ in acknowledged} | {"After"} <= board
+    assert "During" not in board
+    assert metric(metrics, "talkserver_store_reachable") == 1
+    assert metric(metrics, "talkserver_store_reconnects") >= 1
+    assert "PostgreSQL is unreachable" in log and "reconnected to PostgreSQL" in log

@@ -109,7 +109,10 @@ def _unreachable(e: BaseException) -> bool:
     """Whether ``e`` means the database is away (rather than a bug here)."""
     if asyncpg is None:
         return False
-    return isinstance(e, (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError))
+    # InternalClientError: asyncpg's state when a connection dies mid-query.
+    return isinstance(
+        e, (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    )
 
 
 class _NoChange(Exception):
@@ -284,6 +287,11 @@ class PostgresStore(MemoryStore):
                         title, stamp,
                     )
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(stamp))
+        except (TalkNotFound, _NoChange):
+            # Rolled back: another process deleted the talk, and this one
+            # should show that too before it answers.
+            await self._apply_after_commit()
+            raise
         except Exception as e:
             if _unreachable(e):
                 raise StoreWriteFailed(f"the database is unreachable ({_one_line(e)})") from None
