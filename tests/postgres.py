@@ -55,7 +55,9 @@ def _unprivileged() -> tuple[int, int] | None:
 class Cluster:
     """A running PostgreSQL cluster owned by the test session."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        # ``durable``: PostgreSQL's own defaults (fsync on), for benchmarks.
+        self.durable = durable
         self.bin = _bin_dir()
         self.owner = _unprivileged()
         self.dir = Path(tempfile.mkdtemp(prefix="talkserver-pg-"))
@@ -80,8 +82,10 @@ class Cluster:
         """Start (or start again) the cluster and wait until it accepts connections."""
         settings = (
             f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir}"
-            " -c fsync=off -c full_page_writes=off -c max_connections=300"
+            " -c max_connections=300"
         )
+        if not self.durable:
+            settings += " -c fsync=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", settings, "-w", "-t", "60", "start")
 
     def stop(self, mode: str = "fast") -> None:

@@ -432,6 +432,47 @@ class PostgresStore(MemoryStore):
                             _one_line(error))
         self.reachable = reachable
 
+    async def talk_count(self) -> int:
+        """Talks and tombstones in the database (for talkserver-import's check)."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetchval("SELECT count(*) FROM change_log")
+
+    async def replace_board(self, talks: list[dict], newer_than: int) -> int:
+        """Replace the whole board with ``talks`` (from another store) in one transaction.
+
+        The new head is past ``newer_than`` (the old store's head), the
+        database clock and the current head, and history is marked pruned
+        up to it: a cursor from either old board gets one clean reset.
+        Returns the new head.  Processes following the database reload.
+        """
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                head = await conn.fetchval(
+                    f"UPDATE head SET stamp = greatest({_DB_CLOCK_MS}, stamp + 1, $1::bigint + 1) RETURNING stamp",
+                    newer_than,
+                )
+                await conn.execute("UPDATE head SET pruned_through = $1", head)
+                await conn.execute("DELETE FROM comments")
+                await conn.execute("DELETE FROM talks")
+                await conn.execute("DELETE FROM change_log")
+                # Older than the head, in the old board's order.
+                first = head - len(talks)
+                await conn.executemany(
+                    "INSERT INTO talks (title, presenter, summary) VALUES ($1, $2, $3)",
+                    [(t["title"], t["presenter"], t["summary"]) for t in talks],
+                )
+                await conn.executemany(
+                    "INSERT INTO change_log (title, stamp) VALUES ($1, $2)",
+                    [(t["title"], first + i) for i, t in enumerate(talks)],
+                )
+                await conn.executemany(
+                    "INSERT INTO comments (title, author, message) VALUES ($1, $2, $3)",
+                    [(t["title"], c["author"], c["message"]) for t in talks for c in t["comments"]],
+                )
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(head))
+        await self._apply_after_commit()
+        return head
+
     async def ping(self) -> bool:
         """Whether the database answers now (for /healthz)."""
         try:
