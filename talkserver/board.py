@@ -36,9 +36,9 @@ class Board:
         if hasattr(store, "register_metrics"):
             store.register_metrics(self.metrics)  # type: ignore[attr-defined]
 
-    async def put(self, title: str, presenter: str, summary: str) -> None:
-        """Create or replace a talk."""
-        await self._changed(self.store.put(title, presenter, summary))
+    async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> None:
+        """Create or replace a talk (``owner``: the browser that now owns it, with --protect-talks)."""
+        await self._changed(self.store.put(title, presenter, summary, owner))
 
     async def delete(self, title: str) -> None:
         """Delete a talk if it exists."""

@@ -236,8 +236,8 @@ class TalkHandler(BodyHandler):
             presenter, summary = parse_talk(self.body())
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
-        self.application.access.claim(self, title, self.board.store)
-        await self.board.put(title, presenter, summary)
+        owner = self.application.access.claim(self, title, self.board.store)
+        await self.board.put(title, presenter, summary, owner)
         self.set_status(204)
 
     async def delete(self, title: str) -> None:

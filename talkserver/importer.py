@@ -42,7 +42,7 @@ async def copy_board(source: str, target: str, replace: bool) -> str:
                     " add --replace to overwrite it"
                 )
             talks = old.all_talks()
-            head = await new.replace_board(talks, old.head)
+            head = await new.replace_board(talks, old.head, {t["title"]: old.owner(t["title"]) for t in talks})
         finally:
             await new.close()
     finally:

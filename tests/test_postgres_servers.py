@@ -282,3 +282,21 @@ async def test_postgresql_restarted_under_load_loses_no_acknowledged_write(own_c
     assert metric(metrics, "talkserver_store_reachable") == 1
     assert metric(metrics, "talkserver_store_reconnects") >= 1
     assert "PostgreSQL is unreachable" in log and "reconnected to PostgreSQL" in log
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_talks_owner_is_the_same_on_every_server(database):
+    protect = ("--protect-talks", "--cookie-secret=the same on every host")
+    with started(f"--db={database}", *protect) as a, started(f"--db={database}", *protect) as b:
+        proposed = await send(a.port, "PUT", "/talks/Mine", {"presenter": "Ada", "summary": "s"})
+        cookie = proposed.headers["set-cookie"].split(";")[0]
+        await until(lambda: _has_talk(b.port, "Mine"))
+        strangers_delete = await send(b.port, "DELETE", "/talks/Mine")
+        owners_replace = await send(b.port, "PUT", "/talks/Mine", {"presenter": "Ada", "summary": "v2"},
+                                    headers={"Cookie": cookie})
+    assert strangers_delete.status == 403
+    assert owners_replace.status == 204
+
+
+async def _has_talk(port, title):
+    return (await send(port, "GET", f"/talks/{title}")).status == 200

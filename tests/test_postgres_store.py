@@ -94,3 +94,10 @@ def test_a_schema_newer_than_this_talkserver_is_refused(database, postgres_clust
     postgres_cluster.psql("INSERT INTO talkserver_schema (version) VALUES (99)", name)
     with pytest.raises(StoreOpenError, match="schema version 99 is newer than this talkserver knows"):
         BlockingStore(database)
+
+
+def test_an_owner_set_in_one_process_is_known_to_the_other(two):
+    a, b = two
+    a.put("x", "p", "s", owner="browser-1")
+    b.catch_up()
+    assert b.owner("x") == "browser-1"

@@ -160,3 +160,18 @@ def test_prune_keeps_live_talks_and_recent_tombstones(store, clock):
     store.delete("dead")
     assert store.prune(older_than=store.head) == 0
     assert store.changes_since(0).talks  # nothing lost
+
+
+def test_a_talks_owner_is_kept_until_it_is_deleted(store):
+    store.put("a", "p", "s", owner="browser-1")
+    store.put("a", "p", "replaced without naming an owner")
+    assert store.owner("a") == "browser-1"
+    store.delete("a")
+    assert store.owner("a") is None
+    store.put("a", "p", "s", owner="browser-2")
+    assert store.owner("a") == "browser-2"
+
+
+def test_the_owner_is_not_part_of_the_talk_clients_see(store):
+    store.put("a", "p", "s", owner="browser-1")
+    assert store.get("a") == {"title": "a", "presenter": "p", "summary": "s", "comments": []}

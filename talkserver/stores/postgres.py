@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Awaitable, Callable
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from .contract import StoreOpenError, StoreWriteFailed, TalkNotFound
@@ -55,7 +55,9 @@ MIGRATION_LOCK = 0x74616C6B  # "talk"
 # the list).  Only ever append; talkserver_schema records how many ran.
 MIGRATIONS: list[list[str]] = [
     [
-        "CREATE TABLE talks (title text PRIMARY KEY, presenter text NOT NULL, summary text NOT NULL)",
+        "CREATE TABLE talks (title text PRIMARY KEY, presenter text NOT NULL, summary text NOT NULL,"
+        # --protect-talks: the owner is stored with the talk, shared by every process.
+        " owner text)",
         # Comments are kept in the order they were made: by id.
         "CREATE TABLE comments (id bigserial PRIMARY KEY, title text NOT NULL,"
         " author text NOT NULL, message text NOT NULL)",
@@ -66,6 +68,56 @@ MIGRATIONS: list[list[str]] = [
         # and the newest pruned tombstone's stamp.
         "CREATE TABLE head (one boolean PRIMARY KEY DEFAULT true CHECK (one),"
         " stamp bigint NOT NULL, pruned_through bigint NOT NULL)",
+        # Each write is one call of a function, in one statement: the head
+        # row is locked from the stamp to the COMMIT inside the server, never
+        # across a round trip to a busy application process.  ``now_ms`` is
+        # NULL except in tests, which bring their own clock.
+        """CREATE FUNCTION talkserver_stamp(t text, now_ms bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+        DECLARE
+            stamp bigint;
+        BEGIN
+            UPDATE head SET stamp = greatest(
+                coalesce(now_ms, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint), head.stamp + 1)
+            RETURNING head.stamp INTO stamp;
+            INSERT INTO change_log (title, stamp) VALUES (t, stamp)
+                ON CONFLICT (title) DO UPDATE SET stamp = excluded.stamp;
+            PERFORM pg_notify('talkserver_changes', stamp::text);
+            RETURN stamp;
+        END $$""",
+        """CREATE FUNCTION talkserver_put(t text, p text, s text, o text, now_ms bigint) RETURNS bigint
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            stamp bigint := talkserver_stamp(t, now_ms);
+        BEGIN
+            INSERT INTO talks (title, presenter, summary, owner) VALUES (t, p, s, o) ON CONFLICT (title)
+                DO UPDATE SET presenter = excluded.presenter, summary = excluded.summary,
+                              owner = coalesce(excluded.owner, talks.owner);
+            DELETE FROM comments WHERE title = t;
+            RETURN stamp;
+        END $$""",
+        # A missing talk raises no_data_found, which rolls the stamp back.
+        """CREATE FUNCTION talkserver_delete(t text, now_ms bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+        DECLARE
+            stamp bigint := talkserver_stamp(t, now_ms);
+        BEGIN
+            DELETE FROM talks WHERE title = t;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'no talk titled %', t USING ERRCODE = 'no_data_found';
+            END IF;
+            DELETE FROM comments WHERE title = t;
+            RETURN stamp;
+        END $$""",
+        """CREATE FUNCTION talkserver_comment(t text, a text, m text, now_ms bigint) RETURNS bigint
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            stamp bigint := talkserver_stamp(t, now_ms);
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM talks WHERE title = t) THEN
+                RAISE EXCEPTION 'no talk titled %', t USING ERRCODE = 'no_data_found';
+            END IF;
+            INSERT INTO comments (title, author, message) VALUES (t, a, m);
+            RETURN stamp;
+        END $$""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -75,7 +127,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # reader has not applied: then it gets the whole log (``reload``).
 _CATCH_UP = """
 SELECT h.stamp, h.pruned_through, h.pruned_through > $1 AS reload,
-  (SELECT coalesce(json_agg(json_build_array(c.title, c.stamp, t.presenter, t.summary,
+  (SELECT coalesce(json_agg(json_build_array(c.title, c.stamp, t.presenter, t.summary, t.owner,
        (SELECT coalesce(json_agg(json_build_array(m.author, m.message) ORDER BY m.id), '[]')
         FROM comments m WHERE m.title = c.title)) ORDER BY c.stamp), '[]')
    FROM change_log c LEFT JOIN talks t ON t.title = c.title
@@ -113,10 +165,6 @@ def _unreachable(e: BaseException) -> bool:
     return isinstance(
         e, (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
     )
-
-
-class _NoChange(Exception):
-    """Rolls back a write that turned out to change nothing (deleting a missing talk)."""
 
 
 class PostgresStore(MemoryStore):
@@ -203,43 +251,20 @@ class PostgresStore(MemoryStore):
 
     # -- writing: commit in the database, then apply the log -----------------
 
-    async def put(self, title: str, presenter: str, summary: str) -> int:
-        """Create or replace a talk (a replaced talk loses its comments)."""
-
-        async def change(conn) -> None:
-            await conn.execute(
-                "INSERT INTO talks (title, presenter, summary) VALUES ($1, $2, $3) ON CONFLICT (title)"
-                " DO UPDATE SET presenter = excluded.presenter, summary = excluded.summary",
-                title, presenter, summary,
-            )
-            await conn.execute("DELETE FROM comments WHERE title = $1", title)
-
-        return await self._write(title, change)
+    async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int:
+        """Create or replace a talk (a replaced talk loses its comments); None keeps the owner."""
+        return await self._write("SELECT talkserver_put($1, $2, $3, $4, $5)", title, presenter, summary, owner)
 
     async def delete(self, title: str) -> int | None:
         """Delete a talk; returns its stamp, or None if there was no talk."""
-
-        async def change(conn) -> None:
-            if await conn.execute("DELETE FROM talks WHERE title = $1", title) == "DELETE 0":
-                raise _NoChange
-            await conn.execute("DELETE FROM comments WHERE title = $1", title)
-
         try:
-            return await self._write(title, change)
-        except _NoChange:
+            return await self._write("SELECT talkserver_delete($1, $2)", title)
+        except TalkNotFound:
             return None
 
     async def add_comment(self, title: str, author: str, message: str) -> int:
         """Append a comment; raises TalkNotFound if there is no such talk."""
-
-        async def change(conn) -> None:
-            if await conn.fetchval("SELECT 1 FROM talks WHERE title = $1", title) is None:
-                raise TalkNotFound(title)
-            await conn.execute(
-                "INSERT INTO comments (title, author, message) VALUES ($1, $2, $3)", title, author, message
-            )
-
-        return await self._write(title, change)
+        return await self._write("SELECT talkserver_comment($1, $2, $3, $4)", title, author, message)
 
     async def prune(self, older_than: int) -> int:
         """Forget tombstones stamped before ``older_than``; returns how many.
@@ -266,32 +291,22 @@ class PostgresStore(MemoryStore):
         await self._apply_after_commit()
         return pruned
 
-    async def _write(self, title: str, change: Callable[[object], Awaitable[None]]) -> int:
-        """Stamp, make ``change`` and log it in one transaction; apply it here once committed."""
+    async def _write(self, call: str, *args) -> int:
+        """Run one write function (stamp, change, log, NOTIFY, COMMIT); apply it here once committed.
+
+        Raises TalkNotFound when the talk is not there (nothing changed).
+        """
         if self._closed:
             raise StoreWriteFailed("the store is closed")
-        if self._given_clock is None:
-            next_stamp, args = f"UPDATE head SET stamp = greatest({_DB_CLOCK_MS}, stamp + 1) RETURNING stamp", ()
-        else:
-            next_stamp, args = "UPDATE head SET stamp = greatest($1::bigint, stamp + 1) RETURNING stamp", (self._given_clock(),)
+        now = None if self._given_clock is None else self._given_clock()
         try:
             async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    # The head row stays locked until COMMIT: writers take
-                    # their stamps, and commit, one at a time.
-                    stamp = await conn.fetchval(next_stamp, *args)
-                    await change(conn)
-                    await conn.execute(
-                        "INSERT INTO change_log (title, stamp) VALUES ($1, $2)"
-                        " ON CONFLICT (title) DO UPDATE SET stamp = excluded.stamp",
-                        title, stamp,
-                    )
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(stamp))
-        except (TalkNotFound, _NoChange):
-            # Rolled back: another process deleted the talk, and this one
-            # should show that too before it answers.
+                stamp = await conn.fetchval(call, *args, now)
+        except asyncpg.NoDataFoundError:
+            # Rolled back: the talk is not there, perhaps deleted by another
+            # process; this one should show that too before it answers.
             await self._apply_after_commit()
-            raise
+            raise TalkNotFound(args[0]) from None
         except Exception as e:
             if _unreachable(e):
                 raise StoreWriteFailed(f"the database is unreachable ({_one_line(e)})") from None
@@ -354,8 +369,12 @@ class PostgresStore(MemoryStore):
         if head == self.head and pruned_through == self.pruned_through:
             return False
         if reload:
-            self._talks, self._log = {}, {}
-        for title, stamp, presenter, summary, comments in json.loads(changes):
+            self._talks, self._log, self._owners = {}, {}, {}
+        for title, stamp, presenter, summary, owner, comments in json.loads(changes):
+            if owner is None:
+                self._owners.pop(title, None)
+            else:
+                self._owners[title] = owner
             if presenter is None:
                 self._talks.pop(title, None)
             else:
@@ -437,7 +456,7 @@ class PostgresStore(MemoryStore):
         async with self._pool.acquire() as conn:
             return await conn.fetchval("SELECT count(*) FROM change_log")
 
-    async def replace_board(self, talks: list[dict], newer_than: int) -> int:
+    async def replace_board(self, talks: list[dict], newer_than: int, owners: dict[str, str] | None = None) -> int:
         """Replace the whole board with ``talks`` (from another store) in one transaction.
 
         The new head is past ``newer_than`` (the old store's head), the
@@ -458,8 +477,8 @@ class PostgresStore(MemoryStore):
                 # Older than the head, in the old board's order.
                 first = head - len(talks)
                 await conn.executemany(
-                    "INSERT INTO talks (title, presenter, summary) VALUES ($1, $2, $3)",
-                    [(t["title"], t["presenter"], t["summary"]) for t in talks],
+                    "INSERT INTO talks (title, presenter, summary, owner) VALUES ($1, $2, $3, $4)",
+                    [(t["title"], t["presenter"], t["summary"], (owners or {}).get(t["title"])) for t in talks],
                 )
                 await conn.executemany(
                     "INSERT INTO change_log (title, stamp) VALUES ($1, $2)",
