@@ -34,6 +34,7 @@ from .limits import TokenBucket, refuse
 from .stores import Store
 
 REALM = "talkserver"
+NOT_THE_OWNER = "only the browser that proposed this talk may change or delete it"
 OWNER_COOKIE = "talkserver_owner"
 OWNER_COOKIE_DAYS = 400
 # scrypt at n=2**14, r=8 costs about 16 MiB and some tens of milliseconds
@@ -212,16 +213,19 @@ class Access:
         self._check_owner(title, me, store)
         return me
 
-    def release(self, handler: RequestHandler, title: str, store: Store) -> None:
-        """Before a DELETE: 403 if another browser owns the talk (the store forgets the owner with it)."""
+    def release(self, handler: RequestHandler, title: str, store: Store) -> str | None:
+        """Before a DELETE: 403 if another browser owns the talk; else the browser asking (or None)."""
         if not self.protect_talks:
-            return
-        self._check_owner(title, self._browser(handler, create=False), store)
+            return None
+        me = self._browser(handler, create=False)
+        self._check_owner(title, me, store)
+        # "" (no browser id) owns nothing, and tells a shared store to check.
+        return me or ""
 
     def _check_owner(self, title: str, me: str | None, store: Store) -> None:
         owner = store.owner(title)
         if owner is not None and owner != me and store.get(title) is not None:
-            raise HTTPError(403, "only the browser that proposed this talk may change or delete it")
+            raise HTTPError(403, NOT_THE_OWNER)
 
     def _browser(self, handler: RequestHandler, create: bool) -> str | None:
         """The id in the browser's signed cookie; a new one if asked and it has none."""

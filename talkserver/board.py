@@ -40,9 +40,9 @@ class Board:
         """Create or replace a talk (``owner``: the browser that now owns it, with --protect-talks)."""
         await self._changed(self.store.put(title, presenter, summary, owner))
 
-    async def delete(self, title: str) -> None:
-        """Delete a talk if it exists."""
-        await self._changed(self.store.delete(title))
+    async def delete(self, title: str, owner: str | None = None) -> None:
+        """Delete a talk if it exists (``owner``: the browser asking, with --protect-talks)."""
+        await self._changed(self.store.delete(title, owner))
 
     async def add_comment(self, title: str, author: str, message: str) -> None:
         """Comment on a talk; raises store.TalkNotFound if there is none."""

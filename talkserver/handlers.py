@@ -17,7 +17,8 @@ from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_req
 
 from . import wakeup
 from .board import Board
-from .stores import StoreWriteFailed
+from .auth import NOT_THE_OWNER
+from .stores import NotTheOwner, StoreWriteFailed
 from .stores import TalkNotFound
 from .validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
@@ -237,13 +238,19 @@ class TalkHandler(BodyHandler):
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
         owner = self.application.access.claim(self, title, self.board.store)
-        await self.board.put(title, presenter, summary, owner)
+        try:
+            await self.board.put(title, presenter, summary, owner)
+        except NotTheOwner:
+            raise HTTPError(403, NOT_THE_OWNER) from None
         self.set_status(204)
 
     async def delete(self, title: str) -> None:
         title = self.title(title)
-        self.application.access.release(self, title, self.board.store)
-        await self.board.delete(title)
+        me = self.application.access.release(self, title, self.board.store)
+        try:
+            await self.board.delete(title, me)
+        except NotTheOwner:
+            raise HTTPError(403, NOT_THE_OWNER) from None
         self.set_status(204)
 
 

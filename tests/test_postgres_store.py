@@ -6,6 +6,7 @@ that do not LISTEN, so each test says exactly when a process catches up.
 
 import pytest
 
+from talkserver.stores import NotTheOwner
 from talkserver.stores.postgres import SCHEMA_VERSION, StoreOpenError
 
 from .postgres import BlockingStore
@@ -101,3 +102,15 @@ def test_an_owner_set_in_one_process_is_known_to_the_other(two):
     a.put("x", "p", "s", owner="browser-1")
     b.catch_up()
     assert b.owner("x") == "browser-1"
+
+
+def test_a_process_that_has_not_seen_the_owner_yet_still_cannot_take_the_talk(two):
+    a, b = two
+    a.put("x", "p", "s", owner="browser-1")
+    # b has not caught up, so its own check (talkserver.auth) would let these through.
+    with pytest.raises(NotTheOwner):
+        b.put("x", "Eve", "mine now", owner="browser-2")
+    with pytest.raises(NotTheOwner):
+        b.delete("x", owner="")
+    assert b.get("x")["presenter"] == "p"  # and b has caught up meanwhile
+    assert b.delete("x", owner="browser-1") is not None

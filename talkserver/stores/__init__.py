@@ -9,7 +9,7 @@
 One contract test suite (tests/test_store.py) runs against every store.
 """
 
-from .contract import Changes, Store, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
+from .contract import Changes, NotTheOwner, Store, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
 from .memory import MemoryStore
 from .postgres import PostgresStore, is_postgres_url
 from .sqlite import SYNC_MODES, SQLiteStore
@@ -17,6 +17,7 @@ from .sqlite import SYNC_MODES, SQLiteStore
 __all__ = [
     "Changes",
     "MemoryStore",
+    "NotTheOwner",
     "PostgresStore",
     "SQLiteStore",
     "Store",

@@ -85,8 +85,12 @@ class MemoryStore:
         }
         return self._stamp(title)
 
-    def delete(self, title: str) -> int | None:
-        """Delete a talk; returns its stamp, or None if there was no talk."""
+    def delete(self, title: str, owner: str | None = None) -> int | None:
+        """Delete a talk; returns its stamp, or None if there was no talk.
+
+        ``owner`` is for stores shared between processes, which check it
+        again themselves; in one process talkserver.auth has checked it.
+        """
         if self._talks.pop(title, None) is None:
             return None
         self._owners.pop(title, None)

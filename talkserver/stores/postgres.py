@@ -36,7 +36,7 @@ import logging
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from .contract import StoreOpenError, StoreWriteFailed, TalkNotFound
+from .contract import NotTheOwner, StoreOpenError, StoreWriteFailed, TalkNotFound
 from .memory import MemoryStore
 
 try:
@@ -84,11 +84,21 @@ MIGRATIONS: list[list[str]] = [
             PERFORM pg_notify('talkserver_changes', stamp::text);
             RETURN stamp;
         END $$""",
+        # --protect-talks (``o`` not NULL): the check is repeated here, under
+        # the head lock, because another process may have given the talk an
+        # owner that this one has not applied yet.
+        """CREATE FUNCTION talkserver_check_owner(t text, o text) RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            IF o IS NOT NULL AND EXISTS (SELECT 1 FROM talks WHERE title = t AND owner <> o) THEN
+                RAISE EXCEPTION 'talk % has another owner', t USING ERRCODE = 'insufficient_privilege';
+            END IF;
+        END $$""",
         """CREATE FUNCTION talkserver_put(t text, p text, s text, o text, now_ms bigint) RETURNS bigint
         LANGUAGE plpgsql AS $$
         DECLARE
             stamp bigint := talkserver_stamp(t, now_ms);
         BEGIN
+            PERFORM talkserver_check_owner(t, o);
             INSERT INTO talks (title, presenter, summary, owner) VALUES (t, p, s, o) ON CONFLICT (title)
                 DO UPDATE SET presenter = excluded.presenter, summary = excluded.summary,
                               owner = coalesce(excluded.owner, talks.owner);
@@ -96,10 +106,11 @@ MIGRATIONS: list[list[str]] = [
             RETURN stamp;
         END $$""",
         # A missing talk raises no_data_found, which rolls the stamp back.
-        """CREATE FUNCTION talkserver_delete(t text, now_ms bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+        """CREATE FUNCTION talkserver_delete(t text, o text, now_ms bigint) RETURNS bigint LANGUAGE plpgsql AS $$
         DECLARE
             stamp bigint := talkserver_stamp(t, now_ms);
         BEGIN
+            PERFORM talkserver_check_owner(t, o);
             DELETE FROM talks WHERE title = t;
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'no talk titled %', t USING ERRCODE = 'no_data_found';
@@ -252,13 +263,20 @@ class PostgresStore(MemoryStore):
     # -- writing: commit in the database, then apply the log -----------------
 
     async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int:
-        """Create or replace a talk (a replaced talk loses its comments); None keeps the owner."""
+        """Create or replace a talk (a replaced talk loses its comments); None keeps the owner.
+
+        Raises NotTheOwner if ``owner`` is given and the talk has another.
+        """
         return await self._write("SELECT talkserver_put($1, $2, $3, $4, $5)", title, presenter, summary, owner)
 
-    async def delete(self, title: str) -> int | None:
-        """Delete a talk; returns its stamp, or None if there was no talk."""
+    async def delete(self, title: str, owner: str | None = None) -> int | None:
+        """Delete a talk; returns its stamp, or None if there was no talk.
+
+        ``owner`` (with --protect-talks): refuse with NotTheOwner if the talk
+        has another owner.
+        """
         try:
-            return await self._write("SELECT talkserver_delete($1, $2)", title)
+            return await self._write("SELECT talkserver_delete($1, $2, $3)", title, owner)
         except TalkNotFound:
             return None
 
@@ -307,6 +325,9 @@ class PostgresStore(MemoryStore):
             # process; this one should show that too before it answers.
             await self._apply_after_commit()
             raise TalkNotFound(args[0]) from None
+        except asyncpg.InsufficientPrivilegeError:
+            await self._apply_after_commit()
+            raise NotTheOwner(args[0]) from None
         except Exception as e:
             if _unreachable(e):
                 raise StoreWriteFailed(f"the database is unreachable ({_one_line(e)})") from None

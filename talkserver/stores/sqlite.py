@@ -117,8 +117,8 @@ class SQLiteStore(MemoryStore):
         ])
         return super().put(title, presenter, summary, owner)
 
-    def delete(self, title: str) -> int | None:
-        """Delete a talk; returns its stamp, or None if there was no talk."""
+    def delete(self, title: str, owner: str | None = None) -> int | None:
+        """Delete a talk; returns its stamp, or None if there was no talk (``owner``: see MemoryStore)."""
         if self.get(title) is None:
             return None
         self._commit_change(title, [
