@@ -39,8 +39,12 @@ for r in $(seq 1 $ROUNDS); do
     PIDOPT=""; [ $who != two ] && PIDOPT="--pid $P"
     .venv/bin/talkserver-load --url http://127.0.0.1:$PORT --clients $CLIENTS --writers 1 \
         --duration 15 --rate 1 --drain 10 $PIDOPT --json bench/scale-$who-$r.json > bench/scale-$who-$r.txt 2>&1 || true
+    # The server's CPU seconds for the whole run (connecting included), its workers too.
+    cpu=0; for pid in $P $(ps -o pid= --ppid $P); do
+      cpu=$(awk -v c=$cpu '{print c + ($14 + $15) / 100}' /proc/$pid/stat); done
+    echo "$cpu" > bench/scale-$who-$r.cpu
     kill $P; wait $P || true
   done
 done
-kill $CLUSTER; wait $CLUSTER || true
+kill $CLUSTER 2>/dev/null; wait $CLUSTER 2>/dev/null || true
 rm -f $URL_FILE
