@@ -25,6 +25,7 @@ from .stores import (
     SYNC_MODES, MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
     is_postgres_url, wall_clock_ms,
 )
+from .stores.postgres import redact
 from .workers import Worker, fork_workers
 
 define("port", default=8000, help="TCP port to listen on", group="talkserver")
@@ -190,8 +191,6 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
 
 
 def _store_name(db: str) -> str:
-    from .stores.postgres import redact
-
     return redact(db) if is_postgres_url(db) else db
 
 
