@@ -110,7 +110,12 @@ async def test_a_server_killed_mid_storm_loses_no_acknowledged_write(database):
         await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*writing)
-        await asyncio.sleep(0.5)  # b's timer catch-up
+
+        async def b_has_everything():
+            board = (await send(b.port, "GET", "/talks")).json()
+            return set(acknowledged) <= {t["title"] for t in board["talks"]}
+
+        await until(b_has_everything)  # b applies a's last commits by NOTIFY or by its timer
         board = (await send(b.port, "GET", "/talks")).json()
         since_cursor = (await poll(b.port, cursor)).json()
     titles = {t["title"] for t in board["talks"]}
@@ -154,11 +159,7 @@ async def test_metrics_count_the_waiting_clients_of_every_worker(database):
         client = AsyncHTTPClient(force_instance=True, max_clients=50)
         polls = [client.fetch(f"{server.base}/talks?changesSince={cursor}", request_timeout=30) for _ in range(30)]
 
-        async def all_counted():
-            text = (await send(server.port, "GET", "/metrics")).body.decode()
-            return metric(text, "talkserver_waiting_clients") == 30
-
-        await until(all_counted)
+        await until(lambda: waiting(server, 30))
         await send(server.port, "PUT", "/talks/Wake", {"presenter": "p", "summary": "s"})
         answers = await asyncio.gather(*polls)
         client.close()
@@ -170,7 +171,7 @@ async def test_sigterm_drains_every_worker_and_the_parent_exits_0(database):
     with started(f"--db={database}", "--processes=2") as server:
         cursor = await head(server.port)
         polls = [asyncio.ensure_future(poll(server.port, cursor)) for _ in range(20)]
-        await asyncio.sleep(1.0)
+        await until(lambda: waiting(server, 20))
         server.terminate()
         answers = await asyncio.gather(*polls)
         code = await asyncio.get_running_loop().run_in_executor(None, server.stop)
@@ -191,6 +192,12 @@ async def test_a_worker_that_dies_is_replaced(database):
         await until(replaced)
         answer = await send(server.port, "PUT", "/talks/After", {"presenter": "p", "summary": "s"})
     assert answer.status == 204
+
+
+async def waiting(server, count):
+    """Whether /metrics counts ``count`` waiting polls over all workers."""
+    text = (await send(server.port, "GET", "/metrics")).body.decode()
+    return metric(text, "talkserver_waiting_clients") == count
 
 
 def children(pid):
@@ -262,10 +269,9 @@ async def test_postgresql_restarted_under_load_loses_no_acknowledged_write(own_c
             return answer.status == 204
 
         await until(writable, timeout=30)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # writing goes on a while after the restart
         stop.set()
         await asyncio.gather(*writing)
-        await asyncio.sleep(0.5)
         board = {t["title"] for t in (await send(server.port, "GET", "/talks")).json()["talks"]}
         health_after = await send(server.port, "GET", "/healthz")
         metrics = (await send(server.port, "GET", "/metrics")).body.decode()
