@@ -365,3 +365,10 @@ async def test_error_answers_never_leak_a_500(http_client, base_url):
     for path, method, body in odd:
         response = await fetch(http_client, base_url, path, method, body)
         assert 400 <= response.code < 500, (path, response.code)
+
+
+@pytest.mark.gen_test
+async def test_healthz_is_ok_while_the_store_answers_and_needs_no_password(http_client, base_url):
+    response = await fetch(http_client, base_url, "/healthz")
+    assert response.code == 200
+    assert json.loads(response.body) == {"ok": True}
