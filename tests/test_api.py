@@ -368,7 +368,7 @@ async def test_error_answers_never_leak_a_500(http_client, base_url):
 
 
 @pytest.mark.gen_test
-async def test_healthz_is_ok_while_the_store_answers_and_needs_no_password(http_client, base_url):
+async def test_healthz_is_ok_while_the_store_answers(http_client, base_url):
     response = await fetch(http_client, base_url, "/healthz")
     assert response.code == 200
     assert json.loads(response.body) == {"ok": True}
