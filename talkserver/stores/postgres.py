@@ -169,13 +169,23 @@ def redact(url: str) -> str:
 
 
 def _unreachable(e: BaseException) -> bool:
-    """Whether ``e`` means the database is away (rather than a bug here)."""
+    """Whether ``e`` is the database failing us (away, or refusing), rather than a bug here."""
     if asyncpg is None:
         return False
     # InternalClientError: asyncpg's state when a connection dies mid-query.
     return isinstance(
         e, (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
     )
+
+
+def _failure(e: BaseException) -> str:
+    """What went wrong, for the 503 answer and the log."""
+    connection_trouble = isinstance(
+        e, (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+            asyncpg.InternalClientError, asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError,
+            asyncpg.TooManyConnectionsError)
+    )
+    return f"the database is {'unreachable' if connection_trouble else 'refusing changes'} ({_one_line(e)})"
 
 
 class PostgresStore(MemoryStore):
@@ -304,7 +314,7 @@ class PostgresStore(MemoryStore):
                     await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
         except Exception as e:
             if _unreachable(e):
-                raise StoreWriteFailed(f"the database is unreachable ({_one_line(e)})") from None
+                raise StoreWriteFailed(_failure(e)) from None
             raise
         await self._apply_after_commit()
         return pruned
@@ -330,7 +340,7 @@ class PostgresStore(MemoryStore):
             raise NotTheOwner(args[0]) from None
         except Exception as e:
             if _unreachable(e):
-                raise StoreWriteFailed(f"the database is unreachable ({_one_line(e)})") from None
+                raise StoreWriteFailed(_failure(e)) from None
             raise
         await self._apply_after_commit()
         return stamp
@@ -370,7 +380,7 @@ class PostgresStore(MemoryStore):
                     if not _unreachable(e):
                         log.exception("catch-up failed")
                     self._set_reachable(False, e)
-                    this_round.set_exception(StoreWriteFailed(f"the database is unreachable ({_one_line(e)})"))
+                    this_round.set_exception(StoreWriteFailed(_failure(e)))
                     continue
                 self._set_reachable(True)
                 this_round.set_result(None)
