@@ -26,9 +26,31 @@ import signal
 import socket
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import tornado.netutil
 import tornado.process
+
+
+METRICS_PREFIX = "talkserver-metrics-"
+
+
+def _remove_orphaned_metrics() -> None:
+    """Remove metrics directories whose parent process is gone (it was killed, so its atexit never ran)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{METRICS_PREFIX}*-*"):
+        pid = path.name[len(METRICS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 @dataclass
@@ -48,7 +70,8 @@ def fork_workers(count: int, port: int, address: str) -> Worker:
     all of them have stopped cleanly.
     """
     sockets = tornado.netutil.bind_sockets(port, address)
-    metrics_dir = tempfile.mkdtemp(prefix="talkserver-metrics-")
+    _remove_orphaned_metrics()
+    metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
     stop_read, stop_write = os.pipe()
     parent = os.getpid()
     stopping = False
