@@ -3,7 +3,7 @@
 # talkserver as one process, as --processes=2 (both on PostgreSQL), and the
 # Node peer, taking turns, ROUNDS rounds.  Writes bench/scale-*.json|txt.
 #
-#     flock /work/bench.lock sh benchmarks/fanout_processes.sh 1
+#     sh benchmarks/fanout_processes.sh 1
 #
 # The PostgreSQL cluster is a throwaway one with its durability defaults
 # (tests/postgres.py); the load client shares the machine's cores.
