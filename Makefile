@@ -5,12 +5,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test clean chromium
+.PHONY: run test clean chromium postgresql
 
 run: $(VENV)/.installed
 	$(BIN)/talkserver --port=8000
 
-test: $(VENV)/.installed-test chromium
+test: $(VENV)/.installed-test chromium postgresql
 	$(BIN)/python -m pytest
 
 # The browser tests drive Debian's chromium (Playwright's own browser
@@ -19,6 +19,14 @@ chromium:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
 	  echo "chromium is missing and cannot be installed here: the browser tests will fail" >&2
+
+# The PostgreSQL store's tests start a throwaway cluster of their own with
+# Debian's server binaries (tests/postgres.py).  Install them when missing
+# and we are able to; the system cluster the package starts is not used.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
+	  echo "PostgreSQL is missing and cannot be installed here: the PostgreSQL store's tests will fail" >&2
 
 # A bare Debian python3 has no venv module until python3-venv is installed.
 $(BIN)/python:

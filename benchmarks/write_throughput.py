@@ -8,7 +8,9 @@ the server answers.  Only 204 answers count.  The stores take turns, round
 after round, so the machine's noise hits them alike; the report gives the
 median per store, its ratio to :memory:, and the server's CPU time per
 write (from /proc, so it shows the store's cost even when the client is the
-bottleneck).
+bottleneck).  The PostgreSQL store runs against a throwaway local cluster
+(tests/postgres.py) with PostgreSQL's own durability defaults (fsync on,
+synchronous_commit on), a new database per run.
 
     .venv/bin/python benchmarks/write_throughput.py --rounds=5 --seconds=5
 
@@ -31,11 +33,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import ServerProcess  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.postgres import Cluster  # noqa: E402
 
 STORES = {
     ":memory:": ["--db=:memory:"],
     "SQLite (--sync=normal)": ["--db=talks.db", "--sync=normal"],
     "SQLite (--sync=full)": ["--db=talks.db", "--sync=full"],
+    "PostgreSQL": ["--db={postgres}"],
 }
 
 
@@ -143,6 +148,23 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in STORES}
+    cluster = Cluster(durable=True)
+    try:
+        run_rounds(args, results, cluster)
+    finally:
+        cluster.destroy()
+
+    memory = statistics.median(r[0] for r in results[":memory:"])
+    print(f"\n{args.waiting} waiting, {args.writers} writers, {args.rounds} rounds of {args.seconds:g} s; medians:")
+    print("| store | writes/s | vs :memory: | server CPU ms/write |")
+    print("|---|---:|---:|---:|")
+    for name, runs in results.items():
+        rate = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        print(f"| {name} | {rate:.0f} | {rate / memory:.2f} | {cpu:.3f} |")
+
+
+def run_rounds(args, results, cluster) -> None:
     for round_number in range(args.rounds):
         # Alternate the order so no store always runs first (or last).
         names = list(STORES) if round_number % 2 == 0 else list(reversed(STORES))
@@ -150,8 +172,9 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as work:
                 # The per-address limits would refuse one address's 1,000
                 # polls and unthrottled writers: this measures the store.
+                options = [o.format(postgres=cluster.new_database() if "{postgres}" in o else "") for o in STORES[name]]
                 server = ServerProcess(
-                    *STORES[name], "--poll_timeout=300", "--logging=warning",
+                    *options, "--poll_timeout=300", "--logging=warning",
                     "--max-polls-per-ip=0", "--write-rate=0", cwd=Path(work),
                 )
                 try:
@@ -162,15 +185,6 @@ def main() -> None:
                     server.stop()
             results[name].append(result)
             print(f"round {round_number + 1} {name:24} {result[0]:8.0f} writes/s  {result[1]:.3f} CPU ms/write", flush=True)
-
-    memory = statistics.median(r[0] for r in results[":memory:"])
-    print(f"\n{args.waiting} waiting, {args.writers} writers, {args.rounds} rounds of {args.seconds:g} s; medians:")
-    print("| store | writes/s | vs :memory: | server CPU ms/write |")
-    print("|---|---:|---:|---:|")
-    for name, runs in results.items():
-        rate = statistics.median(r[0] for r in runs)
-        cpu = statistics.median(r[1] for r in runs)
-        print(f"| {name} | {rate:.0f} | {rate / memory:.2f} | {cpu:.3f} |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
     DELETE /talks/{title}            delete                 TalkHandler
     POST   /talks/{title}/comments   add a comment          CommentsHandler
     GET    /metrics                  Prometheus metrics     MetricsHandler
+    GET    /healthz                  ready for traffic?     HealthHandler
     *      /talks/anything/else      404 as JSON            NoSuchApiPath
     GET    /anything/else            a file from www/       PageHandler
 
@@ -28,7 +29,7 @@ from . import guard
 from .auth import Access
 from .board import Board
 from .conditional import ConditionalPolls
-from .handlers import CommentsHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
+from .handlers import CommentsHandler, HealthHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
 from .limits import Limits
 from .slowlane import DEFAULT_INTERVAL
 from .slowreaders import SlowReaders
@@ -83,6 +84,7 @@ def make_app(
         (r"/talks/([^/]+)", TalkHandler, api),
         (r"/talks/.*", NoSuchApiPath, api),
         (r"/metrics", MetricsHandler, api),
+        (r"/healthz", HealthHandler, api),
         (r"/(.*)", PageHandler, {"path": static_path or default_static_path(), "default_filename": "index.html"}),
     ]
 

@@ -10,8 +10,8 @@ working for whoever runs the server on their own machine.
 - ``protect_talks``: the server gives each browser that proposes a talk a
   signed cookie naming it (Tornado's secure cookies, keyed by
   ``cookie_secret``); only that browser may replace or delete the talk.
-  Owners are remembered in memory: a talk proposed before a restart has no
-  owner, and the first browser to replace it becomes its owner.
+  The owner is stored with the talk (in every store), so it survives
+  restarts and is the same for every process on a shared store.
 
 See docs/security.md for what these protect against and what they do not.
 """
@@ -35,6 +35,7 @@ from .passwords import PasswordChecks
 from .stores import Store
 
 REALM = "talkserver"
+NOT_THE_OWNER = "only the browser that proposed this talk may change or delete it"
 OWNER_COOKIE = "talkserver_owner"
 OWNER_COOKIE_DAYS = 400
 # scrypt at n=2**14, r=8 costs about 16 MiB and some tens of milliseconds
@@ -157,7 +158,6 @@ class Access:
     def __init__(self, users: dict[str, str] | None = None, protect_talks: bool = False) -> None:
         self.users = users or {}
         self.protect_talks = protect_talks
-        self._owners: dict[str, str] = {}  # title -> owner id from the cookie
         self._good: set[str] = set()  # digests of Authorization headers that matched
         self._checks = PasswordChecks(check_password, hash_password)
 
@@ -203,25 +203,27 @@ class Access:
             message = "wrong name or password"
         refuse(handler, 401, message, WWW_Authenticate=f'Basic realm="{REALM}", charset="UTF-8"')
 
-    def claim(self, handler: RequestHandler, title: str, store: Store) -> None:
-        """Before a PUT: 403 if another browser owns the talk, else make this one its owner."""
+    def claim(self, handler: RequestHandler, title: str, store: Store) -> str | None:
+        """Before a PUT: 403 if another browser owns the talk; else the owner to store with it."""
         if not self.protect_talks:
-            return
+            return None
         me = self._browser(handler, create=True)
         self._check_owner(title, me, store)
-        self._owners[title] = me
+        return me
 
-    def release(self, handler: RequestHandler, title: str, store: Store) -> None:
-        """Before a DELETE: 403 if another browser owns the talk, else forget its owner."""
+    def release(self, handler: RequestHandler, title: str, store: Store) -> str | None:
+        """Before a DELETE: 403 if another browser owns the talk; else the browser asking (or None)."""
         if not self.protect_talks:
-            return
-        self._check_owner(title, self._browser(handler, create=False), store)
-        self._owners.pop(title, None)
+            return None
+        me = self._browser(handler, create=False)
+        self._check_owner(title, me, store)
+        # "" (no browser id) owns nothing, and tells a shared store to check.
+        return me or ""
 
     def _check_owner(self, title: str, me: str | None, store: Store) -> None:
-        owner = self._owners.get(title)
+        owner = store.owner(title)
         if owner is not None and owner != me and store.get(title) is not None:
-            raise HTTPError(403, "only the browser that proposed this talk may change or delete it")
+            raise HTTPError(403, NOT_THE_OWNER)
 
     def _browser(self, handler: RequestHandler, create: bool) -> str | None:
         """The id in the browser's signed cookie; a new one if asked and it has none."""

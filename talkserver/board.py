@@ -2,9 +2,14 @@
 
 Every write goes through here, so each change wakes the waiting polls and
 reaches the open event streams exactly once, after the store has accepted it.
+The write methods are coroutines: a shared store (stores.postgres) commits to
+the database and reads the change back before they return; the local stores
+(memory, SQLite) finish without suspending.
 """
 
 from __future__ import annotations
+
+import inspect
 
 from .feed import Feed
 from .metrics import Metrics
@@ -37,26 +42,53 @@ class Board:
             "talkserver_slow_lane_clients", "Long polls over their address's cap, answered in rounds.",
             lambda: len(self.slow_lane),
         )
-        self.metrics.gauge("talkserver_talks", "Talks on the board.", lambda: len(self.store.all_talks()))
+        self.metrics.gauge("talkserver_talks", "Talks on the board.", lambda: len(self.store.all_talks()), merge="max")
         self.streams = Streams(self.feed, self.metrics, heartbeat, stream_buffer)
         self._changes = self.metrics.counter("talkserver_changes_total", "Changes made to talks since start.")
+        # A shared store learns of changes from other processes too: it
+        # calls back whenever it has applied some, and the board wakes then.
+        self._shared = hasattr(store, "on_change")
+        if self._shared:
+            store.on_change = self._wake  # type: ignore[attr-defined]
+        if hasattr(store, "register_metrics"):
+            store.register_metrics(self.metrics)  # type: ignore[attr-defined]
 
-    def put(self, title: str, presenter: str, summary: str) -> None:
-        """Create or replace a talk."""
-        self.store.put(title, presenter, summary)
-        self._changed()
+    async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> None:
+        """Create or replace a talk (``owner``: the browser that now owns it, with --protect-talks)."""
+        await self._changed(self.store.put(title, presenter, summary, owner))
 
-    def delete(self, title: str) -> None:
-        """Delete a talk if it exists."""
-        if self.store.delete(title) is not None:
-            self._changed()
+    async def delete(self, title: str, owner: str | None = None) -> None:
+        """Delete a talk if it exists (``owner``: the browser asking, with --protect-talks)."""
+        await self._changed(self.store.delete(title, owner))
 
-    def add_comment(self, title: str, author: str, message: str) -> None:
+    async def add_comment(self, title: str, author: str, message: str) -> None:
         """Comment on a talk; raises store.TalkNotFound if there is none."""
-        self.store.add_comment(title, author, message)
-        self._changed()
+        await self._changed(self.store.add_comment(title, author, message))
 
-    def _changed(self) -> None:
-        self._changes.inc()
+    async def caught_up(self) -> None:
+        """Apply what the database holds now (a shared store; nothing to do for the others).
+
+        A cursor from another process may be ahead of what this one has
+        applied: it waits for this, and is a reset only if still ahead.
+        Raises StoreWriteFailed when the database cannot be reached.
+        """
+        if self._shared:
+            await self.store.catch_up()  # type: ignore[attr-defined]
+
+    async def reachable(self) -> bool:
+        """Whether the store can take writes now (for /healthz)."""
+        ping = getattr(self.store, "ping", None)
+        return True if ping is None else await ping()
+
+    async def _changed(self, stamp) -> None:
+        """Count a change the store made (``stamp`` None: nothing changed) and wake the polls."""
+        if inspect.isawaitable(stamp):
+            stamp = await stamp  # the shared store has woken us through on_change
+        elif stamp is not None:
+            self._wake()
+        if stamp is not None:
+            self._changes.inc()
+
+    def _wake(self) -> None:
         self.waiters.wake_all(self.feed.since)
         self.streams.publish()

@@ -8,6 +8,7 @@ Options are tornado.options, so they can come from the command line
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import resource
 import signal
@@ -22,11 +23,17 @@ from .guard import loopback_hosts, parse_allowed_hosts
 from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
 from .conditional import API_MODES
 from .shutdown import drain
-from .stores import SYNC_MODES, MemoryStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed, wall_clock_ms
+from .stores import (
+    SYNC_MODES, MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
+    is_postgres_url, wall_clock_ms,
+)
+from .stores.postgres import redact
+from .workers import Worker, fork_workers
 
 define("port", default=8000, help="TCP port to listen on", group="talkserver")
 define("address", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)", group="talkserver")
-define("db", default="talks.db", help="the store: an SQLite file (relative to the working directory), or :memory: to keep nothing", group="talkserver")
+define("db", default="talks.db", help="the store: an SQLite file (relative to the working directory), :memory: to keep nothing, or postgresql://user:pass@host:port/dbname to share one board between processes and hosts", group="talkserver")
+define("processes", default=1, help="worker processes sharing the port (0: one per core); more than 1 needs a postgresql:// --db", group="talkserver")
 define("sync", default="normal", help="normal: commits survive a crash of the server; full: also a power loss, but slower", group="talkserver")
 define("retention", default=7.0, help="days a deleted talk's tombstone is kept; older cursors get the full list and reset", group="talkserver")
 define("poll_timeout", default=90.0, help="seconds a long poll waits before an empty answer", group="talkserver")
@@ -72,7 +79,7 @@ def raise_open_files_limit() -> int:
 
 
 def open_store(path: str, sync: str = "normal") -> Store:
-    """The store named by ``--db``; exits with one line on stderr if it cannot be used."""
+    """The local store named by ``--db``; exits with one line on stderr if it cannot be used."""
     if sync not in SYNC_MODES:
         raise SystemExit(f"talkserver: --sync={sync}: use one of {', '.join(SYNC_MODES)}")
     if path == ":memory:":
@@ -83,13 +90,29 @@ def open_store(path: str, sync: str = "normal") -> Store:
         raise SystemExit(f"talkserver: {e}") from None
 
 
+async def open_shared_store(url: str, follow: bool = True) -> Store:
+    """The PostgreSQL store named by ``--db``; exits with one line on stderr if it cannot be used."""
+    try:
+        return await PostgresStore.open(url, follow=follow)
+    except StoreOpenError as e:
+        raise SystemExit(f"talkserver: {e}") from None
+
+
+async def check_shared_store(url: str) -> None:
+    """Open (creating or migrating the schema) and close the store once, before forking workers."""
+    store = await open_shared_store(url, follow=False)
+    await store.close()
+
+
 PRUNE_EVERY_MS = 3600 * 1000
 
 
-def prune_tombstones(store: Store, retention_days: float) -> None:
+async def prune_tombstones(store: Store, retention_days: float) -> None:
     """Forget tombstones older than the retention window (a failure waits for the next round)."""
     try:
         pruned = store.prune(wall_clock_ms() - round(retention_days * 86_400_000))
+        if inspect.isawaitable(pruned):
+            pruned = await pruned
     except StoreWriteFailed as e:
         log.warning("could not prune old tombstones: %s", e)
         return
@@ -114,13 +137,23 @@ def hardening_settings() -> dict:
         ),
     }
     if options.protect_talks:
+        if not options.cookie_secret and is_postgres_url(options.db):
+            raise SystemExit("talkserver: --protect-talks with PostgreSQL needs --cookie-secret, the same for every process and host")
         settings["cookie_secret"] = options.cookie_secret or load_or_create_secret(cookie_secret_path(options.db))
     return settings
 
 
-async def serve(store: Store) -> None:
-    """Run the server on ``store`` until SIGTERM or SIGINT, then drain (talkserver.shutdown)."""
-    prune_tombstones(store, options.retention)
+async def serve(store: Store | None, worker: Worker | None = None) -> None:
+    """Run the server until SIGTERM or SIGINT, then drain (talkserver.shutdown).
+
+    ``store`` None means the PostgreSQL store of ``--db``, opened here, in
+    the process (and event loop) that uses it.  A ``worker`` (from
+    ``--processes``) serves the parent's socket and also stops when the
+    parent tells it to.
+    """
+    if store is None:
+        store = await open_shared_store(options.db)
+    await prune_tombstones(store, options.retention)
     tornado.ioloop.PeriodicCallback(lambda: prune_tombstones(store, options.retention), PRUNE_EVERY_MS).start()
     try:
         app = make_app(
@@ -155,13 +188,21 @@ async def serve(store: Store) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server.listen(options.port, options.address)
-    log.info(
-        "talkserver listening on http://%s:%d/ (store %s, open-files limit %d)",
-        options.address, options.port, options.db, raise_open_files_limit(),
-    )
+    where = f"http://{options.address}:{options.port}/"
+    if worker is None:
+        server.listen(options.port, options.address)
+        log.info(
+            "talkserver listening on %s (store %s, open-files limit %d)",
+            where, _store_name(options.db), raise_open_files_limit(),
+        )
+    else:
+        loop.add_reader(worker.stop_fd, stop.set)
+        app.board.metrics.share_with(worker.metrics_dir, worker.number)
+        tornado.ioloop.PeriodicCallback(app.board.metrics.publish, 1000).start()
+        server.add_sockets(worker.sockets)
+        log.info("talkserver worker %d serving %s (store %s)", worker.number, where, _store_name(options.db))
     warning = exposure_warning(options.address, options.password_file, options.protect_talks)
-    if warning:
+    if warning and (worker is None or worker.number == 0):
         log.warning("%s", warning)
     if options.api == "etag" and options.static_path is None:
         log.warning("the bundled page polls with changesSince and cannot read --api=etag answers; "
@@ -172,6 +213,10 @@ async def serve(store: Store) -> None:
     await drain(server, app)
 
 
+def _store_name(db: str) -> str:
+    return redact(db) if is_postgres_url(db) else db
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``talkserver`` console script."""
     parse_command_line(argv)
@@ -179,5 +224,24 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"talkserver: --api={options.api}: use one of {', '.join(API_MODES)}")
     if options.retention <= 0:
         raise SystemExit(f"talkserver: --retention={options.retention}: must be a positive number of days")
-    # Opened before the loop starts, so a bad file ends the process at once.
-    asyncio.run(serve(open_store(options.db, options.sync)))
+    if options.processes < 0:
+        raise SystemExit(f"talkserver: --processes={options.processes}: must be 0 (one per core) or more")
+    shared = is_postgres_url(options.db)
+    if options.processes != 1 and not shared:
+        raise SystemExit(
+            f"talkserver: --processes={options.processes} needs a store the processes can share:"
+            " use --db=postgresql://... (SQLite and :memory: serve one process)"
+        )
+    if not shared:
+        # Opened before the loop starts, so a bad file ends the process at once.
+        asyncio.run(serve(open_store(options.db, options.sync)))
+        return
+    # Checked (and the schema made or migrated) once, before any worker
+    # starts, so a bad URL ends the command at once instead of every worker.
+    asyncio.run(check_shared_store(options.db))
+    if options.processes == 1:
+        asyncio.run(serve(None))
+        return
+    raise_open_files_limit()
+    worker = fork_workers(options.processes, options.port, options.address)
+    asyncio.run(serve(None, worker))

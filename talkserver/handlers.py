@@ -14,11 +14,13 @@ from urllib.parse import urlsplit
 
 import tornado.log
 from tornado.iostream import StreamClosedError
+from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
 from . import streams, wakeup
 from .board import Board
-from .stores import StoreWriteFailed
+from .auth import NOT_THE_OWNER
+from .stores import NotTheOwner, StoreWriteFailed
 from .stores import TalkNotFound
 from .validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
@@ -136,6 +138,10 @@ class ApiHandler(RequestHandler):
             return
         if isinstance(value, StreamClosedError):
             return
+        if isinstance(value, StoreWriteFailed):
+            # Known trouble with a known cause (the store says which): one line.
+            app_log.warning("%s: the change could not be saved: %s", self._request_summary(), value)
+            return
         super().log_exception(typ, value, tb)
 
 
@@ -213,6 +219,8 @@ class TalksHandler(ApiHandler):
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
         over_cap = self.application.limits.hold_poll(self)
+        if self.cursor > self.board.store.head:
+            await self._catch_up()
         body = self.board.feed.since(self.cursor)
         if body is not None:
             self.send_json(body)
@@ -228,6 +236,13 @@ class TalksHandler(ApiHandler):
             self.finish_with(body)
         else:
             wakeup.finish_written(self)
+
+    async def _catch_up(self) -> None:
+        """A cursor ahead of this process may come from another that applied more: catch up first."""
+        try:
+            await self.board.caught_up()
+        except StoreWriteFailed as e:
+            raise HTTPError(503, "cannot check this cursor against the database now (%s); try again", e) from None
 
     def deliver(self, body: bytes) -> None:
         """Answer this parked poll (called by Waiters, for thousands at once).
@@ -260,27 +275,33 @@ class TalkHandler(BodyHandler):
             raise HTTPError(404, "there is no talk titled %r", title)
         self.send_json(json.dumps(talk, ensure_ascii=False).encode("utf-8"))
 
-    def put(self, title: str) -> None:
+    async def put(self, title: str) -> None:
         title = self.title(title)
         try:
             presenter, summary = parse_talk(self.body())
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
-        self.application.access.claim(self, title, self.board.store)
-        self.board.put(title, presenter, summary)
+        owner = self.application.access.claim(self, title, self.board.store)
+        try:
+            await self.board.put(title, presenter, summary, owner)
+        except NotTheOwner:
+            raise HTTPError(403, NOT_THE_OWNER) from None
         self.set_status(204)
 
-    def delete(self, title: str) -> None:
+    async def delete(self, title: str) -> None:
         title = self.title(title)
-        self.application.access.release(self, title, self.board.store)
-        self.board.delete(title)
+        me = self.application.access.release(self, title, self.board.store)
+        try:
+            await self.board.delete(title, me)
+        except NotTheOwner:
+            raise HTTPError(403, NOT_THE_OWNER) from None
         self.set_status(204)
 
 
 class CommentsHandler(BodyHandler):
     """``POST /talks/{title}/comments``: add a comment to a talk."""
 
-    def post(self, title: str) -> None:
+    async def post(self, title: str) -> None:
         title = self.title(title)
         try:
             author, message = parse_comment(self.body())
@@ -288,7 +309,7 @@ class CommentsHandler(BodyHandler):
             raise HTTPError(400, "%s", e) from None
         self.application.limits.check_comment_room(self.board.store.get(title))
         try:
-            self.board.add_comment(title, author, message)
+            await self.board.add_comment(title, author, message)
         except TalkNotFound:
             raise HTTPError(404, "there is no talk titled %r", title) from None
         self.set_status(204)
@@ -314,6 +335,23 @@ class MetricsHandler(ApiHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(self.board.metrics.render())
+
+
+class HealthHandler(ApiHandler):
+    """``GET /healthz``: 200 while this process serves and reaches its store, else 503.
+
+    For load balancers' health checks, so it asks for no password and
+    tells nothing but ``{"ok": ...}``.
+    """
+
+    def prepare(self) -> None:
+        pass
+
+    async def get(self) -> None:
+        ok = not getattr(self.application, "draining", False) and await self.board.reachable()
+        self.set_status(200 if ok else 503)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(json.dumps({"ok": ok}))
 
 
 # Scripts only from our own files, never inline, and no framing; see

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 
 import tornado.httpserver
@@ -35,6 +36,7 @@ async def drain(
     board = app.board  # type: ignore[attr-defined]
     limits = app.limits  # type: ignore[attr-defined]
     server.stop()
+    app.draining = True  # type: ignore[attr-defined]  # /healthz answers 503 from now on
     loop = asyncio.get_running_loop()
     started = loop.time()
     answered = 0
@@ -58,7 +60,9 @@ async def drain(
     except asyncio.TimeoutError:
         log.warning("some connections did not close in time")
     talks = len(board.store.all_talks())
-    board.store.close()
+    closed = board.store.close()
+    if inspect.isawaitable(closed):  # the shared store's connections
+        await closed
     log.info("stopped: answered %d waiting polls; %d talks in the store", answered, talks)
     if streams_ended:
         log.info("ended %d event streams", streams_ended)

@@ -1,6 +1,7 @@
 """Fixtures shared by the tests: a server on a fresh store of each kind.
 
-pytest-tornado serves the ``app`` fixture on a free port and gives
+The PostgreSQL store runs in a throwaway cluster started once per session
+(tests/postgres.py), with a new database per test.  pytest-tornado serves the ``app`` fixture on a free port and gives
 ``http_client`` and ``base_url`` for it.  Both store kinds must follow
 the same rules, so the tests of the rules run on each.  pytest-tornado looks ``app`` up
 by name at run time, so a module that wants each store kind overrides
@@ -10,9 +11,14 @@ timeout path can be tested without waiting 90 seconds.
 
 import pytest
 
-from talkserver import make_app
+# Helpers whose asserts should explain themselves like the tests' own.
+pytest.register_assert_rewrite("tests.consistency")
+
+from talkserver import make_app  # noqa: E402
 from talkserver.stores.sqlite import SQLiteStore
-from talkserver.stores import MemoryStore
+from talkserver.stores import MemoryStore, PostgresStore
+
+from .postgres import BlockingStore, Cluster
 
 POLL_TIMEOUT = 1.0
 
@@ -32,15 +38,43 @@ def clock():
     return FakeClock()
 
 
-STORE_KINDS = ["memory", "sqlite"]
+STORE_KINDS = ["memory", "sqlite", "postgres"]
 
 
-def new_store(kind, tmp_path, clock=None):
-    """A new, empty store of ``kind`` (on the wall clock unless ``clock`` is given)."""
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A PostgreSQL cluster for the whole session, removed at the end."""
+    cluster = Cluster()
+    yield cluster
+    cluster.destroy()
+
+
+def new_store(kind, tmp_path, clock=None, *, request=None):
+    """A new, empty store of ``kind`` (on the wall clock unless ``clock`` is given).
+
+    A PostgreSQL store (which needs the test's ``request``) gets a database
+    of its own.  It runs on the test's IOLoop when the test has one (the
+    HTTP tests), else as a BlockingStore for plain synchronous tests.
+    Close it with ``close_store``.
+    """
     clock_arg = {} if clock is None else {"clock": clock}
     if kind == "memory":
         return MemoryStore(**clock_arg)
-    return SQLiteStore(str(tmp_path / "talks.db"), **clock_arg)
+    if kind == "sqlite":
+        return SQLiteStore(str(tmp_path / "talks.db"), **clock_arg)
+    url = request.getfixturevalue("postgres_cluster").new_database()
+    if "io_loop" not in request.fixturenames:
+        return BlockingStore(url, clock)
+    io_loop = request.getfixturevalue("io_loop")
+    return io_loop.run_sync(lambda: PostgresStore.open(url, clock=clock, catch_up_every=0.2))
+
+
+def close_store(store, request=None):
+    """Close a store from ``new_store``, whichever kind."""
+    if isinstance(store, PostgresStore):
+        request.getfixturevalue("io_loop").run_sync(store.close)
+    else:
+        store.close()
 
 
 @pytest.fixture

@@ -5,15 +5,15 @@ import json
 from urllib.parse import quote
 
 import pytest
-from .conftest import STORE_KINDS, new_store
+from .conftest import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(params=STORE_KINDS, autouse=True)
 def store(request, tmp_path):
     """Every test here runs on each kind of store."""
-    store = new_store(request.param, tmp_path)
+    store = new_store(request.param, tmp_path, request=request)
     yield store
-    store.close()
+    close_store(store, request)
 
 
 async def fetch(http_client, base_url, path, method="GET", body=None, headers=None):
@@ -365,3 +365,10 @@ async def test_error_answers_never_leak_a_500(http_client, base_url):
     for path, method, body in odd:
         response = await fetch(http_client, base_url, path, method, body)
         assert 400 <= response.code < 500, (path, response.code)
+
+
+@pytest.mark.gen_test
+async def test_healthz_is_ok_while_the_store_answers(http_client, base_url):
+    response = await fetch(http_client, base_url, "/healthz")
+    assert response.code == 200
+    assert json.loads(response.body) == {"ok": True}

@@ -129,6 +129,13 @@ with_password = pytest.mark.parametrize("access", [{"password_file": True}])
 
 @with_password
 @pytest.mark.gen_test
+async def test_a_load_balancers_health_check_needs_no_credentials(access, http_client, base_url):
+    answer = await http_client.fetch(base_url + "/healthz", raise_error=False)
+    assert answer.code == 200 and json.loads(answer.body) == {"ok": True}
+
+
+@with_password
+@pytest.mark.gen_test
 @pytest.mark.parametrize("path", ["/talks", "/", "/talks/T", "/metrics"])
 async def test_without_credentials_every_request_gets_401_with_a_realm(access, http_client, base_url, path):
     answer = await http_client.fetch(base_url + path, raise_error=False)

@@ -60,7 +60,7 @@ async def test_a_poll_past_the_cap_waits_in_the_slow_lane_and_gets_the_change_in
     # When a fourth arrives and then a change is made
     over = poll(http_client, base_url, cursor)
     await until(lambda: len(board.slow_lane) == 1)
-    board.put("Kept", "Ada", "still served")
+    await board.put("Kept", "Ada", "still served")
 
     # Then the three are woken at once and the fourth gets the change in the lane's round
     for answer in await asyncio.gather(*waiting):
@@ -133,7 +133,7 @@ async def test_answered_polls_give_their_place_back(http_client, base_url, board
         cursor = board.store.head
         waiting = [poll(http_client, base_url, cursor) for _ in range(3)]
         await until(lambda: len(board.waiters) == 3)
-        board.put("Again", "Ada", "s")
+        await board.put("Again", "Ada", "s")
         assert [a.code for a in await asyncio.gather(*waiting)] == [200, 200, 200]
     assert app.limits.polls_held("127.0.0.1") == 0
 
@@ -251,7 +251,7 @@ def test_each_address_has_its_own_bucket():
 @pytest.mark.parametrize("limits", [dict(max_comments=2)])
 @pytest.mark.gen_test
 async def test_a_comment_past_the_cap_gets_409_and_changes_nothing(limits, http_client, base_url, board):
-    board.put("T", "Ada", "s")
+    await board.put("T", "Ada", "s")
     url = f"{base_url}/talks/T/comments"
     first = [await http_client.fetch(url, method="POST", body=COMMENT, raise_error=False) for _ in range(2)]
     refused = await http_client.fetch(url, method="POST", body=COMMENT, raise_error=False)
@@ -278,7 +278,7 @@ async def test_make_app_without_limits_lets_one_address_write_and_poll_freely(li
     ]
     polls = [poll(http_client, base_url, board.store.head) for _ in range(8)]
     await until(lambda: len(board.waiters) == 8)
-    board.put("Wake", "Ada", "s")
+    await board.put("Wake", "Ada", "s")
 
     assert codes == [204] * 70
     assert len(board.store.get("T0")["comments"]) == 10

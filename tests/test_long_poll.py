@@ -10,7 +10,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from talkserver import feed as feed_module
-from .conftest import POLL_TIMEOUT, STORE_KINDS, new_store
+from .conftest import POLL_TIMEOUT, STORE_KINDS, close_store, new_store
 from .follower import Follower
 
 
@@ -25,9 +25,9 @@ class FrozenClock:
 def store(request, tmp_path):
     """Every test here runs on each kind of store; ``frozen_clock`` ones on a clock that never moves."""
     clock = FrozenClock() if request.node.get_closest_marker("frozen_clock") else None
-    store = new_store(request.param, tmp_path, clock)
+    store = new_store(request.param, tmp_path, clock, request=request)
     yield store
-    store.close()
+    close_store(store, request)
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ async def until(condition, timeout=5.0):
 @pytest.mark.gen_test
 async def test_a_poll_with_changes_answers_at_once(pool, base_url, board):
     cursor = board.store.head
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
     response, answer = await get_json(pool, f"{base_url}/talks?changesSince={cursor}")
     assert response.code == 200
     assert answer == {
@@ -71,7 +71,7 @@ async def test_a_waiting_poll_is_answered_with_the_change_that_wakes_it(pool, ba
     await until(lambda: len(board.waiters) == 1)
     assert not poll.done()
 
-    board.put("woken", "Ann", "s")
+    await board.put("woken", "Ann", "s")
     response, answer = await poll
     assert [t["title"] for t in answer["talks"]] == ["woken"]
     assert answer["serverTime"] == board.store.head > cursor
@@ -80,11 +80,11 @@ async def test_a_waiting_poll_is_answered_with_the_change_that_wakes_it(pool, ba
 
 @pytest.mark.gen_test
 async def test_a_delete_wakes_pollers_with_a_tombstone(pool, base_url, board):
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
     cursor = board.store.head
     poll = asyncio.ensure_future(get_json(pool, f"{base_url}/talks?changesSince={cursor}"))
     await until(lambda: len(board.waiters) == 1)
-    board.delete("a")
+    await board.delete("a")
     _, answer = await poll
     assert answer["talks"] == [{"title": "a", "deleted": True}]
 
@@ -104,7 +104,7 @@ async def test_a_poll_with_nothing_new_times_out_with_an_empty_list(pool, base_u
 
 @pytest.mark.gen_test
 async def test_a_cursor_from_the_future_answers_at_once_with_everything(pool, base_url, board):
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
     _, answer = await get_json(pool, f"{base_url}/talks?changesSince={board.store.head + 3_600_000}")
     assert answer["reset"] is True
     assert [t["title"] for t in answer["talks"]] == ["a"]
@@ -167,7 +167,7 @@ async def test_waking_many_waiters_encodes_the_answer_once(pool, base_url, board
     encoded = []
     real_encode = feed_module.encode_answer
     monkeypatch.setattr(feed_module, "encode_answer", lambda *a, **k: encoded.append(a) or real_encode(*a, **k))
-    board.put("news", "Ann", "s")
+    await board.put("news", "Ann", "s")
     answers = [answer for _, answer in await asyncio.gather(*polls)]
 
     assert len(encoded) == 1
@@ -185,7 +185,7 @@ async def test_a_same_millisecond_burst_is_seen_whole_and_once(pool, base_url, b
     for round_ in range(5):
         for i in range(10):
             title = f"t{i % 4}"
-            board.put(title, "Ann", f"round {round_} write {i}")
+            await board.put(title, "Ann", f"round {round_} write {i}")
             expected[title] = f"round {round_} write {i}"
         await follower.poll_once()
     assert {t: talk["summary"] for t, talk in follower.talks.items()} == expected
@@ -233,5 +233,5 @@ async def test_many_pollers_with_concurrent_writers_all_end_with_the_servers_tal
     expected = {t["title"]: t for t in final["talks"]}
     for follower in followers:
         assert follower.talks == expected
-    board.put("wake-up", "lead", "ends the last polls")
+    await board.put("wake-up", "lead", "ends the last polls")
     await asyncio.gather(*runs)

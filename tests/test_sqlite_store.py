@@ -337,3 +337,26 @@ def test_an_older_schema_is_migrated_in_place(db_path, clock):
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
+
+
+def test_a_talks_owner_survives_a_reopen(store, clock):
+    store.put("Unicycling", "Ann", "One wheel", owner="browser-1")
+    after = reopen(store, clock)
+    assert after.owner("Unicycling") == "browser-1"
+    after.close()
+
+
+def test_a_version_1_file_gains_owners_and_keeps_its_talks(db_path, clock):
+    with sqlite3.connect(db_path) as db:
+        from talkserver.stores.sqlite import MIGRATIONS
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO talks VALUES ('Old', 'Ann', 's')")
+        db.execute("INSERT INTO change_log VALUES ('Old', 1000001)")
+        db.execute("INSERT INTO meta VALUES ('head', 1000001)")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+    store = SQLiteStore(str(db_path), clock=clock)
+    assert store.get("Old")["presenter"] == "Ann" and store.owner("Old") is None
+    store.put("Old", "Ann", "s", owner="browser-1")
+    assert reopen(store, clock).owner("Old") == "browser-1"

@@ -4,15 +4,15 @@ import pytest
 
 from talkserver.stores import TalkNotFound
 
-from .conftest import STORE_KINDS, new_store
+from .conftest import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(params=STORE_KINDS)
 def store(request, clock, tmp_path):
     """A new store of each kind on the hand-set clock."""
-    store = new_store(request.param, tmp_path, clock)
+    store = new_store(request.param, tmp_path, clock, request=request)
     yield store
-    store.close()
+    close_store(store, request)
 
 
 def titles(changes):
@@ -40,6 +40,19 @@ def test_stamps_follow_the_wall_clock_when_it_moves_on(store, clock):
 
 def test_head_starts_at_the_creation_time(store, clock):
     assert store.head == clock.now
+
+
+@pytest.fixture(params=STORE_KINDS)
+def wall_clock_store(request, tmp_path):
+    """A new store of each kind on the real clock (the database's, for PostgreSQL)."""
+    store = new_store(request.param, tmp_path, request=request)
+    yield store
+    close_store(store, request)
+
+
+def test_a_new_stores_first_server_time_is_a_cursor_without_reset(wall_clock_store):
+    changes = wall_clock_store.changes_since(wall_clock_store.head)
+    assert not changes.reset and changes.talks == []
 
 
 def test_changes_since_holds_exactly_the_changes_after_the_cursor(store):
@@ -147,3 +160,18 @@ def test_prune_keeps_live_talks_and_recent_tombstones(store, clock):
     store.delete("dead")
     assert store.prune(older_than=store.head) == 0
     assert store.changes_since(0).talks  # nothing lost
+
+
+def test_a_talks_owner_is_kept_until_it_is_deleted(store):
+    store.put("a", "p", "s", owner="browser-1")
+    store.put("a", "p", "replaced without naming an owner")
+    assert store.owner("a") == "browser-1"
+    store.delete("a")
+    assert store.owner("a") is None
+    store.put("a", "p", "s", owner="browser-2")
+    assert store.owner("a") == "browser-2"
+
+
+def test_the_owner_is_not_part_of_the_talk_clients_see(store):
+    store.put("a", "p", "s", owner="browser-1")
+    assert store.get("a") == {"title": "a", "presenter": "p", "summary": "s", "comments": []}

@@ -58,7 +58,7 @@ async def park(port, board, cursor, count=1, **kwargs):
 async def test_a_woken_poll_gets_a_complete_answer_and_its_connection_serves_on(board, port):
     (stream,) = await park(port, board, board.store.head)
 
-    board.put("Juggling", "Kim", "Three balls")
+    await board.put("Juggling", "Kim", "Three balls")
 
     status, headers, body = await read_answer(stream)
     assert status == 200
@@ -81,13 +81,13 @@ async def test_a_woken_poll_gets_a_complete_answer_and_its_connection_serves_on(
 @pytest.mark.gen_test
 async def test_the_next_poll_on_the_same_connection_waits_and_is_woken_again(board, port):
     (stream,) = await park(port, board, board.store.head)
-    board.put("First", "Kim", "One")
+    await board.put("First", "Kim", "One")
     _, _, body = await read_answer(stream)
     cursor = json.loads(body)["serverTime"]
 
     await stream.write(request(f"/talks?changesSince={cursor}"))
     await until(lambda: len(board.waiters) == 1)
-    board.add_comment("First", "Lee", "Nice")
+    await board.add_comment("First", "Lee", "Nice")
 
     _, _, body = await read_answer(stream)
     talks = json.loads(body)["talks"]
@@ -101,7 +101,7 @@ async def test_many_woken_polls_all_get_the_same_answer(board, port):
     cursor = board.store.head
     streams = await park(port, board, cursor, count=60)
 
-    board.put("Chess", "Ann", "Openings")
+    await board.put("Chess", "Ann", "Openings")
 
     bodies = {(await read_answer(stream))[2] for stream in streams}
     assert len(bodies) == 1
@@ -115,7 +115,7 @@ async def test_many_woken_polls_all_get_the_same_answer(board, port):
 async def test_a_poll_asking_to_close_gets_connection_close_and_is_closed(board, port):
     (stream,) = await park(port, board, board.store.head, headers="Connection: close\r\n")
 
-    board.put("Knitting", "Bo", "Socks")
+    await board.put("Knitting", "Bo", "Socks")
 
     status, headers, body = await read_answer(stream)
     assert status == 200 and headers["connection"] == "close"
@@ -127,7 +127,7 @@ async def test_a_poll_asking_to_close_gets_connection_close_and_is_closed(board,
 async def test_an_http_1_0_poll_gets_a_whole_answer_and_then_the_close(board, port):
     (stream,) = await park(port, board, board.store.head, version="HTTP/1.0")
 
-    board.put("Pottery", "Cy", "Clay")
+    await board.put("Pottery", "Cy", "Clay")
 
     status, _, body = await read_answer(stream)
     assert status == 200 and json.loads(body)["talks"][0]["title"] == "Pottery"
@@ -157,7 +157,7 @@ async def test_a_client_gone_before_the_wake_does_not_stop_the_others(board, por
     gone.close()
 
     with caplog.at_level(logging.ERROR):
-        board.put("Origami", "Di", "Cranes")
+        await board.put("Origami", "Di", "Cranes")
         for stream in streams:
             status, _, body = await read_answer(stream)
             assert status == 200 and json.loads(body)["talks"][0]["title"] == "Origami"
@@ -170,7 +170,7 @@ async def test_every_woken_poll_is_logged_and_counted_once(board, port, caplog):
     streams = await park(port, board, board.store.head, count=3)
 
     with caplog.at_level(logging.INFO, logger="tornado.access"):
-        board.put("Baking", "Ed", "Bread")
+        await board.put("Baking", "Ed", "Bread")
         for stream in streams:
             await read_answer(stream)
         await until(lambda: len([r for r in caplog.records if "changesSince" in r.getMessage()]) >= 3)
@@ -185,7 +185,7 @@ async def test_every_woken_poll_is_logged_and_counted_once(board, port, caplog):
 async def test_waking_leaves_the_garbage_collector_as_it_was(board, port):
     await park(port, board, board.store.head, count=2)
     assert gc.isenabled()
-    board.put("Gardening", "Flo", "Roses")
+    await board.put("Gardening", "Flo", "Roses")
     assert gc.isenabled()
 
 
@@ -197,12 +197,12 @@ def port(http_server, http_port):
 
 @pytest.mark.gen_test
 async def test_a_large_answer_arrives_whole_on_every_connection(board, port):
-    board.put("Long", "Gus", "x" * 4000 + "é" * 500)
+    await board.put("Long", "Gus", "x" * 4000 + "é" * 500)
     for n in range(39):
-        board.add_comment("Long", "Hal", f"comment {n} " + "y" * 1900)
+        await board.add_comment("Long", "Hal", f"comment {n} " + "y" * 1900)
     streams = await park(port, board, board.store.head, count=3)
 
-    board.add_comment("Long", "Hal", "the last one")
+    await board.add_comment("Long", "Hal", "the last one")
 
     for stream in streams:
         status, headers, body = await read_answer(stream)

@@ -3,23 +3,29 @@
     contract.py   what every store promises (Store, Changes, the stamp rule, errors)
     memory.py     MemoryStore: everything in memory, the reference for the rules
     sqlite.py     SQLiteStore: a MemoryStore that commits each change to a file first
+    postgres.py   PostgresStore: a MemoryStore that follows a PostgreSQL database's
+                  committed log, so many processes and hosts share one board
 
 One contract test suite (tests/test_store.py) runs against every store.
 """
 
-from .contract import Changes, Store, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
+from .contract import Changes, NotTheOwner, Store, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
 from .memory import MemoryStore
+from .postgres import PostgresStore, is_postgres_url
 from .sqlite import SYNC_MODES, SQLiteStore
 
 __all__ = [
     "Changes",
     "MemoryStore",
+    "NotTheOwner",
+    "PostgresStore",
     "SQLiteStore",
     "Store",
     "StoreOpenError",
     "StoreWriteFailed",
     "SYNC_MODES",
     "TalkNotFound",
+    "is_postgres_url",
     "next_stamp",
     "wall_clock_ms",
 ]

@@ -45,6 +45,10 @@ class StoreWriteFailed(Exception):
     """A change could not be committed; nothing was changed (answered 503)."""
 
 
+class NotTheOwner(Exception):
+    """--protect-talks: the talk belongs to another browser (answered 403)."""
+
+
 class TalkNotFound(KeyError):
     """Raised when a comment is added to a talk that does not exist."""
 
@@ -65,14 +69,21 @@ class Changes:
 
 
 class Store(Protocol):
-    """What the server needs from a store; stores.memory.MemoryStore shows the rules."""
+    """What the server needs from a store; stores.memory.MemoryStore shows the rules.
+
+    A shared store (stores.postgres) has the same methods, but its writes,
+    ``prune`` and ``close`` are coroutines, and it calls ``on_change`` when
+    changes from any process have been applied; talkserver.board awaits
+    and wakes accordingly.
+    """
 
     head: int
 
     def all_talks(self) -> list[dict]: ...
     def get(self, title: str) -> dict | None: ...
-    def put(self, title: str, presenter: str, summary: str) -> int: ...
-    def delete(self, title: str) -> int | None: ...
+    def owner(self, title: str) -> str | None: ...
+    def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int: ...
+    def delete(self, title: str, owner: str | None = None) -> int | None: ...
     def add_comment(self, title: str, author: str, message: str) -> int: ...
     def changes_since(self, cursor: int) -> Changes: ...
     def prune(self, older_than: int) -> int: ...

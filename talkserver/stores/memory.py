@@ -22,6 +22,9 @@ class MemoryStore:
         self._clock = clock
         self._talks: dict[str, dict] = {}
         self._log: dict[str, int] = {}
+        # title -> the browser that owns the talk (--protect-talks); kept
+        # apart from the talk dicts, which are answers and must not show it.
+        self._owners: dict[str, str] = {}
         self.head = clock()
         # Cursors below this may have missed a change this store cannot
         # name: a pruned tombstone, or anything from before the store
@@ -37,6 +40,10 @@ class MemoryStore:
     def get(self, title: str) -> dict | None:
         """The talk with this title, or None."""
         return self._talks.get(title)
+
+    def owner(self, title: str) -> str | None:
+        """The owner recorded for this talk (with --protect-talks), or None."""
+        return self._owners.get(title)
 
     def changes_since(self, cursor: int) -> Changes:
         """The changes stamped after ``cursor``, newest first.
@@ -63,8 +70,13 @@ class MemoryStore:
         self.head = stamp
         return stamp
 
-    def put(self, title: str, presenter: str, summary: str) -> int:
-        """Create or replace a talk (a replaced talk loses its comments)."""
+    def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int:
+        """Create or replace a talk (a replaced talk loses its comments).
+
+        ``owner`` becomes the talk's owner; None keeps the one it has.
+        """
+        if owner is not None:
+            self._owners[title] = owner
         self._talks[title] = {
             "title": title,
             "presenter": presenter,
@@ -73,10 +85,15 @@ class MemoryStore:
         }
         return self._stamp(title)
 
-    def delete(self, title: str) -> int | None:
-        """Delete a talk; returns its stamp, or None if there was no talk."""
+    def delete(self, title: str, owner: str | None = None) -> int | None:
+        """Delete a talk; returns its stamp, or None if there was no talk.
+
+        ``owner`` is for stores shared between processes, which check it
+        again themselves; in one process talkserver.auth has checked it.
+        """
         if self._talks.pop(title, None) is None:
             return None
+        self._owners.pop(title, None)
         return self._stamp(title)
 
     def add_comment(self, title: str, author: str, message: str) -> int:

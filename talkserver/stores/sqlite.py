@@ -59,6 +59,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO meta (key, value) VALUES ('pruned_through', 0)",
     ],
+    # --protect-talks: the owner is stored with the talk, so it survives restarts.
+    ["ALTER TABLE talks ADD COLUMN owner TEXT"],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -88,10 +90,11 @@ class SQLiteStore(MemoryStore):
 
     def _load(self) -> None:
         db = self._db
-        talks = {
-            title: {"title": title, "presenter": presenter, "summary": summary, "comments": []}
-            for title, presenter, summary in db.execute("SELECT title, presenter, summary FROM talks")
-        }
+        talks = {}
+        for title, presenter, summary, owner in db.execute("SELECT title, presenter, summary, owner FROM talks"):
+            talks[title] = {"title": title, "presenter": presenter, "summary": summary, "comments": []}
+            if owner is not None:
+                self._owners[title] = owner
         for title, author, message in db.execute("SELECT title, author, message FROM comments ORDER BY id"):
             talks[title]["comments"].append({"author": author, "message": message})
         self._talks = talks
@@ -108,20 +111,21 @@ class SQLiteStore(MemoryStore):
 
     # -- writing: commit first, then the same change in memory -------------
 
-    def put(self, title: str, presenter: str, summary: str) -> int:
-        """Create or replace a talk (a replaced talk loses its comments)."""
+    def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int:
+        """Create or replace a talk (a replaced talk loses its comments); None keeps the owner."""
         self._commit_change(title, [
             (
-                "INSERT INTO talks (title, presenter, summary) VALUES (?, ?, ?) ON CONFLICT (title)"
-                " DO UPDATE SET presenter = excluded.presenter, summary = excluded.summary",
-                (title, presenter, summary),
+                "INSERT INTO talks (title, presenter, summary, owner) VALUES (?, ?, ?, ?) ON CONFLICT (title)"
+                " DO UPDATE SET presenter = excluded.presenter, summary = excluded.summary,"
+                " owner = coalesce(excluded.owner, talks.owner)",
+                (title, presenter, summary, owner),
             ),
             ("DELETE FROM comments WHERE title = ?", (title,)),
         ])
-        return super().put(title, presenter, summary)
+        return super().put(title, presenter, summary, owner)
 
-    def delete(self, title: str) -> int | None:
-        """Delete a talk; returns its stamp, or None if there was no talk."""
+    def delete(self, title: str, owner: str | None = None) -> int | None:
+        """Delete a talk; returns its stamp, or None if there was no talk (``owner``: see MemoryStore)."""
         if self.get(title) is None:
             return None
         self._commit_change(title, [

@@ -1,0 +1,90 @@
+"""talkserver-import: an SQLite board copied into PostgreSQL, run as the command."""
+
+import subprocess
+import sys
+
+import pytest
+
+from talkserver.stores.sqlite import SQLiteStore
+
+from .postgres import BlockingStore
+
+
+def run_import(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "talkserver.importer", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def sqlite_board(tmp_path):
+    """An SQLite board with two talks, a comment and a tombstone; returns (path, its head)."""
+    store = SQLiteStore(str(tmp_path / "talks.db"))
+    store.put("Unicycling", "Ann", "One wheel")
+    store.add_comment("Unicycling", "Bob", "first ✓")
+    store.put("Knitting", "Dee", "Two needles")
+    store.put("Gone", "Eve", "s")
+    store.delete("Gone")
+    head = store.head
+    store.close()
+    return tmp_path / "talks.db", head
+
+
+def test_the_import_copies_every_talk_and_comment_in_order(sqlite_board, postgres_cluster, tmp_path):
+    path, _ = sqlite_board
+    url = postgres_cluster.new_database()
+    done = run_import(str(path), url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("copied 2 talks and 1 comments")
+    board = BlockingStore(url)
+    try:
+        assert board.all_talks() == [
+            {"title": "Unicycling", "presenter": "Ann", "summary": "One wheel",
+             "comments": [{"author": "Bob", "message": "first ✓"}]},
+            {"title": "Knitting", "presenter": "Dee", "summary": "Two needles", "comments": []},
+        ]
+    finally:
+        board.close()
+
+
+def test_a_cursor_from_the_old_server_resets_once_then_follows(sqlite_board, postgres_cluster, tmp_path):
+    path, old_head = sqlite_board
+    url = postgres_cluster.new_database()
+    run_import(str(path), url, cwd=tmp_path)
+    board = BlockingStore(url)
+    try:
+        reset = board.changes_since(old_head)
+        assert reset.reset and len(reset.talks) == 2
+        assert not board.changes_since(reset.server_time).reset
+    finally:
+        board.close()
+
+
+def test_a_board_with_talks_is_not_overwritten_without_replace(sqlite_board, postgres_cluster, tmp_path):
+    path, _ = sqlite_board
+    url = postgres_cluster.new_database()
+    board = BlockingStore(url)
+    board.put("Already here", "Zed", "s")
+    board.close()
+
+    refused = run_import(str(path), url, cwd=tmp_path)
+    kept = BlockingStore(url)
+    titles = [t["title"] for t in kept.all_talks()]
+    kept.close()
+    replaced = run_import(str(path), url, "--replace", cwd=tmp_path)
+    after = BlockingStore(url)
+    titles_after = [t["title"] for t in after.all_talks()]
+    after.close()
+
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == [
+        "talkserver-import: the PostgreSQL board is not empty (1 talks and tombstones); add --replace to overwrite it"
+    ]
+    assert titles == ["Already here"]
+    assert replaced.returncode == 0 and titles_after == ["Unicycling", "Knitting"]
+
+
+def test_a_missing_sqlite_file_is_refused_and_not_created(postgres_cluster, tmp_path):
+    done = run_import("nothing.db", postgres_cluster.new_database(), cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.strip() == "talkserver-import: nothing.db: no such file"
+    assert not (tmp_path / "nothing.db").exists()
