@@ -110,7 +110,7 @@ def conditional_request(current, wait=90):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_plain_get_answers_the_array_of_talks_tagged_with_the_server_time(pool, base_url, board):
-    board.put("Unicycling", "Ann", "One wheel")
+    await board.put("Unicycling", "Ann", "One wheel")
 
     response = await get(pool, base_url)
 
@@ -125,7 +125,7 @@ async def test_a_plain_get_answers_the_array_of_talks_tagged_with_the_server_tim
 @pytest.mark.parametrize("api", ["changes"])
 @pytest.mark.gen_test(timeout=30)
 async def test_the_default_mode_answers_the_object_with_the_same_tag(pool, base_url, board):
-    board.put("Unicycling", "Ann", "One wheel")
+    await board.put("Unicycling", "Ann", "One wheel")
 
     response = await get(pool, base_url)
 
@@ -139,7 +139,7 @@ async def test_the_default_mode_answers_the_object_with_the_same_tag(pool, base_
 @pytest.mark.gen_test(timeout=30)
 async def test_changes_since_keeps_working_in_etag_mode(pool, base_url, board):
     cursor = board.store.head
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
 
     response = await pool.fetch(f"{base_url}/talks?changesSince={cursor}", raise_error=False)
 
@@ -154,7 +154,7 @@ async def test_changes_since_keeps_working_in_etag_mode(pool, base_url, board):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_the_current_tag_without_prefer_gets_304_at_once_with_no_body(pool, base_url, board):
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
 
     response = await get(pool, base_url, **{"If-None-Match": tag(board)})
 
@@ -169,7 +169,7 @@ async def test_the_current_tag_without_prefer_gets_304_at_once_with_no_body(pool
 @pytest.mark.gen_test(timeout=30)
 async def test_a_stale_tag_gets_the_whole_list_at_once_even_when_asked_to_wait(pool, base_url, board):
     stale = tag(board)
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
 
     response = await get(pool, base_url, **{"If-None-Match": stale, "Prefer": "wait=90"})
 
@@ -181,7 +181,7 @@ async def test_a_stale_tag_gets_the_whole_list_at_once_even_when_asked_to_wait(p
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_tag_from_the_future_gets_the_whole_list_at_once(pool, base_url, board):
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
 
     response = await get(pool, base_url, **{"If-None-Match": f'"{board.store.head + 1000}"', "Prefer": "wait=90"})
 
@@ -198,7 +198,7 @@ async def test_a_weak_tag_matches_like_the_strong_one(pool, base_url, board):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_list_of_tags_matches_when_any_of_them_names_the_current_list(pool, base_url, board):
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
 
     matching = await get(pool, base_url, **{"If-None-Match": f'"1", W/"2", {tag(board)}'})
     stale = await get(pool, base_url, **{"If-None-Match": '"1", W/"2"'})
@@ -234,7 +234,7 @@ async def test_a_prefer_without_a_whole_positive_wait_gets_304_at_once(pool, bas
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_changes_since_poll_is_never_answered_304(pool, base_url, board):
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
 
     response = await pool.fetch(
         f"{base_url}/talks?changesSince=0", headers={"If-None-Match": "*"}, raise_error=False
@@ -249,11 +249,11 @@ async def test_a_changes_since_poll_is_never_answered_304(pool, base_url, board)
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_waiting_poll_gets_the_whole_list_and_its_new_tag_when_a_talk_changes(pool, base_url, board):
-    board.put("old", "Ann", "s")
+    await board.put("old", "Ann", "s")
     poll = asyncio.ensure_future(get(pool, base_url, **{"If-None-Match": tag(board), "Prefer": "wait=90"}))
     await until(lambda: len(board.waiters) == 1)
 
-    board.put("new", "Bo", "t")
+    await board.put("new", "Bo", "t")
     response = await poll
 
     assert response.code == 200
@@ -298,7 +298,7 @@ async def test_a_short_wait_woken_by_a_change_is_answered_once(port, board, app)
     await stream.write(conditional_request(tag(board), wait=2))
     await until(lambda: len(board.waiters) == 1)
 
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
     status, headers, _ = await read_answer(stream)
     # The 2 s timer of its group runs, finds it gone, and retires the group.
     await until(lambda: app.conditional._short == {})
@@ -329,11 +329,11 @@ async def test_a_poll_that_also_names_the_next_state_waits_past_it(pool, base_ur
     poll = asyncio.ensure_future(get(pool, base_url, **{"If-None-Match": f'"{head}", "{head + 1}"', "Prefer": "wait=90"}))
     await until(lambda: len(board.waiters) == 1)
 
-    board.put("a", "Ann", "s")  # stamped head + 1 on a clock that stands still
+    await board.put("a", "Ann", "s")  # stamped head + 1 on a clock that stands still
     assert board.store.head == head + 1
     await asyncio.sleep(0.1)
     assert not poll.done() and len(board.waiters) == 1
-    board.put("b", "Bo", "t")
+    await board.put("b", "Bo", "t")
     response = await poll
 
     assert response.code == 200
@@ -378,7 +378,7 @@ async def test_woken_polls_on_kept_alive_connections_get_one_shared_answer_and_p
     real_encode = feed_module._encode
     monkeypatch.setattr(feed_module, "_encode", lambda o: (isinstance(o, list) and arrays.append(o)) or real_encode(o))
 
-    board.put("news", "Ann", "s")
+    await board.put("news", "Ann", "s")
     answers = [await read_answer(stream) for stream in streams]
 
     assert len(arrays) == 1  # one encoding of the list for all 20
@@ -389,7 +389,7 @@ async def test_woken_polls_on_kept_alive_connections_get_one_shared_answer_and_p
     for stream in streams:
         await stream.write(conditional_request(tag(board)))
     await until(lambda: len(board.waiters) == 20)
-    board.delete("news")
+    await board.delete("news")
     answers = [await read_answer(stream) for stream in streams]
     assert {body for _, _, body in answers} == {b"[]"}
     for stream in streams:
@@ -424,7 +424,7 @@ async def test_waiting_conditional_polls_past_the_per_address_cap_wait_in_the_sl
     over = asyncio.ensure_future(get(pool, base_url, **{"If-None-Match": current, "Prefer": "wait=90"}))
     await until(lambda: len(board.slow_lane) == 1)
     at_once = await get(pool, base_url, **{"If-None-Match": current})  # a 304 at once holds no place
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
     first, second, late = await asyncio.gather(*waiting, over)
 
     assert at_once.code == 304
@@ -503,7 +503,7 @@ async def test_a_book_client_past_the_cap_polls_once_per_slow_lane_round_and_see
     client = BookClient(base_url, pool).start()
     await until(lambda: client.not_modified >= 3)  # idle rounds of the slow lane answer 304
 
-    board.put("a", "Ann", "s")
+    await board.put("a", "Ann", "s")
     await until(lambda: client.titles() == ["a"])
     elapsed = loop.time() - started
     await client.stop()

@@ -82,7 +82,7 @@ async def test_a_slow_lane_poll_with_nothing_new_gets_an_empty_answer_after_its_
     assert answer.code == 200
     assert json.loads(answer.body) == {"serverTime": cursor, "talks": []}
     assert len(board.waiters) == 3
-    board.put("End", "Ada", "s")
+    await board.put("End", "Ada", "s")
     await asyncio.gather(*waiting)
 
 
@@ -105,7 +105,7 @@ async def test_a_client_over_the_cap_that_polls_again_at_once_gets_one_answer_a_
 
     # Then it was answered about once per half-second round, not in a busy loop
     assert 2 <= answers <= 8
-    board.put("End", "Ada", "s")
+    await board.put("End", "Ada", "s")
     await holder
 
 
@@ -122,7 +122,7 @@ async def test_a_poll_past_five_times_the_cap_gets_429_with_retry_after(limits, 
     assert refused.status == 429
     assert refused.headers["retry-after"] == "5"
     assert "15 long polls" in refused.json()["error"]
-    board.put("End", "Ada", "s")
+    await board.put("End", "Ada", "s")
     board.slow_lane.deliver_to_all(board.feed.timeout_answer())
     assert {a.status for a in await asyncio.gather(*held)} == {200}
 

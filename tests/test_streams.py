@@ -72,8 +72,8 @@ def titles(block):
 
 @pytest.mark.gen_test
 async def test_a_stream_is_200_text_event_stream_and_its_first_event_holds_the_board(port, board):
-    board.put("One", "Ada", "first")
-    board.put("Two", "Bob", "second")
+    await board.put("One", "Ada", "first")
+    await board.put("Two", "Bob", "second")
 
     client = await StreamClient.open(port)
     first = await client.event()
@@ -99,9 +99,9 @@ async def test_a_stream_begins_with_a_retry_hint_of_one_to_three_seconds(port, b
 
 @pytest.mark.gen_test
 async def test_the_first_event_after_changes_since_holds_only_the_later_changes(port, board):
-    board.put("Old", "Ada", "s")
+    await board.put("Old", "Ada", "s")
     cursor = board.store.head
-    board.put("New", "Bob", "s")
+    await board.put("New", "Bob", "s")
 
     client = await StreamClient.open(port, f"/talks?changesSince={cursor}")
     first = await client.event()
@@ -113,11 +113,11 @@ async def test_the_first_event_after_changes_since_holds_only_the_later_changes(
 
 @pytest.mark.gen_test
 async def test_a_stream_at_the_newest_cursor_gets_no_event_until_something_changes(port, board):
-    board.put("Old", "Ada", "s")
+    await board.put("Old", "Ada", "s")
     cursor = board.store.head
     client = await open_stream(port, board, f"/talks?changesSince={cursor}")
 
-    board.put("Next", "Bob", "s")
+    await board.put("Next", "Bob", "s")
     first = await client.event()
 
     # Had anything been sent for the old cursor, it would have come first.
@@ -146,7 +146,7 @@ async def test_each_change_is_one_event_whose_id_is_its_server_time_and_ids_incr
 
     seen = []
     for title in ("a", "b", "c"):
-        board.put(title, "Ada", "s")
+        await board.put(title, "Ada", "s")
         block = await client.event()
         seen.append((titles(block), int(block.id), block.json()["serverTime"], board.store.head))
 
@@ -162,7 +162,7 @@ async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board):
     await client.event()
     cursor = board.store.head
 
-    board.put("Shared", "Ada", "é and ✓")
+    await board.put("Shared", "Ada", "é and ✓")
     block = await client.event()
     poll = await send(port, "GET", f"/talks?changesSince={cursor}")
 
@@ -172,11 +172,11 @@ async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board):
 
 @pytest.mark.gen_test
 async def test_a_deleted_talk_arrives_as_a_tombstone(port, board):
-    board.put("Doomed", "Ada", "s")
+    await board.put("Doomed", "Ada", "s")
     client = await open_stream(port, board)
     await client.event()
 
-    board.delete("Doomed")
+    await board.delete("Doomed")
     block = await client.event()
 
     assert block.json()["talks"] == [{"title": "Doomed", "deleted": True}]
@@ -185,7 +185,7 @@ async def test_a_deleted_talk_arrives_as_a_tombstone(port, board):
 
 @pytest.mark.gen_test
 async def test_a_cursor_from_the_future_gets_the_whole_board_as_a_reset(port, board):
-    board.put("Kept", "Ada", "s")
+    await board.put("Kept", "Ada", "s")
 
     client = await StreamClient.open(port, f"/talks?changesSince={board.store.head + 10_000}")
     first = await client.event()
@@ -211,7 +211,7 @@ async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events
     client = await open_stream(port, board, http10=True)
     await client.event()
 
-    board.put("Plain", "Ada", "s")
+    await board.put("Plain", "Ada", "s")
     block = await client.event()
 
     assert "transfer-encoding" not in client.headers
@@ -224,15 +224,15 @@ async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events
 
 @pytest.mark.gen_test
 async def test_a_reconnect_with_last_event_id_gets_exactly_the_missed_changes_beating_a_stale_query(port, board):
-    board.put("Seen", "Ada", "s")
+    await board.put("Seen", "Ada", "s")
     stale = board.store.head
     client = await open_stream(port, board, f"/talks?changesSince={stale}")
-    board.put("Also seen", "Ada", "s")
+    await board.put("Also seen", "Ada", "s")
     last_id = (await client.event()).id
     client.close()
     await until(lambda: len(board.streams) == 0)
-    board.put("Missed 1", "Bob", "s")
-    board.put("Missed 2", "Bob", "s")
+    await board.put("Missed 1", "Bob", "s")
+    await board.put("Missed 2", "Bob", "s")
 
     # EventSource reconnects to its original URL, with the id it saw last.
     again = await StreamClient.open(port, f"/talks?changesSince={stale}", headers={"Last-Event-ID": last_id})
@@ -248,7 +248,7 @@ async def test_a_reconnect_with_last_event_id_gets_exactly_the_missed_changes_be
 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every_change(port, board):
-    board.put("Big", "Ada", "s")
+    await board.put("Big", "Ada", "s")
     reader = await open_stream(port, board)
     await reader.event()
     before = len(board.streams)
@@ -262,10 +262,10 @@ async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every
     while "talkserver_streams_dropped_total 1" not in board.metrics.render():
         n += 1
         assert n < 1000, "the slow client was never dropped"
-        board.add_comment("Big", "Bob", f"{n} {message}")
+        await board.add_comment("Big", "Bob", f"{n} {message}")
         block = await reader.event()
         assert len(block.json()["talks"][0]["comments"]) == n
-    board.put("After", "Ada", "s")
+    await board.put("After", "Ada", "s")
     after = await reader.event()
 
     assert titles(after) == ["After"]
@@ -283,8 +283,8 @@ async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board)
     last_id = (await client.event()).id
     client.close()
     for n in range(5):
-        board.put(f"t{n}", "Ada", "s")
-    board.put("t0", "Ada", "changed again")
+        await board.put(f"t{n}", "Ada", "s")
+    await board.put("t0", "Ada", "changed again")
 
     again = await StreamClient.open(port, headers={"Last-Event-ID": last_id})
     first = await again.event()
@@ -332,13 +332,13 @@ async def test_a_stream_whose_client_leaves_is_forgotten(port, board):
     client.close()
 
     await until(lambda: len(board.streams) == 0)
-    board.put("Nobody listens", "Ada", "s")  # and nothing fails
+    await board.put("Nobody listens", "Ada", "s")  # and nothing fails
 
 
 @pytest.mark.gen_test
 async def test_metrics_count_open_streams_and_events_sent(port, board):
     clients = [await open_stream(port, board) for _ in range(3)]
-    board.put("Counted", "Ada", "s")
+    await board.put("Counted", "Ada", "s")
     for client in clients:
         await client.event()
         await client.event()
