@@ -17,7 +17,7 @@ from talkserver import make_app
 from talkserver.conditional import if_none_match, requested_wait, ANY
 
 from .book_client import BookClient
-from .conftest import POLL_TIMEOUT, STORE_KINDS, new_store
+from .conftest import POLL_TIMEOUT, STORE_KINDS, close_store, new_store
 from .harness import ServerProcess, run_talkserver, send
 
 
@@ -32,9 +32,9 @@ class FrozenClock:
 def store(request, tmp_path):
     """Each test that runs a server here runs it on each kind of store."""
     clock = FrozenClock() if request.node.get_closest_marker("frozen_clock") else None
-    store = new_store(request.param, tmp_path, clock)
+    store = new_store(request.param, tmp_path, clock, request=request)
     yield store
-    store.close()
+    close_store(store, request)
 
 
 @pytest.fixture
