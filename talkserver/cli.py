@@ -16,7 +16,7 @@ import tornado.httpserver
 import tornado.ioloop
 from tornado.options import define, options, parse_command_line, parse_config_file
 
-from . import limits
+from . import collector, limits
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
 from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
 from .shutdown import drain
@@ -41,6 +41,7 @@ define("xheaders", default=False, help="behind a reverse proxy: take the client 
 define("password_file", type=str, help="require HTTP Basic credentials from this file (see talkserver-passwd)", group="talkserver")
 define("protect_talks", default=False, help="only the browser that proposed a talk may replace or delete it", group="talkserver")
 define("cookie_secret", type=str, help="key for --protect-talks cookies (default: generated, kept beside --db)", group="talkserver")
+define("gc", default="tuned", help="garbage collector: tuned (for thousands of parked polls) or python (Python's defaults); see docs/architecture.md", group="talkserver")
 define(
     "config",
     type=str,
@@ -120,6 +121,7 @@ async def serve(store: Store) -> None:
         )
     except PasswordFileError as e:
         raise SystemExit(f"talkserver: {e}") from None
+    collector.instrument(app.board.metrics)
     # The server's own cap is a little above the limit: the handlers answer
     # oversized bodies with 413 themselves, which HTTPServer cannot.
     server = tornado.httpserver.HTTPServer(
@@ -140,6 +142,7 @@ async def serve(store: Store) -> None:
         "talkserver listening on http://%s:%d/ (store %s, open-files limit %d)",
         options.address, options.port, options.db, raise_open_files_limit(),
     )
+    collector.tune(options.gc)
     warning = exposure_warning(options.address, options.password_file, options.protect_talks)
     if warning:
         log.warning("%s", warning)
@@ -154,5 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parse_command_line(argv)
     if options.retention <= 0:
         raise SystemExit(f"talkserver: --retention={options.retention}: must be a positive number of days")
+    if options.gc not in collector.POLICIES:
+        raise SystemExit(f"talkserver: --gc={options.gc}: use one of {', '.join(collector.POLICIES)}")
     # Opened before the loop starts, so a bad file ends the process at once.
     asyncio.run(serve(open_store(options.db, options.sync)))
