@@ -12,7 +12,6 @@ import logging
 import resource
 import signal
 
-import tornado.httpserver
 import tornado.ioloop
 from tornado.options import define, options, parse_command_line, parse_config_file
 
@@ -124,7 +123,7 @@ async def serve(store: Store) -> None:
     collector.instrument(app.board.metrics)
     # The server's own cap is a little above the limit: the handlers answer
     # oversized bodies with 413 themselves, which HTTPServer cannot.
-    server = tornado.httpserver.HTTPServer(
+    server = collector.HTTPServer(
         app,
         max_body_size=options.max_body_size + 65536,
         xheaders=options.xheaders,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+import struct
 import weakref
 
 import pytest
-import tornado.httpserver
 import tornado.netutil
 
 from talkserver import collector
@@ -28,20 +29,32 @@ POLLS = 20
 
 
 class Recorder:
-    """Weak references to every TalksHandler created while it is installed."""
+    """Weak references to every TalksHandler created while it is installed,
+    and to the IOStream of its connection."""
 
     def __init__(self, monkeypatch) -> None:
         self.handlers: list[weakref.ref] = []
+        self.streams: list[weakref.ref] = []
         original = TalksHandler.initialize
 
         def initialize(handler, **kwargs):
             self.handlers.append(weakref.ref(handler))
+            self.streams.append(weakref.ref(handler.request.connection.stream))
             original(handler, **kwargs)
 
         monkeypatch.setattr(TalksHandler, "initialize", initialize)
 
     def alive(self) -> int:
         return sum(1 for ref in self.handlers if ref() is not None)
+
+    def streams_alive(self) -> int:
+        return sum(1 for ref in self.streams if ref() is not None)
+
+
+def reset(writer) -> None:
+    """Hang up with a TCP reset, as a client whose network vanished does."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 @pytest.fixture
@@ -60,7 +73,7 @@ def no_collector():
 def server(io_loop, no_collector):
     app = make_app(MemoryStore(), poll_timeout=1.0)
     [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    http = tornado.httpserver.HTTPServer(app)
+    http = collector.HTTPServer(app)
     http.add_sockets([sock])
     yield app, sock.getsockname()[1]
     http.stop()
@@ -153,6 +166,42 @@ async def test_refused_polls_are_freed_without_the_collector(server, monkeypatch
 
     assert b'"error"' in answer
     writer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_connections_reset_while_their_polls_wait_are_freed_without_the_collector(server, monkeypatch):
+    app, port = server
+    handlers = Recorder(monkeypatch)
+    connections = await open_polls(port, app.board.store.head)
+    await until(lambda: len(app.board.waiters) == POLLS)
+
+    for _, writer in connections:
+        reset(writer)
+    await until(lambda: len(app.board.waiters) == 0)
+    await until(lambda: handlers.alive() == 0 and handlers.streams_alive() == 0)
+
+    assert len(handlers.streams) == POLLS
+    assert not gc.isenabled()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_connections_reset_between_requests_are_freed_without_the_collector(server, monkeypatch):
+    """After an answer the connection waits for its next request; a reset then ends it in IOStream."""
+    app, port = server
+    handlers = Recorder(monkeypatch)
+    connections = await open_polls(port, app.board.store.head)
+    await until(lambda: len(app.board.waiters) == POLLS)
+    app.board.put("Unicycling", "Ann", "Riding on one wheel")
+    for reader, _ in connections:
+        await read_answer(reader)
+    await until(lambda: handlers.alive() == 0)
+
+    for _, writer in connections:
+        reset(writer)
+    await until(lambda: handlers.streams_alive() == 0)
+
+    assert len(handlers.streams) == POLLS
+    assert not gc.isenabled()
 
 
 def test_tuning_freezes_start_up_objects_and_raises_the_thresholds(io_loop):
