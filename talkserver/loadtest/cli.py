@@ -141,7 +141,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
                         help="each client hangs up and reconnects (same cursor) about every SECONDS, at random")
     parser.add_argument("--drain", type=_positive(float), default=10.0,
                         help="seconds to wait after writing for clients to catch up (default %(default)s)")
-    parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client")
+    parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client, and its RSS once a second")
     parser.add_argument("--clients-per-address", type=_count, default=100, metavar="N",
                         help="on a loopback URL, spread clients over 127.0.0.0/8 source addresses, N each, "
                         "and give each writer its own (0: all from one address; default %(default)s)")
