@@ -19,9 +19,9 @@ import socket
 import time
 from typing import Callable
 
-import tornado.httpserver
 from tornado.ioloop import IOLoop
 
+from . import collector
 from .metrics import Counter
 
 log = logging.getLogger("talkserver")
@@ -87,8 +87,9 @@ def add_accept_handler(
     return remove
 
 
-class HTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's HTTPServer, accepting through the back-off above.
+class HTTPServer(collector.HTTPServer):
+    """Tornado's HTTPServer, accepting through the back-off above (and, from
+    collector.HTTPServer, leaving no cycle behind a connection that failed).
 
     ``accept_errors`` (a labelled Counter) counts the failed accepts.
     """

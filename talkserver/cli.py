@@ -16,7 +16,7 @@ import signal
 import tornado.ioloop
 from tornado.options import define, options, parse_command_line, parse_config_file
 
-from . import guard, limits, streams
+from . import collector, guard, limits, streams
 from .accept import HTTPServer
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
 from .guard import loopback_hosts, parse_allowed_hosts
@@ -55,6 +55,7 @@ define("xheaders", default=False, help="behind a reverse proxy: take the client 
 define("password_file", type=str, help="require HTTP Basic credentials from this file (see talkserver-passwd)", group="talkserver")
 define("protect_talks", default=False, help="only the browser that proposed a talk may replace or delete it", group="talkserver")
 define("cookie_secret", type=str, help="key for --protect-talks cookies (default: generated, kept beside --db)", group="talkserver")
+define("gc", default="tuned", help="garbage collector: tuned (for thousands of parked polls) or python (Python's defaults); see docs/architecture.md", group="talkserver")
 define(
     "config",
     type=str,
@@ -168,6 +169,7 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
         )
     except PasswordFileError as e:
         raise SystemExit(f"talkserver: {e}") from None
+    collector.instrument(app.board.metrics)
     # The server's own cap is a little above the limit: the handlers answer
     # oversized bodies with 413 themselves, which HTTPServer cannot.
     server = HTTPServer(
@@ -201,6 +203,8 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
         tornado.ioloop.PeriodicCallback(app.board.metrics.publish, 1000).start()
         server.add_sockets(worker.sockets)
         log.info("talkserver worker %d serving %s (store %s)", worker.number, where, _store_name(options.db))
+    # In every process that serves (each worker after the fork, too).
+    collector.tune(options.gc)
     warning = exposure_warning(options.address, options.password_file, options.protect_talks)
     if warning and (worker is None or worker.number == 0):
         log.warning("%s", warning)
@@ -224,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"talkserver: --api={options.api}: use one of {', '.join(API_MODES)}")
     if options.retention <= 0:
         raise SystemExit(f"talkserver: --retention={options.retention}: must be a positive number of days")
+    if options.gc not in collector.POLICIES:
+        raise SystemExit(f"talkserver: --gc={options.gc}: use one of {', '.join(collector.POLICIES)}")
     if options.processes < 0:
         raise SystemExit(f"talkserver: --processes={options.processes}: must be 0 (one per core) or more")
     shared = is_postgres_url(options.db)

@@ -121,3 +121,23 @@ def test_a_plain_install_ships_the_page(tmp_path):
         timeout=30,
     )
     assert Path(out.stdout.strip()) == shipped.parent
+
+
+def test_an_unknown_collector_policy_is_refused_with_a_message():
+    out = subprocess.run(
+        [sys.executable, "-m", "talkserver", "--gc=sometimes"], capture_output=True, text=True, timeout=30
+    )
+
+    assert out.returncode != 0
+    assert "--gc=sometimes: use one of tuned, python" in out.stderr
+
+
+def test_the_server_reports_its_garbage_collections_in_the_metrics(server_factory):
+    server = server_factory()
+
+    status, body = get(server, "/metrics")
+
+    assert status == 200
+    # The tuned collector's one full collection, just before it freezes start-up objects.
+    assert b'talkserver_gc_collections_total{generation="2"} 1' in body
+    assert b'talkserver_gc_seconds_total{generation="2"}' in body

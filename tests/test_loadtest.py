@@ -137,6 +137,65 @@ def test_spaced_changes_report_each_changes_last_client_and_the_server_memory(tm
     assert "KiB per client" in done.stdout
 
 
+def test_interval_changes_follow_the_clock_and_report_each_changes_last_client(tmp_path):
+    with talkserver() as (url, _):
+        # Due at 0.25, 0.5, 0.75 and 1.0 s; the next one (1.25 s) falls
+        # after the 1.1 s of writing, however fast the server answers.
+        done, result = load_json(
+            tmp_path, "--url", url, "--clients", 100, "--duration", 1.1, "--interval", 0.25,
+        )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (result["mode"], result["interval_s"], result["writers"]) == ("interval", 0.25, 1)
+    assert result["changes"] == 4
+    assert len(result["last_client_ms"]["per_change"]) == 4
+    assert result["deliveries"] == 4 * 100
+    assert result["schedule_slip_ms"] >= 0
+    assert "a change every 0.25 s by the clock (--interval" in done.stdout
+
+
+def test_interval_changes_do_not_wait_for_clients_that_cannot_poll(tmp_path):
+    """--spaced would wait for all 40 clients; the clock does not."""
+    with running(sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:", "--max-polls-per-ip=20") as (url, _):
+        done, result = load_json(
+            tmp_path, "--url", url, "--clients", 40, "--clients-per-address", 0,
+            "--duration", 1.1, "--interval", 0.25, "--drain", 1,
+        )
+
+    assert result["changes"] == 4
+    assert result["error_kinds"].get("HTTP 429", 0) > 0
+
+
+def test_churning_clients_hang_up_and_come_back_without_losing_a_change(tmp_path):
+    with talkserver() as (url, pid):
+        done, result = load_json(
+            tmp_path, "--url", url, "--clients", 100, "--duration", 2, "--interval", 0.1,
+            "--churn", 0.5, "--pid", pid,
+        )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result["churn_s"] == 0.5
+    assert result["hang_ups"] > 0
+    assert result["reconnects"] >= result["hang_ups"]
+    assert (result["lost"], result["duplicates"], result["errors"]) == (0, 0, 0)
+    assert result["copies_matching"] == 100
+    assert "hang-ups, --churn 0.5 s" in done.stdout
+
+
+def test_the_server_memory_is_sampled_every_second_of_the_run(tmp_path):
+    with talkserver() as (url, pid):
+        done, result = load_json(
+            tmp_path, "--url", url, "--clients", 20, "--duration", 2.5, "--interval", 0.5, "--pid", pid,
+        )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    samples = result["server_rss_kb"]
+    assert len(samples) >= 3
+    assert [t for t, _ in samples] == sorted(t for t, _ in samples)
+    assert all(kb > 0 for _, kb in samples)
+    assert "server RSS over the run" in done.stdout
+
+
 def test_changes_a_server_never_delivers_are_counted_as_lost(tmp_path):
     with talkserver("drop") as (url, _):
         done, result = load_json(tmp_path, "--url", url, "--clients", 20, "--duration", 2, "--rate", 8, "--drain", 1)
@@ -169,6 +228,10 @@ def test_changes_a_server_sends_twice_are_counted_as_duplicates(tmp_path):
         (["--url", "http://127.0.0.1:8000/talks"], "without a path"),
         (["--url", "http://127.0.0.1:port"], "the port is not a number"),
         (["--writers", "2", "--spaced", "1"], "use it with --writers 1"),
+        (["--writers", "2", "--interval", "1"], "--interval makes one change at a time"),
+        (["--interval", "1", "--spaced", "1"], "--interval sets the pace"),
+        (["--interval", "0"], "--interval: 0 must be greater than 0"),
+        (["--churn", "-2"], "--churn: -2 must be greater than 0"),
         (["--clients", "10000000"], "open files, more than the limit"),
         (["--pid", "999999999"], "no such process"),
     ],

@@ -15,8 +15,12 @@ are counted), printed as a table and optionally written as JSON.
 
 ``--spaced SECONDS`` is the fan-out benchmark: one writer, one change at a
 time, each sent SECONDS after every client is waiting again, so that each
-figure is the time one change takes to reach all clients.  ``--pid`` reads
-the server's memory before the clients connect and once they all wait.
+figure is the time one change takes to reach all clients.  ``--interval
+SECONDS`` is the same with changes at fixed times by the clock, as real
+changes come, whether or not the server has taken the clients' new polls
+back.  ``--pid`` reads the server's memory before the clients connect, once
+they all wait, and every second of the run.  ``--churn SECONDS`` makes each
+client hang up and reconnect about that often, as browsers come and go.
 
 The exit status is 0 for a clean run, 1 when anything was lost, duplicated
 or failed, and 2 for bad arguments or a server that cannot be reached.
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..cli import raise_open_files_limit
+from .churn import hang_ups
 from .clients import RETRY_BACKOFF, Hub, Poller, ProtocolError, Target, Writer, clock, fetch_talks, talk_path
 from .streams import Streamer
 from .tally import TOKEN, Tally, percentile
@@ -81,6 +86,8 @@ class Plan:
     duration: float
     rate: float | None
     spaced: float | None
+    interval: float | None
+    churn: float | None
     drain: float
     pid: int | None
     json_path: str | None
@@ -133,9 +140,13 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--rate", type=_positive(float), help="changes per second, all writers together (default: as fast as answered)")
     parser.add_argument("--spaced", type=_positive(float), metavar="SECONDS",
                         help="fan-out benchmark: one change at a time, sent SECONDS after every client waits again")
+    parser.add_argument("--interval", type=_positive(float), metavar="SECONDS",
+                        help="fan-out at a steady rate: one writer, one change every SECONDS by the clock")
+    parser.add_argument("--churn", type=_positive(float), metavar="SECONDS",
+                        help="each client hangs up and reconnects (same cursor) about every SECONDS, at random")
     parser.add_argument("--drain", type=_positive(float), default=10.0,
                         help="seconds to wait after writing for clients to catch up (default %(default)s)")
-    parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client and its CPU while writing")
+    parser.add_argument("--pid", type=_positive(int), help="the server's process id: report its memory per waiting client, its CPU while writing, and its RSS once a second")
     parser.add_argument("--clients-per-address", type=_count, default=100, metavar="N",
                         help="on a loopback URL, spread clients over 127.0.0.0/8 source addresses, N each, "
                         "and give each writer its own (0: all from one address; default %(default)s)")
@@ -158,6 +169,10 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         parser.error("--spaced measures one change at a time: use it with --writers 1")
     if args.spaced and args.rate:
         parser.error("--spaced and --rate do not go together: --spaced sets the pace")
+    if args.interval and args.writers != 1:
+        parser.error("--interval makes one change at a time: use it with --writers 1")
+    if args.interval and (args.rate or args.spaced):
+        parser.error("--interval sets the pace: do not combine it with --rate or --spaced")
     needed = args.clients + args.writers + SPARE_FILES
     limit = raise_open_files_limit()
     if needed > limit:
@@ -177,6 +192,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     return Plan(
         host=url.hostname, port=port, url=f"http://{url.netloc}", clients=args.clients,
         writers=args.writers, duration=args.duration, rate=args.rate, spaced=args.spaced,
+        interval=args.interval, churn=args.churn,
         drain=args.drain, pid=args.pid, json_path=args.json_path, plot_path=args.plot_path,
         loop=args.loop, clients_per_address=args.clients_per_address, transport=args.transport,
     )
@@ -220,6 +236,11 @@ class Run:
         self.server_cpu: float | None = None
         self.copies_matching = 0
         self.event_loop = "asyncio"
+        # --interval: how far behind its schedule the writer fell at worst
+        # (a write answered later than the next change was due).
+        self.slip = 0.0
+        # --pid: (seconds since start, server RSS KiB), once a second.
+        self.rss: list[tuple[float, int]] = []
 
     async def go(self) -> None:
         try:
@@ -233,6 +254,8 @@ class Run:
         tasks = [asyncio.ensure_future(self._tally_loop())]
         if self.plan.progress:
             tasks.append(asyncio.ensure_future(self._progress_loop()))
+        if self.plan.pid:
+            tasks.append(asyncio.ensure_future(self._rss_loop()))
         try:
             await self._connect()
             if self.plan.pid:
@@ -245,7 +268,12 @@ class Run:
             self.phase = "write"
             begun = clock()
             cpu = cpu_seconds(self.plan.pid) if self.plan.pid else None
-            await self._write()
+            churn = asyncio.ensure_future(hang_ups(self.pollers, self.plan.churn)) if self.plan.churn else None
+            try:
+                await self._write()
+            finally:
+                if churn is not None:
+                    churn.cancel()
             self.write_seconds = clock() - begun
             if cpu is not None:
                 # The server's share of one core while the writers wrote.
@@ -300,6 +328,8 @@ class Run:
         period = None
         if self.plan.rate:
             period = self.plan.writers / self.plan.rate
+        elif self.plan.interval:
+            period = self.plan.interval
         writers = [Writer(self.target, self.target.writer_source(n)) for n in range(self.plan.writers)]
         if not writers:
             await asyncio.sleep(self.plan.duration)  # only watch
@@ -322,8 +352,11 @@ class Run:
                     await asyncio.sleep(self.plan.spaced)
                     await self._until_idle()
                 elif period:
+                    # By the clock: a change that is due goes out at once,
+                    # however long the previous one took to be answered.
                     next_at += period
                     await asyncio.sleep(max(0.0, next_at - clock()))
+                    self.slip = max(self.slip, clock() - next_at)
                 if clock() >= deadline and step == "put":
                     return
                 if not await self._change(writer, title, step):
@@ -408,6 +441,14 @@ class Run:
             if inbox and (clock() - inbox[-1][1] > QUIET or clock() - inbox[0][1] > TALLY_AT_LEAST_EVERY):
                 self._tally_now()
 
+    async def _rss_loop(self) -> None:
+        while True:
+            try:
+                self.rss.append((round(clock() - self.started, 1), rss_kb(self.plan.pid)))
+            except (OSError, ProcessLookupError):
+                return  # the server has gone; the verdict shows the errors
+            await asyncio.sleep(1.0)
+
     async def _progress_loop(self) -> None:
         before, then = 0, clock()
         while True:
@@ -431,12 +472,14 @@ class Run:
         errors = sum(self.hub.errors.values()) + self.tally.bad_answers
         result = {
             "url": self.plan.url,
-            "mode": "spaced" if self.plan.spaced else "load",
+            "mode": "spaced" if self.plan.spaced else "interval" if self.plan.interval else "load",
             "transport": self.plan.transport,
             "clients": self.plan.clients,
             "writers": self.plan.writers,
             "duration_s": round(self.write_seconds, 3),
             "rate": self.plan.rate,
+            "interval_s": self.plan.interval,
+            "churn_s": self.plan.churn,
             "changes": self.tally.changes,
             "deliveries": self.tally.deliveries,
             "deliveries_per_s": round(self.tally.deliveries / self.write_seconds, 1) if self.write_seconds else 0.0,
@@ -446,6 +489,7 @@ class Run:
             "throttled": self.throttled,
             "error_kinds": dict(self.hub.errors, **({"unreadable answers": self.tally.bad_answers} if self.tally.bad_answers else {})),
             "reconnects": self.hub.reconnects,
+            "hang_ups": self.hub.hang_ups,
             "copies_checked": len(self.pollers),
             "copies_matching": self.copies_matching,
             "fanout_ms": {
@@ -458,10 +502,12 @@ class Run:
                 "median": round(statistics.median(last), 3) if last else 0.0,
                 "min": round(min(last), 3) if last else 0.0,
                 "max": round(max(last), 3) if last else 0.0,
-                "per_change": [round(ms, 3) for ms in last] if self.plan.spaced else None,
+                "per_change": [round(ms, 3) for ms in last] if self.plan.spaced or self.plan.interval else None,
             },
+            "schedule_slip_ms": round(self.slip * 1000.0, 1) if self.plan.interval else None,
             "server_memory": self.memory,
             "server_cpu_percent": None if self.server_cpu is None else round(self.server_cpu, 1),
+            "server_rss_kb": [[t, kb] for t, kb in self.rss] if self.plan.pid else None,
             "event_loop": self.event_loop,
         }
         return result
@@ -482,6 +528,8 @@ def summary(result: dict) -> str:
     pace = f"{result['rate']:g} changes/s" if result["rate"] else "as fast as answered"
     if result["mode"] == "spaced":
         pace = "one change at a time (--spaced)"
+    elif result["mode"] == "interval":
+        pace = f"a change every {result['interval_s']:g} s by the clock (--interval; at worst {result['schedule_slip_ms']:.0f} ms late)"
     rows = [
         ("server", f"{result['url']}  (client loop: {result['event_loop']})"),
         ("clients", f"{result['clients']} ({'event streams' if result['transport'] == 'sse' else 'long polls'})"),
@@ -492,7 +540,7 @@ def summary(result: dict) -> str:
         ("duplicates", f"{result['duplicates']}"),
         ("errors", f"{result['errors']}" + "".join(f"  [{k}: {v}]" for k, v in result["error_kinds"].items())),
         ("throttled (429, retried)", f"{result['throttled']}"),
-        ("reconnects", f"{result['reconnects']}"),
+        ("reconnects", f"{result['reconnects']}" + (f"  ({result['hang_ups']} hang-ups, --churn {result['churn_s']:g} s)" if result["churn_s"] else "")),
         ("copies = GET /talks", f"{result['copies_matching']} of {result['copies_checked']}"),
         ("fan-out ms", f"p50 {f['p50']:.1f}   p90 {f['p90']:.1f}   p99 {f['p99']:.1f}   max {f['max']:.1f}"),
         ("last client ms", f"median {last['median']:.1f}   min {last['min']:.1f}   max {last['max']:.1f}  (per change)"),
@@ -506,6 +554,13 @@ def summary(result: dict) -> str:
         ))
     if result.get("server_cpu_percent") is not None:
         rows.append(("server CPU", f"{result['server_cpu_percent']:.0f} % of one core while writing"))
+    rss = result["server_rss_kb"]
+    if rss:
+        rows.append((
+            "server RSS over the run",
+            f"first {rss[0][1] / 1024:.1f} MiB, highest {max(kb for _, kb in rss) / 1024:.1f} MiB, "
+            f"last {rss[-1][1] / 1024:.1f} MiB ({len(rss)} samples, one a second)",
+        ))
     width = max(len(name) for name, _ in rows)
     verdict = "clean: nothing lost, doubled or failed" if clean(result) else "NOT CLEAN: see lost / duplicates / errors / copies"
     return "\n".join([f"talkserver-load: {verdict}"] + [f"  {name:<{width}}  {value}" for name, value in rows])

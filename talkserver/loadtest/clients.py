@@ -260,6 +260,13 @@ class Poller(Connection):
         if self.transport is not None:
             self.transport.close()
 
+    def hang_up(self) -> None:
+        """Drop the connection as a browser leaving would; the client comes
+        back after RETRY_BACKOFF with the cursor it had (see churn.py)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.hub.hang_ups += 1
+            self.transport.close()
+
 
 class Hub:
     """What all pollers of one run share: counters, the inbox, reconnecting."""
@@ -270,6 +277,7 @@ class Hub:
         self.waiting = 0
         self.answers = 0
         self.reconnects = 0
+        self.hang_ups = 0
         self.errors: dict[str, int] = {}
         self.inbox: list[tuple[Poller, float, bytes]] = []
         self._asking: list[Poller] = []

@@ -1,0 +1,241 @@
+"""A long poll's objects are freed by reference counting, never left for the collector.
+
+Each test switches the cyclic garbage collector off, parks real long polls
+on a real server over real sockets, lets them end (answered by a change, by
+the poll timeout, or by the client leaving) and then checks, through weak
+references to the handlers, that every handler is gone without a
+collection.  talkserver/collector.py relies on this: it runs full
+collections rarely, which is only safe when the hot path leaves no cycles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import struct
+import weakref
+
+import pytest
+import tornado.netutil
+
+from talkserver import collector
+from talkserver.app import make_app
+from talkserver.handlers import TalksHandler
+from talkserver.metrics import Metrics
+from talkserver.stores import MemoryStore
+
+POLLS = 20
+
+
+class Recorder:
+    """Weak references to every TalksHandler created while it is installed,
+    and to the IOStream of its connection."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.handlers: list[weakref.ref] = []
+        self.streams: list[weakref.ref] = []
+        original = TalksHandler.initialize
+
+        def initialize(handler, **kwargs):
+            self.handlers.append(weakref.ref(handler))
+            self.streams.append(weakref.ref(handler.request.connection.stream))
+            original(handler, **kwargs)
+
+        monkeypatch.setattr(TalksHandler, "initialize", initialize)
+
+    def alive(self) -> int:
+        return sum(1 for ref in self.handlers if ref() is not None)
+
+    def streams_alive(self) -> int:
+        return sum(1 for ref in self.streams if ref() is not None)
+
+
+def reset(writer) -> None:
+    """Hang up with a TCP reset, as a client whose network vanished does."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.fixture
+def no_collector():
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@pytest.fixture
+def server(io_loop, no_collector):
+    app = make_app(MemoryStore(), poll_timeout=1.0)
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    http = collector.HTTPServer(app)
+    http.add_sockets([sock])
+    yield app, sock.getsockname()[1]
+    http.stop()
+
+
+async def open_polls(port: int, cursor: int, count: int = POLLS):
+    """``count`` keep-alive connections, each with a long poll sent."""
+    connections = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /talks?changesSince={cursor} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        connections.append((reader, writer))
+    return connections
+
+
+async def until(condition, timeout: float = 30.0) -> None:
+    """Wait, on the event loop, until ``condition()`` holds (or fail)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+async def read_answer(reader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    return await asyncio.wait_for(reader.readexactly(length), 30)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_answered_polls_are_freed_without_the_collector(server, monkeypatch):
+    app, port = server
+    handlers = Recorder(monkeypatch)
+    connections = await open_polls(port, app.board.store.head)
+    await until(lambda: len(app.board.waiters) == POLLS)
+
+    app.board.put("Unicycling", "Ann", "Riding on one wheel")
+    answers = [await read_answer(reader) for reader, _ in connections]
+    await until(lambda: handlers.alive() == 0)
+
+    assert all(b"Unicycling" in answer for answer in answers)
+    assert len(handlers.handlers) == POLLS
+    assert not gc.isenabled()
+    for _, writer in connections:
+        writer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_polls_whose_clients_leave_are_freed_without_the_collector(server, monkeypatch):
+    app, port = server
+    handlers = Recorder(monkeypatch)
+    connections = await open_polls(port, app.board.store.head)
+    await until(lambda: len(app.board.waiters) == POLLS)
+
+    for _, writer in connections:
+        writer.close()
+    await until(lambda: len(app.board.waiters) == 0)
+    await until(lambda: handlers.alive() == 0)
+
+    assert len(handlers.handlers) == POLLS
+    assert not gc.isenabled()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_timed_out_polls_are_freed_without_the_collector(server, monkeypatch):
+    app, port = server
+    handlers = Recorder(monkeypatch)
+    connections = await open_polls(port, app.board.store.head)
+    await until(lambda: len(app.board.waiters) == POLLS)
+
+    answers = [await read_answer(reader) for reader, _ in connections]  # the 1 s poll timeout
+    await until(lambda: handlers.alive() == 0)
+
+    assert all(b'"talks":[]' in answer.replace(b" ", b"") for answer in answers)
+    assert not gc.isenabled()
+    for _, writer in connections:
+        writer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_refused_polls_are_freed_without_the_collector(server, monkeypatch):
+    """An error answer raises an HTTPError; its traceback must not keep the handler."""
+    app, port = server
+    handlers = Recorder(monkeypatch)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    writer.write(b"GET /talks?changesSince=soon HTTP/1.1\r\nHost: test\r\n\r\n")
+    answer = await read_answer(reader)
+    await until(lambda: handlers.alive() == 0)
+
+    assert b'"error"' in answer
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_connections_reset_while_their_polls_wait_are_freed_without_the_collector(server, monkeypatch):
+    app, port = server
+    handlers = Recorder(monkeypatch)
+    connections = await open_polls(port, app.board.store.head)
+    await until(lambda: len(app.board.waiters) == POLLS)
+
+    for _, writer in connections:
+        reset(writer)
+    await until(lambda: len(app.board.waiters) == 0)
+    await until(lambda: handlers.alive() == 0 and handlers.streams_alive() == 0)
+
+    assert len(handlers.streams) == POLLS
+    assert not gc.isenabled()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_connections_reset_between_requests_are_freed_without_the_collector(server, monkeypatch):
+    """After an answer the connection waits for its next request; a reset then ends it in IOStream."""
+    app, port = server
+    handlers = Recorder(monkeypatch)
+    connections = await open_polls(port, app.board.store.head)
+    await until(lambda: len(app.board.waiters) == POLLS)
+    app.board.put("Unicycling", "Ann", "Riding on one wheel")
+    for reader, _ in connections:
+        await read_answer(reader)
+    await until(lambda: handlers.alive() == 0)
+
+    for _, writer in connections:
+        reset(writer)
+    await until(lambda: handlers.streams_alive() == 0)
+
+    assert len(handlers.streams) == POLLS
+    assert not gc.isenabled()
+
+
+def test_tuning_freezes_start_up_objects_and_raises_the_thresholds(io_loop):
+    before = gc.get_threshold()
+    try:
+        timer = collector.tune("tuned")
+
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (collector.YOUNG_THRESHOLD, collector.MIDDLE_THRESHOLD, collector.OLD_THRESHOLD)
+        assert timer.is_running()
+        assert timer.callback_time == collector.FULL_EVERY * 1000
+    finally:
+        timer.stop()
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_the_python_policy_leaves_the_collector_as_it_is(io_loop):
+    before = gc.get_threshold()
+
+    assert collector.tune("python") is None
+
+    assert gc.get_threshold() == before
+
+
+def test_collections_are_counted_and_timed_per_generation_in_the_metrics():
+    metrics = Metrics()
+    collector.instrument(metrics)
+    try:
+        gc.collect(1)
+        text = metrics.render()
+    finally:
+        gc.callbacks.pop()
+
+    assert 'talkserver_gc_collections_total{generation="1"} 1' in text
+    assert 'talkserver_gc_seconds_total{generation="1"}' in text
+    assert 'talkserver_gc_collected_total{generation="1"}' in text
