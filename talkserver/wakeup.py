@@ -78,17 +78,21 @@ def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
     """Put a complete 200 answer on the handler's socket now.
 
     A small answer goes out as one framed block, shared by the polls of one
-    wake-up.  A large one goes out as its header block and then the body
-    itself: what the socket does not take at once, IOStream keeps as a view
-    of the body, so a thousand slow readers of a 5 MB answer share one copy
-    of it instead of holding one each.
+    wake-up.  A large one goes out as its header block with the body's first
+    64 KiB (one system call, a small copy), and the rest of the body is
+    queued as a view of the shared bytes: a thousand slow readers of a 5 MB
+    answer share one copy of it instead of holding one each.  (Sending the
+    head and the body apart cost a second system call per client and made a
+    1,000-client wake-up slower; docs/benchmarks.md.)
     """
     stream = handler.request.connection.stream
     if stream.closed():
         return
     if len(body) > _MAX_FRAMED_BODY:
-        if _send(stream, head + b"Content-Length: %d\r\n\r\n" % len(body)):
-            _send(stream, body)
+        # The head and the body's first part in one send (one system call,
+        # a small copy); the rest is queued as a view of the shared body.
+        first = head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:_MAX_FRAMED_BODY]
+        _send(stream, first, rest=memoryview(body)[_MAX_FRAMED_BODY:])
         return
     frame = _frames.get((head, body))
     if frame is None:
@@ -99,8 +103,9 @@ def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
     _send(stream, frame)
 
 
-def _send(stream, data: bytes) -> bool:
-    """Write ``data`` now as far as the socket takes it, queue the rest; False if the client is gone."""
+def _send(stream, data: bytes, rest: memoryview | None = None) -> bool:
+    """Write ``data`` now as far as the socket takes it, then queue what is
+    left of it and ``rest`` (a view, never copied); False if the client is gone."""
     sent = 0
     if not stream.writing():
         # Nothing queued before us, so a direct send keeps the byte order;
@@ -114,12 +119,14 @@ def _send(stream, data: bytes) -> bool:
                 raise
             stream.close(exc_info=True)  # the client is gone; on_connection_close follows
             return False
-    if sent < len(data):
-        try:
+    try:
+        if sent < len(data):
             # A view, not a slice: IOStream keeps it without copying.
             stream.write(memoryview(data)[sent:])
-        except StreamClosedError:
-            return False
+        if rest:
+            stream.write(rest)
+    except StreamClosedError:
+        return False
     return True
 
 

@@ -110,7 +110,7 @@ async def test_answered_polls_are_freed_without_the_collector(server, monkeypatc
     connections = await open_polls(port, app.board.store.head)
     await until(lambda: len(app.board.waiters) == POLLS)
 
-    app.board.put("Unicycling", "Ann", "Riding on one wheel")
+    await app.board.put("Unicycling", "Ann", "Riding on one wheel")
     answers = [await read_answer(reader) for reader, _ in connections]
     await until(lambda: handlers.alive() == 0)
 
@@ -191,7 +191,7 @@ async def test_connections_reset_between_requests_are_freed_without_the_collecto
     handlers = Recorder(monkeypatch)
     connections = await open_polls(port, app.board.store.head)
     await until(lambda: len(app.board.waiters) == POLLS)
-    app.board.put("Unicycling", "Ann", "Riding on one wheel")
+    await app.board.put("Unicycling", "Ann", "Riding on one wheel")
     for reader, _ in connections:
         await read_answer(reader)
     await until(lambda: handlers.alive() == 0)

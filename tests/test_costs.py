@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ServerProcess, parse_answer, send
+from .harness import ServerProcess, send
 
 TALK = {"presenter": "Ada", "summary": "Engines"}
 
