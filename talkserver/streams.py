@@ -36,6 +36,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.web import HTTPError, RequestHandler
 
+from . import wakeup
 from .feed import Feed
 from .limits import refuse
 from .metrics import Metrics
@@ -99,19 +100,9 @@ class EventStream:
         if io.closed():
             return True  # on_connection_close ends the stream
         data = frame.chunked if self.chunked else frame.raw
-        sent = 0
-        if not io.writing():
-            # Nothing queued, so a direct send keeps the byte order and
-            # skips IOStream's future per write.
-            try:
-                sent = io.socket.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                # The client is gone (EPIPE, ECONNRESET, ...); one socket's
-                # trouble must not stop the loop for the others.
-                io.close(exc_info=True)
-                return True
+        sent = wakeup.send_now(io, data)
+        if sent is None:
+            return True  # the client is gone; on_connection_close ends the stream
         if sent < len(data):
             if len(io._write_buffer) > limit:
                 return False

@@ -26,11 +26,10 @@ path; ``answer_head`` returns None for anything else (HTTP/1.0,
 
 from __future__ import annotations
 
-import errno
 from asyncio import Future
 
 from tornado.ioloop import IOLoop
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.web import RequestHandler
 
 # Framed responses shared by the polls of one wake-up; keyed by (head, body)
@@ -103,22 +102,33 @@ def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
     _send(stream, frame)
 
 
-def _send(stream, data: bytes, rest: memoryview | None = None) -> bool:
+def send_now(stream: IOStream, data: bytes) -> int | None:
+    """Send what the socket takes of ``data`` at once, if nothing is queued
+    before it; returns the bytes sent (0 when they must be queued), or None
+    when the client is gone (the stream is then closed).
+
+    A direct send keeps the byte order only with nothing queued, and it
+    skips IOStream's future per write, a good part of a wake-up's cost.
+    """
+    if stream.writing():
+        return 0
+    try:
+        return stream.socket.send(data)
+    except BlockingIOError:
+        return 0
+    except OSError:
+        # EPIPE, ECONNRESET, ...: one client's trouble must not stop the
+        # loop for the others; on_connection_close follows.
+        stream.close(exc_info=True)
+        return None
+
+
+def _send(stream: IOStream, data: bytes, rest: memoryview | None = None) -> bool:
     """Write ``data`` now as far as the socket takes it, then queue what is
     left of it and ``rest`` (a view, never copied); False if the client is gone."""
-    sent = 0
-    if not stream.writing():
-        # Nothing queued before us, so a direct send keeps the byte order;
-        # it skips IOStream's future per write, a good part of the cost.
-        try:
-            sent = stream.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as e:
-            if e.errno not in (errno.EPIPE, errno.ECONNRESET):
-                raise
-            stream.close(exc_info=True)  # the client is gone; on_connection_close follows
-            return False
+    sent = send_now(stream, data)
+    if sent is None:
+        return False
     try:
         if sent < len(data):
             # A view, not a slice: IOStream keeps it without copying.
