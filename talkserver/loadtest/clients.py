@@ -186,7 +186,41 @@ def _is_loopback_ipv4(host: str) -> bool:
     return address.version == 4 and address.is_loopback
 
 
-class Poller(Connection):
+class Follower:
+    """How a client that follows the board (a poller, or an event stream in
+    streams.py) ends its connection: the loss is counted, and the client
+    comes back after RETRY_BACKOFF with the cursor it had, unless told to stop.
+
+    Subclasses have ``transport``, ``hub``, ``waiting`` and ``closing``.
+    """
+
+    __slots__ = ()
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.hub.connected -= 1
+        if self.waiting:
+            self.waiting = False
+            self.hub.waiting -= 1
+        if not self.closing:
+            self.hub.reconnects += 1
+            asyncio.get_running_loop().call_later(RETRY_BACKOFF, self.hub.reconnect, self)
+
+    def close(self) -> None:
+        """Stop following and hang up."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def hang_up(self) -> None:
+        """Drop the connection as a browser leaving would; the client comes
+        back after RETRY_BACKOFF with the cursor it had (see churn.py)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.hub.hang_ups += 1
+            self.transport.close()
+
+
+class Poller(Follower, Connection):
     """A browser's long-polling loop, as small as it can be.
 
     ``GET /talks`` once, then ``GET /talks?changesSince=serverTime`` again
@@ -243,29 +277,6 @@ class Poller(Connection):
         self.cursor = found.group(1)
         hub.inbox.append((self, now, body))
         hub.ask_soon(self)
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-        self.hub.connected -= 1
-        if self.waiting:
-            self.waiting = False
-            self.hub.waiting -= 1
-        if not self.closing:
-            self.hub.reconnects += 1
-            asyncio.get_running_loop().call_later(RETRY_BACKOFF, self.hub.reconnect, self)
-
-    def close(self) -> None:
-        """Stop polling and hang up."""
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def hang_up(self) -> None:
-        """Drop the connection as a browser leaving would; the client comes
-        back after RETRY_BACKOFF with the cursor it had (see churn.py)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.hub.hang_ups += 1
-            self.transport.close()
 
 
 class Hub:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 
-from .clients import RETRY_BACKOFF, Hub, Target, clock
+from .clients import Follower, Hub, Target, clock
 
 
-class Streamer(asyncio.Protocol):
+class Streamer(Follower, asyncio.Protocol):
     """One client following the board over an event stream.
 
     It has what the tally and the run expect of a poller: ``cursor``,
@@ -113,19 +113,3 @@ class Streamer(asyncio.Protocol):
         if block.startswith(b"id: "):
             self.cursor = block[4 : block.index(b"\n")]
         self.hub.inbox.append((self, now, block[data + 6 :]))
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-        self.hub.connected -= 1
-        if self.waiting:
-            self.waiting = False
-            self.hub.waiting -= 1
-        if not self.closing:
-            self.hub.reconnects += 1
-            asyncio.get_running_loop().call_later(RETRY_BACKOFF, self.hub.reconnect, self)
-
-    def close(self) -> None:
-        """Stop following and hang up."""
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
