@@ -296,17 +296,23 @@ async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board)
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("settings", ["cap"], indirect=True)
-async def test_streams_count_against_the_per_address_poll_cap(port, board):
-    first = await open_stream(port, board, source="127.0.0.5")
-    second = await open_stream(port, board, source="127.0.0.5")
+async def test_streams_past_the_per_address_cap_are_served_up_to_five_times_it(port, board, app):
+    # The cap is 2: streams 3 to 10 from one address are past it, but served.
+    now = f"/talks?changesSince={board.store.head}"
+    crowd = [await open_stream(port, board, now, source="127.0.0.5") for _ in range(10)]
 
     refused = await StreamClient.open(port, source="127.0.0.5")
     elsewhere = await StreamClient.open(port, source="127.0.0.6")
+    await board.put("Seen by all", "Ada", "s")
+    last_events = [await client.event() for client in crowd]
 
+    assert app.limits.polls_held("127.0.0.5") == 10
     assert refused.status == 429
     assert refused.headers["retry-after"] == "5"
+    assert b"10 long polls" in refused.body
     assert elsewhere.status == 200
-    for client in (first, second, refused, elsewhere):
+    assert all(titles(event) == ["Seen by all"] for event in last_events)
+    for client in (*crowd, refused, elsewhere):
         client.close()
 
 
