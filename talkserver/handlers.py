@@ -12,7 +12,6 @@ import json
 from asyncio import Future
 from urllib.parse import urlsplit
 
-import tornado.log
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
@@ -202,6 +201,7 @@ class TalksHandler(ApiHandler):
     cursor: int
     _wait: Future | None = None
     _head: bytes | None = None
+    _lane = None  # where a poll waits: the board's Waiters, or its SlowLane past the cap
     _conditional = None  # a parked conditional.ConditionalPoll
     event_stream: streams.EventStream | None = None
 
@@ -228,7 +228,8 @@ class TalksHandler(ApiHandler):
         self.set_header("Content-Type", JSON_TYPE)
         self._head = wakeup.answer_head(self)
         self._wait = Future()
-        (self.board.slow_lane if over_cap else self.board.waiters).park(self)
+        self._lane = self.board.slow_lane if over_cap else self.board.waiters
+        self._lane.park(self)
         body = await self._wait
         if body is None:
             return  # the client went away
@@ -261,8 +262,7 @@ class TalksHandler(ApiHandler):
         if self.event_stream is not None:
             self.event_stream.end()
         if self._wait is not None and not self._wait.done():
-            self.board.waiters.forget(self)
-            self.board.slow_lane.forget(self)
+            self._lane.forget(self)
             self._wait.set_result(None)
 
 
@@ -392,7 +392,7 @@ class PageHandler(StaticFileHandler):
 
     def log_exception(self, typ, value, tb) -> None:
         if _out_of_descriptors(value):
-            tornado.log.app_log.warning("cannot open a page file: %s", value)
+            app_log.warning("cannot open a page file: %s", value)
             return
         super().log_exception(typ, value, tb)
 

@@ -37,7 +37,7 @@ from tornado.web import RequestHandler
 # Large bodies are never framed (copied): they go out after their head.
 _frames: dict[tuple[bytes, bytes], bytes] = {}
 _MAX_FRAMES = 16
-_MAX_FRAMED_BODY = LARGE_BODY = 64 * 1024
+LARGE_BODY = 64 * 1024
 # Header blocks are the same for most parked polls; sharing them keeps a
 # waiting client's memory small.
 _heads: dict[bytes, bytes] = {}
@@ -87,11 +87,11 @@ def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
     stream = handler.request.connection.stream
     if stream.closed():
         return
-    if len(body) > _MAX_FRAMED_BODY:
+    if len(body) > LARGE_BODY:
         # The head and the body's first part in one send (one system call,
         # a small copy); the rest is queued as a view of the shared body.
-        first = head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:_MAX_FRAMED_BODY]
-        _send(stream, first, rest=memoryview(body)[_MAX_FRAMED_BODY:])
+        first = head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:LARGE_BODY]
+        _send(stream, first, rest=memoryview(body)[LARGE_BODY:])
         return
     frame = _frames.get((head, body))
     if frame is None:
