@@ -28,7 +28,6 @@ coalesced into one event (one entry per title) by the Feed.
 
 from __future__ import annotations
 
-import gc
 import random
 from asyncio import Future
 
@@ -39,7 +38,9 @@ from tornado.web import HTTPError, RequestHandler
 from . import wakeup
 from .feed import Feed
 from .metrics import Metrics
+from .slowreaders import unsent_bytes
 from .validation import BadInput, parse_cursor
+from .waiters import no_collection
 
 EVENT_STREAM_TYPE = "text/event-stream"
 DEFAULT_HEARTBEAT = 15.0
@@ -103,7 +104,7 @@ class EventStream:
         if sent is None:
             return True  # the client is gone; on_connection_close ends the stream
         if sent < len(data):
-            if len(io._write_buffer) > limit:
+            if unsent_bytes(io) > limit:
                 return False
             # A memoryview keeps the shared bytes shared (IOStream copies
             # only small pieces).
@@ -184,17 +185,12 @@ class Streams:
     def _send(self, streams: dict, frame: Frame, count: bool = True) -> None:
         limit = self.buffer_limit
         slow = []
-        # As for woken polls (waiters.py): a collection in the middle of
-        # the loop would hold back every client after it.
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        # As for woken polls: a collection in the middle of the loop would
+        # hold back every client after it.
+        with no_collection():
             for stream in streams:
                 if not stream.write(frame, limit):
                     slow.append(stream)
-        finally:
-            if enabled:
-                gc.enable()
         if count:
             self._events.inc(amount=len(streams) - len(slow))
         for stream in slow:

@@ -25,7 +25,7 @@ class Waiter(Protocol):
 
 
 @contextmanager
-def _no_collection() -> Iterator[None]:
+def no_collection() -> Iterator[None]:
     """Hold off the garbage collector while waiters are answered.
 
     Waking allocates a little per waiter, and with thousands of parked
@@ -75,7 +75,7 @@ class Waiters:
         """
         parked, self._parked = self._parked, {}
         answers: dict[int, bytes | None] = {}
-        with _no_collection():
+        with no_collection():
             for waiter, deadline in parked.items():
                 cursor = waiter.cursor
                 body = answers[cursor] if cursor in answers else answers.setdefault(cursor, answer_for(cursor))
@@ -87,7 +87,7 @@ class Waiters:
     def deliver_to_all(self, body: bytes) -> None:
         """Answer every waiter with ``body`` now (used when shutting down)."""
         parked, self._parked = self._parked, {}
-        with _no_collection():
+        with no_collection():
             for waiter in parked:
                 waiter.deliver(body)
 
