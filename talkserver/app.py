@@ -25,7 +25,7 @@ from pathlib import Path
 import tornado.log
 import tornado.web
 
-from . import guard
+from . import fastpolls, guard
 from .auth import Access
 from .board import Board
 from .conditional import ConditionalPolls
@@ -89,13 +89,14 @@ def make_app(
     ]
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
-        status = handler.get_status()
-        requests.inc(str(status))
-        access_log(status, handler)
+        request = handler.request
+        app.log_answer(handler.get_status(), request.method, request.uri, request.remote_ip, request.request_time())
 
+    settings.setdefault("fast_polls", True)
     app = TalkApplication(
         routes, max_body_size=max_body_size, log_function=log_request, **settings
     )
+    app.requests = requests  # type: ignore[attr-defined]
     app.board = board  # type: ignore[attr-defined]
     app.conditional = conditional  # type: ignore[attr-defined]
     # Hardening (talkserver.limits, talkserver.auth): off unless named in settings.
@@ -110,7 +111,20 @@ def make_app(
 
 
 class TalkApplication(tornado.web.Application):
-    """An Application whose requests pass guard.py's checks before routing."""
+    """An Application whose plain long polls take the fast path of
+    fastpolls.py, and whose other requests pass guard.py's checks before
+    routing."""
+
+    requests: object  # the requests-by-status counter of /metrics
+
+    def start_request(self, server_conn, request_conn):
+        if self.settings["fast_polls"] and not self.transforms:
+            return fastpolls.PollDelegate(self, server_conn, request_conn)
+        return self.route_request(server_conn, request_conn)
+
+    def route_request(self, server_conn, request_conn):
+        """Tornado's own delegate for a request: routing, then a handler."""
+        return super().start_request(server_conn, request_conn)
 
     def find_handler(self, request, **kwargs):
         refused = guard.problem(request, self.settings.get("allowed_hosts"))
@@ -121,13 +135,14 @@ class TalkApplication(tornado.web.Application):
             )
         return super().find_handler(request, **kwargs)
 
-
-def access_log(status: int, handler: tornado.web.RequestHandler) -> None:
-    """One line per request, in Tornado's own access-log format."""
-    if status < 400:
-        log = tornado.log.access_log.info
-    elif status < 500:
-        log = tornado.log.access_log.warning
-    else:
-        log = tornado.log.access_log.error
-    log("%d %s %.2fms", status, handler._request_summary(), 1000.0 * handler.request.request_time())
+    def log_answer(self, status: int, method: str, uri: str, remote_ip: str | None, seconds: float) -> None:
+        """Count an answer in /metrics and give it its access-log line,
+        in Tornado's own format."""
+        self.requests.inc(str(status))
+        if status < 400:
+            log = tornado.log.access_log.info
+        elif status < 500:
+            log = tornado.log.access_log.warning
+        else:
+            log = tornado.log.access_log.error
+        log("%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000.0 * seconds)

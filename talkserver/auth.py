@@ -174,6 +174,16 @@ class Access:
             settings["cookie_secret"] = secrets.token_urlsafe(32)
         return cls(users, protect)
 
+    def admits(self, authorization: str) -> bool:
+        """Whether a request with this Authorization header may read without
+        a password check: no password is needed, or these very credentials
+        matched before."""
+        return not self.users or self._key(authorization) in self._good
+
+    @staticmethod
+    def _key(authorization: str) -> str:
+        return hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
+
     async def check_password(self, handler: RequestHandler) -> None:
         """401 with a realm unless the request carries matching Basic credentials.
 
@@ -185,7 +195,7 @@ class Access:
         if not self.users:
             return
         header = handler.request.headers.get("Authorization", "")
-        key = hashlib.sha256(header.encode("utf-8", "surrogateescape")).hexdigest()
+        key = self._key(header)
         if key in self._good:
             return
         name, password = _basic_credentials(header)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 
-from tornado.httputil import HTTPServerRequest, split_host_and_port
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, split_host_and_port
 from tornado.web import RequestHandler
 
 MAX_TARGET = 8 * 1024
@@ -75,15 +75,21 @@ def host_allowed(host: str, allowed: list[str]) -> bool:
 
 def problem(request: HTTPServerRequest, allowed_hosts: list[str] | None) -> tuple[int, str] | None:
     """(status, message) when ``request`` must be refused before routing, else None."""
-    if len(request.uri or "") > MAX_TARGET:
+    return refusal(request.uri or "", request.headers, request.host, allowed_hosts)
+
+
+def refusal(target: str, headers: HTTPHeaders, host: str, allowed_hosts: list[str] | None) -> tuple[int, str] | None:
+    """``problem`` for a request not yet made into an HTTPServerRequest
+    (fastpolls.py checks requests before Tornado's routing sees them)."""
+    if len(target) > MAX_TARGET:
         return 414, f"the request target is longer than {MAX_TARGET} bytes"
-    size = sum(len(name) + len(value) + 4 for name, value in request.headers.get_all())
+    size = sum(len(name) + len(value) + 4 for name, value in headers.get_all())
     if size > MAX_HEADERS:
         return 431, f"the request headers are larger than {MAX_HEADERS} bytes"
-    if not (request.uri or "").isascii():
+    if not target.isascii():
         return 400, "the request target must be ASCII: percent-encode other characters as UTF-8"
-    if allowed_hosts is not None and not host_allowed(request.host, allowed_hosts):
-        return 400, f"this server does not answer to the name {host_name(request.host)!r} (see --allowed-hosts)"
+    if allowed_hosts is not None and not host_allowed(host, allowed_hosts):
+        return 400, f"this server does not answer to the name {host_name(host)!r} (see --allowed-hosts)"
     return None
 
 

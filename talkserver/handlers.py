@@ -24,6 +24,13 @@ from .stores import TalkNotFound
 from .validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
 JSON_TYPE = "application/json; charset=UTF-8"
+# Every API answer carries these (fastpolls.py renders the same block).
+API_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+)
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -54,10 +61,8 @@ class ApiHandler(RequestHandler):
         self.board = board
 
     def set_default_headers(self) -> None:
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("Referrer-Policy", "no-referrer")
-        self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        for name, value in API_HEADERS:
+            self.set_header(name, value)
 
     def compute_etag(self) -> None:
         # API answers change with every write; hashing each one (thousands

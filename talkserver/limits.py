@@ -30,7 +30,7 @@ import ipaddress
 import json
 import math
 import time
-from typing import Callable
+from typing import Callable, Hashable
 
 from tornado.web import Finish, HTTPError, RequestHandler
 
@@ -98,7 +98,7 @@ class Limits:
         self.limit_local_writes = limit_local_writes
         self._clock = clock
         self._polls: dict[str, int] = {}
-        self._poll_address: dict[RequestHandler, str] = {}
+        self._poll_address: dict[Hashable, str] = {}
         self._writing: set[RequestHandler] = set()
         self._buckets: dict[str, TokenBucket] = {}
 
@@ -149,8 +149,20 @@ class Limits:
         self._poll_address[handler] = address
         return over_cap
 
-    def release(self, handler: RequestHandler) -> None:
-        """Give back what the request held (called once it has finished)."""
+    def hold_poll_under_cap(self, poll: Hashable, address: str) -> bool:
+        """Count ``poll`` against ``address`` if the address is under the cap;
+        False, counting nothing, if it is not (the caller then takes the
+        handlers' way, which has the slow lane and the 429)."""
+        held = self._polls.get(address, 0)
+        if self.max_polls_per_ip and held >= self.max_polls_per_ip:
+            return False
+        self._polls[address] = held + 1
+        self._poll_address[poll] = address
+        return True
+
+    def release(self, handler: Hashable) -> None:
+        """Give back what the request held (called once it has finished);
+        calling it again changes nothing."""
         self._writing.discard(handler)
         address = self._poll_address.pop(handler, None)
         if address is not None:

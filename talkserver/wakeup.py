@@ -27,9 +27,11 @@ path; ``answer_head`` returns None for anything else (HTTP/1.0,
 from __future__ import annotations
 
 from asyncio import Future
+from typing import Callable
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
+from tornado.log import app_log
 from tornado.web import RequestHandler
 
 # Framed responses shared by the polls of one wake-up; keyed by (head, body)
@@ -42,7 +44,7 @@ LARGE_BODY = 64 * 1024
 # waiting client's memory small.
 _heads: dict[bytes, bytes] = {}
 _MAX_HEADS = 256
-_settling: list[tuple[Future, object]] = []
+_settling: list[tuple[Callable[..., None], tuple]] = []
 
 
 def answer_head(handler: RequestHandler) -> bytes | None:
@@ -74,7 +76,13 @@ def answer_head(handler: RequestHandler) -> bytes | None:
 
 
 def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
-    """Put a complete 200 answer on the handler's socket now.
+    """Put a complete 200 answer on the handler's socket now (``send_answer``)."""
+    send_answer(handler.request.connection.stream, head, body)
+
+
+def send_answer(stream: IOStream, head: bytes, body: bytes) -> None:
+    """Put a complete 200 answer, ``head`` (from ``answer_head``) then
+    ``body``, on ``stream`` now.
 
     A small answer goes out as one framed block, shared by the polls of one
     wake-up.  A large one goes out as its header block with the body's first
@@ -84,12 +92,9 @@ def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
     head and the body apart cost a second system call per client and made a
     1,000-client wake-up slower; docs/benchmarks.md.)
     """
-    stream = handler.request.connection.stream
     if stream.closed():
         return
     if len(body) > LARGE_BODY:
-        # The head and the body's first part in one send (one system call,
-        # a small copy); the rest is queued as a view of the shared body.
         first = head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:LARGE_BODY]
         _send(stream, first, rest=memoryview(body)[LARGE_BODY:])
         return
@@ -146,17 +151,31 @@ def later(future: Future, result: object) -> None:
     Resolving a future schedules its waiting coroutine one by one; batching
     them into one callback keeps that work out of the loop of writes.
     """
+    after_wake(_resolve, future, result)
+
+
+def after_wake(callback: Callable[..., None], *args: object) -> None:
+    """Call ``callback(*args)`` once the current wake loop is over, in one
+    IOLoop callback with every other call deferred by the same loop."""
     if not _settling:
         IOLoop.current().add_callback(_settle)
-    _settling.append((future, result))
+    _settling.append((callback, args))
+
+
+def _resolve(future: Future, result: object) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 def _settle() -> None:
     batch = _settling[:]
     del _settling[:]
-    for future, result in batch:
-        if not future.done():
-            future.set_result(result)
+    for callback, args in batch:
+        try:
+            callback(*args)
+        except Exception:
+            # One poll's trouble must not leave the others unfinished.
+            app_log.exception("finishing an answered poll failed")
 
 
 def finish_written(handler: RequestHandler) -> None:

@@ -21,31 +21,42 @@ import tornado.netutil
 
 from talkserver import collector
 from talkserver.app import make_app
+from talkserver.fastpolls import PollDelegate
 from talkserver.handlers import TalksHandler
 from talkserver.metrics import Metrics
 from talkserver.stores import MemoryStore
+from talkserver.waiters import Waiters
 
 POLLS = 20
 
 
 class Recorder:
-    """Weak references to every TalksHandler created while it is installed,
-    and to the IOStream of its connection."""
+    """Weak references to every parked poll (a TalksHandler, or on the fast
+    path a fastpolls.PollDelegate) and every TalksHandler made while it is
+    installed, and to the IOStream of each one's connection."""
 
     def __init__(self, monkeypatch) -> None:
         self.handlers: list[weakref.ref] = []
+        self.parked: list[weakref.ref] = []
         self.streams: list[weakref.ref] = []
-        original = TalksHandler.initialize
+        initialize, park = TalksHandler.initialize, Waiters.park
 
-        def initialize(handler, **kwargs):
+        def recorded_initialize(handler, **kwargs):
             self.handlers.append(weakref.ref(handler))
             self.streams.append(weakref.ref(handler.request.connection.stream))
-            original(handler, **kwargs)
+            initialize(handler, **kwargs)
 
-        monkeypatch.setattr(TalksHandler, "initialize", initialize)
+        def recorded_park(waiters, waiter):
+            self.parked.append(weakref.ref(waiter))
+            if isinstance(waiter, PollDelegate):
+                self.streams.append(weakref.ref(waiter.conn.stream))
+            park(waiters, waiter)
+
+        monkeypatch.setattr(TalksHandler, "initialize", recorded_initialize)
+        monkeypatch.setattr(Waiters, "park", recorded_park)
 
     def alive(self) -> int:
-        return sum(1 for ref in self.handlers if ref() is not None)
+        return sum(1 for ref in self.handlers + self.parked if ref() is not None)
 
     def streams_alive(self) -> int:
         return sum(1 for ref in self.streams if ref() is not None)
@@ -69,9 +80,9 @@ def no_collector():
             gc.enable()
 
 
-@pytest.fixture
-def server(io_loop, no_collector):
-    app = make_app(MemoryStore(), poll_timeout=1.0)
+@pytest.fixture(params=["fast path", "handlers"])
+def server(request, io_loop, no_collector):
+    app = make_app(MemoryStore(), poll_timeout=1.0, fast_polls=request.param == "fast path")
     [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
     http = collector.HTTPServer(app)
     http.add_sockets([sock])
@@ -115,7 +126,7 @@ async def test_answered_polls_are_freed_without_the_collector(server, monkeypatc
     await until(lambda: handlers.alive() == 0)
 
     assert all(b"Unicycling" in answer for answer in answers)
-    assert len(handlers.handlers) == POLLS
+    assert len(handlers.parked) == POLLS
     assert not gc.isenabled()
     for _, writer in connections:
         writer.close()
@@ -133,7 +144,7 @@ async def test_polls_whose_clients_leave_are_freed_without_the_collector(server,
     await until(lambda: len(app.board.waiters) == 0)
     await until(lambda: handlers.alive() == 0)
 
-    assert len(handlers.handlers) == POLLS
+    assert len(handlers.parked) == POLLS
     assert not gc.isenabled()
 
 

@@ -1,0 +1,173 @@
+"""The fast path for plain long polls: ``GET /talks?changesSince=T`` without
+a RequestHandler.
+
+Every change is followed by every waiting client asking again, 10,000
+requests within a second or two.  Through Tornado's routing and a
+``RequestHandler`` each costs about four times what the Node peer spends
+(the request object, the handler, its coroutine, prepare, finish, the
+header rendering), and at a change every 2.5 s the server could not take
+them back before the next change came (docs/benchmarks.md, "Fan-out at a
+steady rate").  The wake-up itself was never the trouble.
+
+So ``TalkApplication.start_request`` (app.py) hands every request first
+to a ``PollDelegate``, an ``HTTPMessageDelegate`` in Tornado's routing
+interface.  When the request is a plain poll it serves it itself: answers
+at once if there is news, else parks it in the board's ``Waiters`` as the
+handler would, and answers it through the same shared, pre-framed bytes
+(wakeup.py).  Anything else, and any plain poll that needs more than the
+common case (a body, a password not yet seen, a cursor ahead of this
+process, an address at its poll cap, ``Connection: close``, HTTP/1.0, an
+event stream, compression, a guard refusal), is passed whole to Tornado's
+routing and the handlers in handlers.py, which answer it exactly as
+before.  So the fast path only ever answers 200 with the body the handler
+would send, with the same headers; every refusal, limit and error stays
+in one place.
+
+What a parked poll keeps is this one small object plus Tornado's
+connection; the handler's request, handler and coroutine are never made,
+which is also most of a waiting client's memory.
+"""
+
+from __future__ import annotations
+
+import time
+import tornado
+from tornado.httputil import HTTPHeaders, RequestStartLine
+
+from . import guard, wakeup
+from .handlers import API_HEADERS, JSON_TYPE
+from .validation import BadInput, parse_cursor
+
+PREFIX = "/talks?changesSince="
+
+# The header block of a 200 answer, as ApiHandler renders it; only the
+# Date changes, so it is rendered once a second and shared.
+_head_second = -1
+_head = b""
+
+
+def answer_head() -> bytes:
+    """The status line and headers of a poll's 200 answer, without Content-Length."""
+    global _head_second, _head
+    now = int(time.time())
+    if now != _head_second:
+        date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+        lines = ["HTTP/1.1 200 OK", f"Server: TornadoServer/{tornado.version}",
+                 f"Content-Type: {JSON_TYPE}", f"Date: {date}"]
+        lines += [f"{name}: {value}" for name, value in API_HEADERS]
+        _head = ("\r\n".join(lines) + "\r\n").encode("latin1")
+        _head_second = now
+    return _head
+
+
+class PollDelegate:
+    """One request, as Tornado's ``HTTPMessageDelegate``: a plain long poll
+    served here, or anything else passed on to the Application's routing.
+
+    A parked poll is a waiter (waiters.py): ``cursor`` and ``deliver``.
+    """
+
+    __slots__ = ("app", "server_conn", "conn", "routed", "cursor", "address", "target", "started", "gone", "__weakref__")
+
+    def __init__(self, app, server_conn: object, request_conn) -> None:
+        self.app = app
+        self.server_conn = server_conn
+        self.conn = request_conn
+        # Tornado's own delegate for this request, once it is passed on.
+        self.routed = None
+        self.gone = False
+
+    # -- HTTPMessageDelegate ---------------------------------------------
+
+    def headers_received(self, start_line: RequestStartLine, headers: HTTPHeaders):
+        if self._is_plain_poll(start_line, headers):
+            self.target = start_line.path
+            self.started = time.monotonic()
+            return None
+        self.routed = self.app.route_request(self.server_conn, self.conn)
+        return self.routed.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes):
+        # A plain poll has no body, so only a routed request gets here.
+        return self.routed.data_received(chunk)
+
+    def finish(self) -> None:
+        if self.routed is not None:
+            self.routed.finish()
+            return
+        board = self.app.board
+        body = board.feed.since(self.cursor)
+        if body is not None:
+            self.deliver(body)
+            return
+        self.conn.set_close_callback(self.on_close)
+        board.waiters.park(self)
+
+    def on_connection_close(self) -> None:
+        if self.routed is not None:
+            self.routed.on_connection_close()
+        else:
+            self.on_close()
+
+    # -- the waiter ------------------------------------------------------
+
+    def deliver(self, body: bytes) -> None:
+        """Send this poll its answer now; the rest waits until after the
+        wake loop (wakeup.after_wake), as for the handlers' polls."""
+        wakeup.send_answer(self.conn.stream, answer_head(), body)
+        wakeup.after_wake(self._finish)
+
+    def on_close(self) -> None:
+        """The client went away while its poll waited: forget it, send nothing."""
+        if self.gone:
+            return
+        self.gone = True
+        self.app.board.waiters.forget(self)
+        self.app.limits.release(self)
+
+    def _finish(self) -> None:
+        self.app.limits.release(self)
+        if self.gone:
+            return
+        self.gone = True
+        stream = self.conn.stream
+        self.conn.set_close_callback(None)
+        # The answer is on its way: this lets Tornado read the next request.
+        self.conn.finish()
+        self.app.slow_readers.watch(stream)
+        self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started)
+
+    # -- which requests are plain polls ----------------------------------
+
+    def _is_plain_poll(self, start_line: RequestStartLine, headers: HTTPHeaders) -> bool:
+        """Whether this request is a plain long poll the fast path answers,
+        and, if so, count it against its address's poll cap."""
+        target = start_line.path
+        if (
+            start_line.method != "GET"
+            or start_line.version != "HTTP/1.1"
+            or not target.startswith(PREFIX)
+            or "Content-Length" in headers
+            or "Transfer-Encoding" in headers
+            or "close" in headers.get("Connection", "").lower()
+            or "text/event-stream" in headers.get("Accept", "")
+        ):
+            return False
+        app = self.app
+        try:
+            cursor = parse_cursor(target[len(PREFIX):])
+        except BadInput:
+            return False
+        if cursor > app.board.store.head:
+            return False  # the handler waits for this process to catch up
+        host = headers.get("X-Forwarded-Host") or headers.get("Host") or "127.0.0.1"
+        if guard.refusal(target, headers, host, app.settings.get("allowed_hosts")) is not None:
+            return False
+        if not app.access.admits(headers.get("Authorization", "")):
+            return False
+        address = self.conn.context.remote_ip or ""
+        if not app.limits.hold_poll_under_cap(self, address):
+            return False
+        self.cursor = cursor
+        self.address = address
+        return True
