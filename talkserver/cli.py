@@ -56,6 +56,7 @@ define("password_file", type=str, help="require HTTP Basic credentials from this
 define("protect_talks", default=False, help="only the browser that proposed a talk may replace or delete it", group="talkserver")
 define("cookie_secret", type=str, help="key for --protect-talks cookies (default: generated, kept beside --db)", group="talkserver")
 define("gc", default="tuned", help="garbage collector: tuned (for thousands of parked polls) or python (Python's defaults); see docs/architecture.md", group="talkserver")
+define("fast_polls", default=True, help="serve plain long polls without a RequestHandler (talkserver/fastpolls.py); --fast-polls=false sends every request through Tornado's routing, for comparison", group="talkserver")
 define(
     "config",
     type=str,
@@ -165,6 +166,7 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
             api=options.api,
             heartbeat=options.heartbeat,
             stream_buffer=options.stream_buffer,
+            fast_polls=options.fast_polls,
             **hardening_settings(),
         )
     except PasswordFileError as e:
