@@ -30,7 +30,9 @@ which is also most of a waiting client's memory.
 
 from __future__ import annotations
 
+import re
 import time
+from email.utils import formatdate
 import tornado
 from tornado.httputil import HTTPHeaders, RequestStartLine
 
@@ -39,6 +41,10 @@ from .handlers import API_HEADERS, JSON_TYPE
 from .validation import BadInput, parse_cursor
 
 PREFIX = "/talks?changesSince="
+# Host values the fast path takes as they are: a name or address and a
+# port.  Anything else (none, several, odd characters) goes to Tornado,
+# whose request object refuses what RFC 9112 says to refuse.
+_PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", re.ASCII)
 
 # The header block of a 200 answer, as ApiHandler renders it; only the
 # Date changes, so it is rendered once a second and shared.
@@ -51,7 +57,8 @@ def answer_head() -> bytes:
     global _head_second, _head
     now = int(time.time())
     if now != _head_second:
-        date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+        # As Tornado writes it (never the locale's day and month names).
+        date = formatdate(now, usegmt=True)
         lines = ["HTTP/1.1 200 OK", f"Server: TornadoServer/{tornado.version}",
                  f"Content-Type: {JSON_TYPE}", f"Date: {date}"]
         lines += [f"{name}: {value}" for name, value in API_HEADERS]
@@ -160,7 +167,9 @@ class PollDelegate:
             return False
         if cursor > app.board.store.head:
             return False  # the handler waits for this process to catch up
-        host = headers.get("X-Forwarded-Host") or headers.get("Host") or "127.0.0.1"
+        host = headers.get("Host")
+        if host is None or not _PLAIN_HOST.fullmatch(host) or self.conn.params.no_keep_alive:
+            return False  # Tornado's request parsing refuses or answers these itself
         if guard.refusal(target, headers, host, app.settings.get("allowed_hosts")) is not None:
             return False
         if not app.access.admits(headers.get("Authorization", "")):
