@@ -3,7 +3,7 @@ a RequestHandler.
 
 Every change is followed by every waiting client asking again, 10,000
 requests within a second or two.  Through Tornado's routing and a
-``RequestHandler`` each costs about four times what the Node peer spends
+``RequestHandler`` each cost several times what the Node peer spends
 (the request object, the handler, its coroutine, prepare, finish, the
 header rendering), and at a change every 2.5 s the server could not take
 them back before the next change came (docs/benchmarks.md, "Fan-out at a
@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 import time
 from email.utils import formatdate
+
 import tornado
 from tornado.httputil import HTTPHeaders, RequestStartLine
 
@@ -87,10 +88,16 @@ class PollDelegate:
     # -- HTTPMessageDelegate ---------------------------------------------
 
     def headers_received(self, start_line: RequestStartLine, headers: HTTPHeaders):
-        if self._is_plain_poll(start_line, headers):
-            self.target = start_line.path
-            self.started = time.monotonic()
-            return None
+        cursor = self._plain_poll_cursor(start_line, headers)
+        if cursor is not None:
+            address = self.conn.context.remote_ip or ""
+            # Past the cap the handlers' slow lane (or their 429) takes it.
+            if self.app.limits.hold_poll_under_cap(self, address):
+                self.cursor = cursor
+                self.address = address
+                self.target = start_line.path
+                self.started = time.monotonic()
+                return None
         self.routed = self.app.route_request(self.server_conn, self.conn)
         return self.routed.headers_received(start_line, headers)
 
@@ -146,9 +153,9 @@ class PollDelegate:
 
     # -- which requests are plain polls ----------------------------------
 
-    def _is_plain_poll(self, start_line: RequestStartLine, headers: HTTPHeaders) -> bool:
-        """Whether this request is a plain long poll the fast path answers,
-        and, if so, count it against its address's poll cap."""
+    def _plain_poll_cursor(self, start_line: RequestStartLine, headers: HTTPHeaders) -> int | None:
+        """The cursor of a plain long poll the fast path may answer; None
+        for any other request."""
         target = start_line.path
         if (
             start_line.method != "GET"
@@ -159,24 +166,19 @@ class PollDelegate:
             or "close" in headers.get("Connection", "").lower()
             or "text/event-stream" in headers.get("Accept", "")
         ):
-            return False
+            return None
         app = self.app
         try:
             cursor = parse_cursor(target[len(PREFIX):])
         except BadInput:
-            return False
+            return None
         if cursor > app.board.store.head:
-            return False  # the handler waits for this process to catch up
+            return None  # the handler waits for this process to catch up
         host = headers.get("Host")
         if host is None or not _PLAIN_HOST.fullmatch(host) or self.conn.params.no_keep_alive:
-            return False  # Tornado's request parsing refuses or answers these itself
+            return None  # Tornado's request parsing refuses or answers these itself
         if guard.refusal(target, headers, host, app.settings.get("allowed_hosts")) is not None:
-            return False
+            return None
         if not app.access.admits(headers.get("Authorization", "")):
-            return False
-        address = self.conn.context.remote_ip or ""
-        if not app.limits.hold_poll_under_cap(self, address):
-            return False
-        self.cursor = cursor
-        self.address = address
-        return True
+            return None
+        return cursor

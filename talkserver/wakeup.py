@@ -95,6 +95,8 @@ def send_answer(stream: IOStream, head: bytes, body: bytes) -> None:
     if stream.closed():
         return
     if len(body) > LARGE_BODY:
+        # The head and the body's first part in one send (one system call,
+        # a small copy); the rest is queued as a view of the shared body.
         first = head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:LARGE_BODY]
         _send(stream, first, rest=memoryview(body)[LARGE_BODY:])
         return
