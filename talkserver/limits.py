@@ -138,15 +138,14 @@ class Limits:
         (it goes to the slow lane), 429 if even the slow lane is full."""
         address = handler.request.remote_ip or ""
         held = self._polls.get(address, 0)
-        over_cap = bool(self.max_polls_per_ip) and held >= self.max_polls_per_ip
+        over_cap = self._at_cap(held)
         if over_cap and held >= self.max_polls_per_ip * (1 + SLOW_LANE_FACTOR):
             refuse(
                 handler, 429,
                 f"{held} long polls are already waiting for your address; try again in 5 s",
                 Retry_After="5",
             )
-        self._polls[address] = held + 1
-        self._poll_address[handler] = address
+        self._count_poll(handler, address, held)
         return over_cap
 
     def hold_poll_under_cap(self, poll: Hashable, address: str) -> bool:
@@ -154,11 +153,17 @@ class Limits:
         False, counting nothing, if it is not (the caller then takes the
         handlers' way, which has the slow lane and the 429)."""
         held = self._polls.get(address, 0)
-        if self.max_polls_per_ip and held >= self.max_polls_per_ip:
+        if self._at_cap(held):
             return False
+        self._count_poll(poll, address, held)
+        return True
+
+    def _at_cap(self, held: int) -> bool:
+        return bool(self.max_polls_per_ip) and held >= self.max_polls_per_ip
+
+    def _count_poll(self, poll: Hashable, address: str, held: int) -> None:
         self._polls[address] = held + 1
         self._poll_address[poll] = address
-        return True
 
     def release(self, handler: Hashable) -> None:
         """Give back what the request held (called once it has finished);
