@@ -25,16 +25,17 @@ from pathlib import Path
 import tornado.log
 import tornado.web
 
-from . import fastpolls, guard
+from . import guard
+from .follow import fastpolls
 from .auth import Access
-from .board import Board
-from .conditional import ConditionalPolls
+from .follow.board import Board
+from .follow.conditional import ConditionalPolls
 from .handlers import CommentsHandler, HealthHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
 from .limits import Limits
-from .slowlane import DEFAULT_INTERVAL
-from .slowreaders import SlowReaders
+from .follow.slowlane import DEFAULT_INTERVAL
+from .follow.slowreaders import SlowReaders
 from .stores import MemoryStore, Store
-from .streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT
+from .follow.streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 
@@ -63,7 +64,7 @@ def make_app(
 
     ``api`` is what a plain ``GET /talks`` answers: ``"changes"`` the
     ``{"serverTime", "talks"}`` object (the book's 2nd edition), ``"etag"``
-    the bare array its current edition expects (talkserver.conditional).
+    the bare array its current edition expects (talkserver.follow.conditional).
 
     The Application's ``board`` attribute holds the shared state, for tests
     and for code that embeds the server.

@@ -16,8 +16,8 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
-from . import streams, wakeup
-from .board import Board
+from .follow import streams, wakeup
+from .follow.board import Board
 from .auth import NOT_THE_OWNER
 from .stores import NotTheOwner, StoreWriteFailed
 from .stores import TalkNotFound
@@ -200,7 +200,7 @@ class TalksHandler(ApiHandler):
     or an event stream of them (streams.py).
 
     Without ``changesSince`` it is a conditional request (ETag,
-    If-None-Match, ``Prefer: wait``), answered by talkserver.conditional.
+    If-None-Match, ``Prefer: wait``), answered by talkserver.follow.conditional.
     """
 
     cursor: int

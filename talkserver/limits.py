@@ -4,7 +4,7 @@ Per client address (``request.remote_ip``, which ``--xheaders`` takes from
 the reverse proxy's X-Real-Ip / X-Forwarded-For):
 
 - at most ``max_polls_per_ip`` long polls wait for a change at once; the
-  polls past that go to the slow lane (talkserver.slowlane), answered every
+  polls past that go to the slow lane (talkserver.follow.slowlane), answered every
   few seconds, up to ``SLOW_LANE_FACTOR`` times the cap; past that, 429
   with Retry-After, while the ones already waiting keep waiting;
 - writes (PUT, DELETE, POST) refill at ``write_rate`` per second with bursts

@@ -17,7 +17,7 @@ import sys
 import tornado.httpserver
 
 from talkserver import make_app
-from talkserver.feed import encode_answer
+from talkserver.follow.feed import encode_answer
 
 
 def break_feed(app, mode: str) -> None:

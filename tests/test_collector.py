@@ -21,11 +21,11 @@ import tornado.netutil
 
 from talkserver import collector
 from talkserver.app import make_app
-from talkserver.fastpolls import PollDelegate
+from talkserver.follow.fastpolls import PollDelegate
 from talkserver.handlers import TalksHandler
 from talkserver.metrics import Metrics
 from talkserver.stores import MemoryStore
-from talkserver.waiters import Waiters
+from talkserver.follow.waiters import Waiters
 
 POLLS = 20
 

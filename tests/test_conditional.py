@@ -12,9 +12,9 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.tcpclient import TCPClient
 
-from talkserver import feed as feed_module
+from talkserver.follow import feed as feed_module
 from talkserver import make_app
-from talkserver.conditional import if_none_match, requested_wait, ANY
+from talkserver.follow.conditional import if_none_match, requested_wait, ANY
 
 from .book_client import BookClient
 from .conftest import POLL_TIMEOUT, STORE_KINDS, close_store, new_store

@@ -39,7 +39,7 @@ import tornado.netutil
 from talkserver import collector
 from talkserver.app import make_app
 from talkserver.auth import hash_password, write_password_file
-from talkserver.fastpolls import PollDelegate
+from talkserver.follow.fastpolls import PollDelegate
 from talkserver.handlers import TalksHandler
 from talkserver.shutdown import drain
 from talkserver.stores import MemoryStore

@@ -9,7 +9,7 @@ import struct
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from talkserver import feed as feed_module
+from talkserver.follow import feed as feed_module
 from .conftest import POLL_TIMEOUT, STORE_KINDS, close_store, new_store
 from .follower import Follower
 

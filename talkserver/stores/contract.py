@@ -73,7 +73,7 @@ class Store(Protocol):
 
     A shared store (stores.postgres) has the same methods, but its writes,
     ``prune`` and ``close`` are coroutines, and it calls ``on_change`` when
-    changes from any process have been applied; talkserver.board awaits
+    changes from any process have been applied; talkserver.follow.board awaits
     and wakes accordingly.
     """
 

@@ -37,9 +37,9 @@ from tornado.web import HTTPError, RequestHandler
 
 from . import wakeup
 from .feed import Feed
-from .metrics import Metrics
+from ..metrics import Metrics
 from .slowreaders import unsent_bytes
-from .validation import BadInput, parse_cursor
+from ..validation import BadInput, parse_cursor
 from .waiters import no_collection
 
 EVENT_STREAM_TYPE = "text/event-stream"

@@ -12,9 +12,9 @@ from __future__ import annotations
 import inspect
 
 from .feed import Feed
-from .metrics import Metrics
+from ..metrics import Metrics
 from .slowlane import DEFAULT_INTERVAL, SlowLane
-from .stores import Store
+from ..stores import Store
 from .streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT, Streams
 from .waiters import Waiters
 

@@ -37,9 +37,10 @@ from email.utils import formatdate
 import tornado
 from tornado.httputil import HTTPHeaders, RequestStartLine
 
-from . import guard, wakeup
-from .handlers import API_HEADERS, JSON_TYPE
-from .validation import BadInput, parse_cursor
+from .. import guard
+from . import wakeup
+from ..handlers import API_HEADERS, JSON_TYPE
+from ..validation import BadInput, parse_cursor
 
 PREFIX = "/talks?changesSince="
 # Host values the fast path takes as they are: a name or address and a

@@ -20,7 +20,7 @@ import time
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 
-from .metrics import Metrics
+from ..metrics import Metrics
 
 log = logging.getLogger("talkserver")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from .stores import Changes, Store
+from ..stores import Changes, Store
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 

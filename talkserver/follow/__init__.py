@@ -1,0 +1,8 @@
+"""Following the board: everything between a change and the clients waiting for it.
+
+The board hub (board.py) applies a write to the store and wakes the
+followers; the feed (feed.py) encodes each answer once; waiters.py and
+slowlane.py hold parked polls; wakeup.py writes the shared bytes; and each
+transport (fastpolls.py for plain long polls, conditional.py for ETag
+polls, streams.py for event streams) is a module of its own.
+"""
