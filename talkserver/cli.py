@@ -14,14 +14,16 @@ import resource
 import signal
 
 import tornado.ioloop
+import tornado.netutil
 from tornado.options import define, options, parse_command_line, parse_config_file
 
-from . import collector, guard, limits, streams
+from . import collector, guard, limits
+from .follow import streams
 from .accept import HTTPServer
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
 from .guard import loopback_hosts, parse_allowed_hosts
 from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
-from .conditional import API_MODES
+from .follow.conditional import API_MODES
 from .shutdown import drain
 from .stores import (
     SYNC_MODES, MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
@@ -192,19 +194,20 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    where = f"http://{options.address}:{options.port}/"
     if worker is None:
-        server.listen(options.port, options.address)
+        sockets = tornado.netutil.bind_sockets(options.port, options.address)
+        server.add_sockets(sockets)
         log.info(
             "talkserver listening on %s (store %s, open-files limit %d)",
-            where, _store_name(options.db), raise_open_files_limit(),
+            _where(sockets), _store_name(options.db), raise_open_files_limit(),
         )
     else:
         loop.add_reader(worker.stop_fd, stop.set)
         app.board.metrics.share_with(worker.metrics_dir, worker.number)
         tornado.ioloop.PeriodicCallback(app.board.metrics.publish, 1000).start()
         server.add_sockets(worker.sockets)
-        log.info("talkserver worker %d serving %s (store %s)", worker.number, where, _store_name(options.db))
+        log.info("talkserver worker %d serving %s (store %s)",
+                 worker.number, _where(worker.sockets), _store_name(options.db))
     # In every process that serves (each worker after the fork, too).
     collector.tune(options.gc)
     warning = exposure_warning(options.address, options.password_file, options.protect_talks)
@@ -217,6 +220,13 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
     await stop.wait()
     log.info("stopping: answering waiting polls, finishing writes")
     await drain(server, app)
+
+
+def _where(sockets) -> str:
+    """The URL the server answers on, with the port it bound (``--port=0`` picks a free one)."""
+    port = sockets[0].getsockname()[1]
+    host = f"[{options.address}]" if ":" in (options.address or "") else (options.address or "0.0.0.0")
+    return f"http://{host}:{port}/"
 
 
 def _store_name(db: str) -> str:
