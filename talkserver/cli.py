@@ -27,7 +27,7 @@ from .follow.conditional import API_MODES
 from .shutdown import drain
 from .stores import (
     SYNC_MODES, MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
-    is_postgres_url, wall_clock_ms,
+    WriteOutcomeUnknown, is_postgres_url, wall_clock_ms,
 )
 from .stores.postgres import redact
 from .workers import Worker, fork_workers
@@ -35,6 +35,7 @@ from .workers import Worker, fork_workers
 define("port", default=8000, help="TCP port to listen on", group="talkserver")
 define("address", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)", group="talkserver")
 define("db", default="talks.db", help="the store: an SQLite file (relative to the working directory), :memory: to keep nothing, or postgresql://user:pass@host:port/dbname to share one board between processes and hosts", group="talkserver")
+define("db_timeout", default=5.0, help="seconds a PostgreSQL call may take; a write with no answer by then gets 504 (outcome unknown) or 503 (not saved)", group="talkserver")
 define("processes", default=1, help="worker processes sharing the port (0: one per core); more than 1 needs a postgresql:// --db", group="talkserver")
 define("sync", default="normal", help="normal: commits survive a crash of the server; full: also a power loss, but slower", group="talkserver")
 define("retention", default=7.0, help="days a deleted talk's tombstone is kept; older cursors get the full list and reset", group="talkserver")
@@ -97,7 +98,7 @@ def open_store(path: str, sync: str = "normal") -> Store:
 async def open_shared_store(url: str, follow: bool = True) -> Store:
     """The PostgreSQL store named by ``--db``; exits with one line on stderr if it cannot be used."""
     try:
-        return await PostgresStore.open(url, follow=follow)
+        return await PostgresStore.open(url, follow=follow, timeout=options.db_timeout)
     except StoreOpenError as e:
         raise SystemExit(f"talkserver: {e}") from None
 
@@ -117,7 +118,7 @@ async def prune_tombstones(store: Store, retention_days: float) -> None:
         pruned = store.prune(wall_clock_ms() - round(retention_days * 86_400_000))
         if inspect.isawaitable(pruned):
             pruned = await pruned
-    except StoreWriteFailed as e:
+    except (StoreWriteFailed, WriteOutcomeUnknown) as e:
         log.warning("could not prune old tombstones: %s", e)
         return
     if pruned:
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"talkserver: --retention={options.retention}: must be a positive number of days")
     if options.gc not in collector.POLICIES:
         raise SystemExit(f"talkserver: --gc={options.gc}: use one of {', '.join(collector.POLICIES)}")
+    if options.db_timeout <= 0:
+        raise SystemExit(f"talkserver: --db-timeout={options.db_timeout}: must be a positive number of seconds")
     if options.processes < 0:
         raise SystemExit(f"talkserver: --processes={options.processes}: must be 0 (one per core) or more")
     shared = is_postgres_url(options.db)

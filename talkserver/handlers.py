@@ -19,7 +19,7 @@ from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_req
 from .follow import streams, wakeup
 from .follow.board import Board
 from .auth import NOT_THE_OWNER
-from .stores import NotTheOwner, StoreWriteFailed
+from .stores import NotTheOwner, PostgresStore, StoreWriteFailed, WriteOutcomeUnknown
 from .stores import TalkNotFound
 from .validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
@@ -132,6 +132,10 @@ class ApiHandler(RequestHandler):
             # nothing was changed and the same write may succeed later.
             self.set_status(503)
             message = f"the change could not be saved: {exc}"
+        elif isinstance(exc, WriteOutcomeUnknown):
+            # Not 503: that would say "not saved", and it may have been.
+            self.set_status(504)
+            message = f"the change may or may not have been saved: {exc}; reload the talks to see whether it was"
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(json.dumps({"error": message}))
 
@@ -145,6 +149,9 @@ class ApiHandler(RequestHandler):
         if isinstance(value, StoreWriteFailed):
             # Known trouble with a known cause (the store says which): one line.
             app_log.warning("%s: the change could not be saved: %s", self._request_summary(), value)
+            return
+        if isinstance(value, WriteOutcomeUnknown):
+            app_log.warning("%s: the change may or may not have been saved: %s", self._request_summary(), value)
             return
         super().log_exception(typ, value, tb)
 
@@ -346,7 +353,8 @@ class HealthHandler(ApiHandler):
     """``GET /healthz``: 200 while this process serves and reaches its store, else 503.
 
     For load balancers' health checks, so it asks for no password and
-    tells nothing but ``{"ok": ...}``.
+    tells nothing but ``{"ok": ...}`` (and, with PostgreSQL, whether the
+    database answers and which host of --db is primary).
     """
 
     def prepare(self) -> None:
@@ -354,9 +362,13 @@ class HealthHandler(ApiHandler):
 
     async def get(self) -> None:
         ok = not getattr(self.application, "draining", False) and await self.board.reachable()
+        answer: dict = {"ok": ok}
+        if isinstance(self.board.store, PostgresStore):
+            # Which host of a multi-host --db is primary (docs/deploy.md).
+            answer["database"] = self.board.store.health()
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
-        self.finish(json.dumps({"ok": ok}))
+        self.finish(json.dumps(answer))
 
 
 # Scripts only from our own files, never inline, and no framing; see

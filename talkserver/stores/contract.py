@@ -45,6 +45,11 @@ class StoreWriteFailed(Exception):
     """A change could not be committed; nothing was changed (answered 503)."""
 
 
+class WriteOutcomeUnknown(Exception):
+    """A change was sent to the database but no answer came in time: it may
+    or may not have been committed (answered 504; the client should re-read)."""
+
+
 class NotTheOwner(Exception):
     """--protect-talks: the talk belongs to another browser (answered 403)."""
 
