@@ -509,7 +509,7 @@ class PostgresStore(MemoryStore):
             if not _unreachable(e):
                 raise
             reason = f"no connection within {self.timeout:g} s" if isinstance(e, asyncio.TimeoutError) else _one_line(e)
-            raise _NotSent(f"the database is unreachable ({reason})") from None
+            raise _NotSent(reason) from None
         try:
             return await _within(conn, conn.fetchrow(query, *args), deadline - loop.time(), self.timeout)
         finally:
