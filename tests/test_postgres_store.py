@@ -7,7 +7,7 @@ that do not LISTEN, so each test says exactly when a process catches up.
 import pytest
 
 from talkserver.stores import NotTheOwner
-from talkserver.stores.postgres import SCHEMA_VERSION, StoreOpenError
+from talkserver.stores.postgres import MIGRATIONS, SCHEMA_VERSION, StoreOpenError
 
 from .postgres import BlockingStore
 
@@ -114,3 +114,46 @@ def test_a_process_that_has_not_seen_the_owner_yet_still_cannot_take_the_talk(tw
         b.delete("x", owner="")
     assert b.get("x")["presenter"] == "p"  # and b has caught up meanwhile
     assert b.delete("x", owner="browser-1") is not None
+
+
+def test_a_database_made_by_schema_version_1_is_migrated_and_keeps_its_board(database, postgres_cluster):
+    name = database.rsplit("/", 1)[1]
+    # The board as a version 1 talkserver left it: its schema, a talk, a comment.
+    statements = [*MIGRATIONS[0], "CREATE TABLE talkserver_schema (version integer NOT NULL)",
+                  "INSERT INTO talkserver_schema (version) VALUES (1)",
+                  "INSERT INTO head (stamp, pruned_through) VALUES (1000, 1000)",
+                  "SELECT talkserver_put('old', 'Ada', 'kept', NULL, 2000)",
+                  "SELECT talkserver_comment('old', 'Bo', 'still here', 3000)"]
+    for statement in statements:
+        postgres_cluster.psql(statement, name)
+
+    store = BlockingStore(database)
+    try:
+        kept = store.get("old")
+        head = store.head
+        stamp = store.put("new", "Cy", "after the migration")
+        # A version 1 server still running during a rolling upgrade writes as before.
+        postgres_cluster.psql("SELECT talkserver_put('from v1', 'Di', 's', NULL, NULL)", name)
+        store.catch_up()
+        titles = {t["title"] for t in store.all_talks()}
+    finally:
+        store.close()
+    version = postgres_cluster.psql("SELECT max(version) FROM talkserver_schema", name)
+    assert version == str(SCHEMA_VERSION) == "2"
+    assert kept == {"title": "old", "presenter": "Ada", "summary": "kept",
+                    "comments": [{"author": "Bo", "message": "still here"}]}
+    assert head == 3000 and stamp > head
+    assert titles == {"old", "new", "from v1"}
+
+
+def test_a_prune_is_one_statement_that_leaves_live_talks_alone(two, clock):
+    a, b = two
+    a.put("gone", "p", "s")
+    a.put("kept", "p", "s")
+    a.delete("gone")
+    clock.now += 10_000
+    assert a.prune(older_than=clock.now) == 1
+    assert a.prune(older_than=clock.now) == 0
+    b.catch_up()
+    assert {t["title"] for t in b.all_talks()} == {"kept"}
+    assert "kept" in b._log and "gone" not in b._log
