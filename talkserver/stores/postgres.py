@@ -346,6 +346,7 @@ class PostgresStore(MemoryStore):
         # was applied may come from an older snapshot (see _apply).
         self._applied = 0
         self._down_since = 0.0
+        self._up_since = 0.0
         self._follower: asyncio.Task | None = None
         self._closed = False
 
@@ -472,7 +473,6 @@ class PostgresStore(MemoryStore):
             raise NotTheOwner(args[0]) from None
         except Exception as e:
             self._raise_for_write(e)
-        self._set_reachable(True)
         if self._apply(*changes, asked_at=asked_at) and self.on_change is not None:
             self.on_change()
         return stamp
@@ -481,8 +481,6 @@ class PostgresStore(MemoryStore):
         """Raise what the client of a failed write is told: not saved (503) only when that is certain."""
         if not _unreachable(e):
             raise e
-        if not _rolled_back(e):
-            self._set_reachable(False, e)
         if isinstance(e, _NotSent) or _rolled_back(e):
             raise StoreWriteFailed(_failure(e)) from None
         raise WriteOutcomeUnknown(_failure(e)) from None
@@ -499,9 +497,11 @@ class PostgresStore(MemoryStore):
 
         Raises _NotSent when no connection could be had in time (nothing
         reached the database), _NoAnswer when the statement got no answer in
-        time, else the driver's error.
+        time, else the driver's error.  Whether it was answered tells whether
+        the database is reachable.
         """
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         deadline = loop.time() + self.timeout
         try:
             conn = await asyncio.wait_for(self._pool.acquire(), self.timeout)
@@ -509,11 +509,20 @@ class PostgresStore(MemoryStore):
             if not _unreachable(e):
                 raise
             reason = f"no connection within {self.timeout:g} s" if isinstance(e, asyncio.TimeoutError) else _one_line(e)
+            self._set_reachable(False, _NotSent(reason), started)
             raise _NotSent(reason) from None
         try:
-            return await _within(conn, conn.fetchrow(query, *args), deadline - loop.time(), self.timeout)
+            row = await _within(conn, conn.fetchrow(query, *args), deadline - loop.time(), self.timeout)
+            host = _host_of(conn)
+        except Exception as e:
+            if _unreachable(e) and not _rolled_back(e):
+                self._set_reachable(False, e, started)
+            raise
         finally:
             await self._pool.release(conn)
+        self._reached(host)
+        self._set_reachable(True, None, started)
+        return row
 
     # -- following the database ------------------------------------------------
 
@@ -543,10 +552,8 @@ class PostgresStore(MemoryStore):
                 except Exception as e:
                     if not _unreachable(e):
                         log.exception("catch-up failed")
-                    self._set_reachable(False, e)
                     this_round.set_exception(StoreWriteFailed(_failure(e)))
                     continue
-                self._set_reachable(True)
                 applied = self._apply(*answer, asked_at=asked_at)
                 this_round.set_result(None)
                 if applied and self.on_change is not None:
@@ -599,6 +606,7 @@ class PostgresStore(MemoryStore):
     async def _follow(self) -> None:
         """LISTEN for changes on a connection of its own; while the database is away, try again every second."""
         while not self._closed:
+            started = time.monotonic()
             try:
                 conn = await asyncio.wait_for(
                     asyncpg.connect(self.url, timeout=self.timeout,
@@ -610,7 +618,7 @@ class PostgresStore(MemoryStore):
                     raise
                 if isinstance(e, asyncio.TimeoutError):
                     e = _NoAnswer(f"no answer within {self.timeout:g} s")
-                self._set_reachable(False, e)
+                self._set_reachable(False, e, started)
                 await asyncio.sleep(RETRY_EVERY)
                 continue
             try:
@@ -629,12 +637,13 @@ class PostgresStore(MemoryStore):
                         # query on the listening connection notices one that
                         # died silently, or a database that stopped answering.
                         self._catch_up_soon()
+                        started = time.monotonic()
                         await _within(conn, conn.execute("SELECT 1"), self.timeout, self.timeout)
             except Exception as e:
                 if not _unreachable(e):
                     raise
                 if isinstance(e, _NoAnswer):
-                    self._set_reachable(False, e)
+                    self._set_reachable(False, e, started)
             finally:
                 conn.terminate()
             if not self._closed:
@@ -651,17 +660,26 @@ class PostgresStore(MemoryStore):
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _reached(self, host: str) -> None:
-        """The LISTEN connection reached ``host``: say so if the primary is not the one it was."""
+        """A connection reached ``host``: say so if the primary is not the one it was."""
         if self.primary is None:
             log.info("following PostgreSQL at %s", host)
         elif host != self.primary:
             log.warning("the PostgreSQL primary is now %s (was %s)", host, self.primary)
         self.primary = host
 
-    def _set_reachable(self, reachable: bool, error: BaseException | None = None) -> None:
-        """Record whether the database answers; one log line when that changes."""
+    def _set_reachable(self, reachable: bool, error: BaseException | None, started: float) -> None:
+        """Record whether the database answers, as told by a call made at ``started``; one log line when that changes.
+
+        A call made before the last change of state tells old news (an answer
+        to a call sent before an outage began, a failure of one sent before
+        the database came back) and is not heard: else the log would say
+        "away" and "back" more than once for one outage.
+        """
+        if started < (self._up_since if not reachable else self._down_since):
+            return
         if reachable != self.reachable and not self._closed:
             if reachable:
+                self._up_since = time.monotonic()
                 log.warning("PostgreSQL is reachable again after %.1f s; caught up to %d",
                             time.monotonic() - self._down_since, self.head)
             else:
@@ -724,7 +742,6 @@ class PostgresStore(MemoryStore):
         except Exception as e:
             if not _unreachable(e):
                 raise
-            self._set_reachable(False, e)
             return False
         return True
 
@@ -734,7 +751,7 @@ class PostgresStore(MemoryStore):
 
     def register_metrics(self, metrics) -> None:
         """Add the database's state to ``metrics`` (a talkserver.metrics.Metrics)."""
-        metrics.gauge("talkserver_store_reachable", "1 when the last catch-up from PostgreSQL worked.",
+        metrics.gauge("talkserver_store_reachable", "1 while PostgreSQL answers; 0 from a failed or unanswered call until it answers again.",
                       lambda: int(self.reachable), merge="min")
         metrics.gauge("talkserver_store_reconnects", "Times the PostgreSQL LISTEN connection was lost and made again.",
                       lambda: self.reconnects)
