@@ -79,7 +79,8 @@ class Store(Protocol):
     A shared store (stores.postgres) has the same methods, but its writes,
     ``prune`` and ``close`` are coroutines, and it calls ``on_change`` when
     changes from any process have been applied; talkserver.follow.board awaits
-    and wakes accordingly.
+    and wakes accordingly.  Its writes may also raise WriteOutcomeUnknown
+    (sent, but no answer in time), besides StoreWriteFailed (not saved).
     """
 
     head: int
