@@ -303,15 +303,15 @@ async def _leave_as_is(_conn) -> None:
     """The pool's reset: nothing to undo, since every use of a connection leaves it clean."""
 
 
-def _host_of(conn) -> str:
-    """``host:port`` of the server ``conn`` reached, as the URL spells it."""
+def _host_of(conn) -> str | None:
+    """``host:port`` of the server ``conn`` reached, as the URL spells it (None if not known)."""
     # asyncpg keeps the address it dialled (one of the URL's hosts) only as
     # a private attribute; the server's own view would be a bare IP address.
     address = getattr(conn, "_addr", None)
     if isinstance(address, tuple):
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(address) if address else "unknown"
+    return str(address) if address else None
 
 
 class PostgresStore(MemoryStore):
@@ -347,6 +347,7 @@ class PostgresStore(MemoryStore):
         self._applied = 0
         self._down_since = 0.0
         self._up_since = 0.0
+        self._down_reason = ""
         self._follower: asyncio.Task | None = None
         self._closed = False
 
@@ -419,7 +420,9 @@ class PostgresStore(MemoryStore):
 
         Raises NotTheOwner if ``owner`` is given and the talk has another.
         """
-        return await self._write("SELECT * FROM talkserver_put($1, $2, $3, $4, $5, $6)", title, presenter, summary, owner)
+        return await self._write(
+            "SELECT * FROM talkserver_put($1, $2, $3, $4, $5, $6)", title, presenter, summary, owner
+        )
 
     async def delete(self, title: str, owner: str | None = None) -> int | None:
         """Delete a talk; returns its stamp, or None if there was no talk.
@@ -459,6 +462,12 @@ class PostgresStore(MemoryStore):
         """
         if self._closed:
             raise StoreWriteFailed("the store is closed")
+        if not self.reachable and self._follower is not None:
+            # Known to be away: refused at once, not after a timeout each.
+            # The follower tries every second and says when it is back.
+            raise StoreWriteFailed(
+                f"the database is unreachable ({self._down_reason}); trying again every {RETRY_EVERY:g} s"
+            )
         now = None if self._given_clock is None else self._given_clock()
         asked_at = self._applied
         try:
@@ -511,9 +520,10 @@ class PostgresStore(MemoryStore):
             reason = f"no connection within {self.timeout:g} s" if isinstance(e, asyncio.TimeoutError) else _one_line(e)
             self._set_reachable(False, _NotSent(reason), started)
             raise _NotSent(reason) from None
+        # Read now: a connection that breaks later is no longer asyncpg's to tell.
+        host = _host_of(conn)
         try:
             row = await _within(conn, conn.fetchrow(query, *args), deadline - loop.time(), self.timeout)
-            host = _host_of(conn)
         except Exception as e:
             if _unreachable(e) and not _rolled_back(e):
                 self._set_reachable(False, e, started)
@@ -659,8 +669,10 @@ class PostgresStore(MemoryStore):
         task = asyncio.ensure_future(self.catch_up())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    def _reached(self, host: str) -> None:
+    def _reached(self, host: str | None) -> None:
         """A connection reached ``host``: say so if the primary is not the one it was."""
+        if host is None:
+            return
         if self.primary is None:
             log.info("following PostgreSQL at %s", host)
         elif host != self.primary:
@@ -684,6 +696,7 @@ class PostgresStore(MemoryStore):
                             time.monotonic() - self._down_since, self.head)
             else:
                 self._down_since = time.monotonic()
+                self._down_reason = _cause(error)
                 log.warning("PostgreSQL is unreachable (%s): writes answer 503, or 504 when their outcome is unknown;"
                             " reads are served from memory; trying again every %g s", _cause(error), RETRY_EVERY)
         self.reachable = reachable
@@ -751,7 +764,8 @@ class PostgresStore(MemoryStore):
 
     def register_metrics(self, metrics) -> None:
         """Add the database's state to ``metrics`` (a talkserver.metrics.Metrics)."""
-        metrics.gauge("talkserver_store_reachable", "1 while PostgreSQL answers; 0 from a failed or unanswered call until it answers again.",
+        metrics.gauge("talkserver_store_reachable",
+                      "1 while PostgreSQL answers; 0 from a failed or unanswered call until it answers again.",
                       lambda: int(self.reachable), merge="min")
         metrics.gauge("talkserver_store_reconnects", "Times the PostgreSQL LISTEN connection was lost and made again.",
                       lambda: self.reconnects)
