@@ -182,6 +182,10 @@ async def test_sigterm_drains_every_worker_and_the_parent_exits_0(database):
 @pytest.mark.gen_test(timeout=60)
 async def test_a_worker_that_dies_is_replaced(database):
     with started(f"--db={database}", "--processes=2") as server:
+        async def forked():
+            return len(children(server.process.pid)) == 2
+
+        await until(forked)  # the port is bound before the workers are forked
         workers = children(server.process.pid)
         os.kill(workers[0], signal.SIGKILL)
 
