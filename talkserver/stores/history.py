@@ -169,9 +169,11 @@ async def mark_cut(conn, *, applied_head: int, log: dict[str, int], known: Cuts,
     One transaction, holding the head lock, so writers wait and two servers
     noticing the same cut take turns: the second finds the first's cut
     covering what it applied and records nothing.  ``survived`` is the
-    newest change this server's log (``log``, title -> stamp) shares with
-    the database's: both histories hold it, so every cursor up to it is
-    still good.  Cuts this server knows and the database lost (a restore
+    newest stamp at which this server's log (``log``, title -> stamp) and
+    the database's tell the same board (each title on which they differ
+    was changed after it in one of them), and not past the database's
+    head: a diff from the database's log still brings a client from there
+    to the board.  Cuts this server knows and the database lost (a restore
     older than them) are written back.  The head moves past every cut, so
     the cut's last stamp is never handed out again.  ``clock_sql`` reads the
     database clock in ms, for a head row that was wiped.
@@ -194,12 +196,16 @@ async def mark_cut(conn, *, applied_head: int, log: dict[str, int], known: Cuts,
                 return cut
         on_record = {cut.epoch for cut in recorded}
         restore = [c for c in known if c.epoch not in on_record]
-        survived = await conn.fetchval(
-            "SELECT max(c.stamp) FROM change_log c JOIN unnest($1::text[], $2::bigint[]) AS o(title, stamp)"
-            " ON o.title = c.title AND o.stamp = c.stamp",
+        # The newest stamp up to which both logs tell the same board: every
+        # title on which they differ was changed after it in one of them.
+        differs = await conn.fetchval(
+            "SELECT min(greatest(o.stamp, c.stamp)) FROM change_log c"
+            " FULL JOIN unnest($1::text[], $2::bigint[]) AS o(title, stamp) ON o.title = c.title"
+            " WHERE o.stamp IS DISTINCT FROM c.stamp",
             list(log), list(log.values()),
         )
-        survived = -1 if survived is None else survived
+        db_head = await conn.fetchval("SELECT stamp FROM head")
+        survived = min(applied_head, db_head, *(() if differs is None else (differs - 1,)))
         cut = None
         if survived < applied_head:
             epoch = max([known.epoch, *on_record]) + 1
