@@ -180,6 +180,7 @@ async def test_a_restore_under_running_servers_gives_every_server_and_client_the
             assert woken.headers["etag"] != old_tag
             again = await send(c.port, "GET", "/talks", headers={"If-None-Match": old_tag})
             assert again.status == 200 and again.headers["etag"] != old_tag
+            assert again.headers["etag"] == f'"{final["serverTime"]}.1"'  # the new epoch is in the tag
 
             # Every server reports the same cut on /healthz, and it names the lost stretch.
             health = [(await send(s.port, "GET", "/healthz")).json() for s in servers]

@@ -408,12 +408,13 @@ class PostgresStore(MemoryStore):
         newest_title, newest_stamp = history.newest_change(self._log)
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(_CATCH_UP, self.head, newest_title)
-            if row is None or row["epoch"] != self.cuts.epoch or (self._loaded and history.lost_history(
+            lost = row is None or (self._loaded and history.lost_history(
                 applied_head=self.head, known_epoch=self.cuts.epoch, newest_stamp=newest_stamp,
                 db_head=row["stamp"], db_pruned_through=row["pruned_through"], db_epoch=row["epoch"],
                 witness=row["witness"],
-            )):
-                row = await self._settle_cut(conn, row, newest_stamp)
+            ))
+            if lost or row["epoch"] != self.cuts.epoch:
+                row = await self._settle_cut(conn, row, lost)
         head, pruned_through, reload, changes = tuple(row)[:4]
         self._loaded = True
         if head == self.head and pruned_through == self.pruned_through:
@@ -443,18 +444,13 @@ class PostgresStore(MemoryStore):
         self.head = head
         return True
 
-    async def _settle_cut(self, conn, row, newest_stamp: int | None):
-        """The database went back, or has cuts this process does not know: return the row to apply.
+    async def _settle_cut(self, conn, row, lost: bool):
+        """The database went back (``lost``), or has cuts this process does not know: return the row to apply.
 
         A cut that covers what this process applied (found here and marked,
         or marked by another server) means a reload of the whole board;
         a cut elsewhere in history only needs knowing.
         """
-        lost = row is None or (self._loaded and history.lost_history(
-            applied_head=self.head, known_epoch=self.cuts.epoch, newest_stamp=newest_stamp,
-            db_head=row["stamp"], db_pruned_through=row["pruned_through"], db_epoch=row["epoch"],
-            witness=row["witness"],
-        ))
         cuts = await history.pg_cuts(conn)
         covering = next((c for c in cuts if c.holds(self.head)), None) if self._loaded else None
         if lost and covering is None:
