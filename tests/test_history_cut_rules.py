@@ -71,7 +71,8 @@ def test_a_database_that_lost_the_newest_commit_and_took_writes_since_is_a_cut(
     lost = a.put("Lost", "Bo", "s")
     # A failover to a standby that never got "Lost": gone from the log, and
     # the new primary takes a write stamped past it.
-    sql(postgres_cluster, database, "DELETE FROM talks WHERE title = 'Lost'; DELETE FROM change_log WHERE title = 'Lost'")
+    sql(postgres_cluster, database,
+        "DELETE FROM talks WHERE title = 'Lost'; DELETE FROM change_log WHERE title = 'Lost'")
     clock.now += 10
     after = other.put("After", "Cy", "s")
     assert after > lost
