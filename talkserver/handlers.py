@@ -346,7 +346,8 @@ class HealthHandler(ApiHandler):
     """``GET /healthz``: 200 while this process serves and reaches its store, else 503.
 
     For load balancers' health checks, so it asks for no password and
-    tells nothing but ``{"ok": ...}``.
+    tells nothing but ``{"ok": ...}``, and the newest cut in the board's
+    history when there was one (stores.history; stamps are public anyway).
     """
 
     def prepare(self) -> None:
@@ -356,7 +357,10 @@ class HealthHandler(ApiHandler):
         ok = not getattr(self.application, "draining", False) and await self.board.reachable()
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
-        self.finish(json.dumps({"ok": ok}))
+        health: dict = {"ok": ok}
+        if self.board.store.cuts.noticed is not None:
+            health["historyCut"] = self.board.store.cuts.noticed.describe()
+        self.finish(json.dumps(health))
 
 
 # Scripts only from our own files, never inline, and no framing; see

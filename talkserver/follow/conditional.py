@@ -60,9 +60,11 @@ ANY = _AnyTag()
 NOT_MODIFIED = object()
 
 
-def etag(head: int) -> str:
-    """The entity tag of the talk list at ``head``."""
-    return f'"{head}"'
+def etag(head: int, epoch: int = 0) -> str:
+    """The entity tag of the talk list at ``head``; after a cut in the
+    board's history (stores.history) it names the epoch too, so no tag from
+    before the cut can match a state after it."""
+    return f'"{head}"' if not epoch else f'"{head}.{epoch}"'
 
 
 def if_none_match(values: list[str]) -> frozenset[str] | _AnyTag | None:
@@ -113,7 +115,7 @@ class ConditionalPolls:
         # without it: woken polls share them, and so share framed answers.
         self._tagged: dict[bytes, bytes] = {}
         self._tagged_head: int | None = None
-        self._tag_head: int | None = None
+        self._tag_head: tuple[int, int] | None = None
         self._tag = ""
 
     async def answer(self, handler: RequestHandler) -> None:
@@ -149,7 +151,7 @@ class ConditionalPolls:
         if result is None:
             return  # the client went away
         if result is NOT_MODIFIED:
-            _not_modified(handler, etag(poll.cursor))
+            _not_modified(handler, self.tag(poll.cursor))
         elif poll.head_block is None:
             tag, body = result
             handler.set_header("Etag", tag)
@@ -158,9 +160,10 @@ class ConditionalPolls:
             wakeup.finish_written(handler)
 
     def tag(self, head: int) -> str:
-        """``etag(head)``, formatted once per state rather than once per poll."""
-        if self._tag_head != head:
-            self._tag_head, self._tag = head, etag(head)
+        """``etag(head, epoch)``, formatted once per state rather than once per poll."""
+        key = (head, self.board.store.cuts.epoch)
+        if self._tag_head != key:
+            self._tag_head, self._tag = key, etag(*key)
         return self._tag
 
     def tagged_block(self, block: bytes, head: int) -> bytes:

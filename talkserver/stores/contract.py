@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from .history import Cuts
+
 
 def wall_clock_ms() -> int:
     """The current wall-clock time in whole milliseconds."""
@@ -78,6 +80,7 @@ class Store(Protocol):
     """
 
     head: int
+    cuts: Cuts  # stretches of history the database lost (stores.history)
 
     def all_talks(self) -> list[dict]: ...
     def get(self, title: str) -> dict | None: ...

@@ -36,6 +36,7 @@ import logging
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from . import history
 from .contract import NotTheOwner, StoreOpenError, StoreWriteFailed, TalkNotFound
 from .memory import MemoryStore
 
@@ -130,19 +131,24 @@ MIGRATIONS: list[list[str]] = [
             RETURN stamp;
         END $$""",
     ],
+    # Cuts: stretches of history the database lost (stores.history).
+    history.PG_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # The head, and every change after the cursor $1 with its talk's state, in
 # stamp order.  Tombstones pruned after $1 took deletes with them that the
-# reader has not applied: then it gets the whole log (``reload``).
+# reader has not applied: then it gets the whole log (``reload``).  The
+# epoch and the witness ($2: the title this process changed last) tell a
+# database that went back in time (stores.history).
 _CATCH_UP = """
 SELECT h.stamp, h.pruned_through, h.pruned_through > $1 AS reload,
   (SELECT coalesce(json_agg(json_build_array(c.title, c.stamp, t.presenter, t.summary, t.owner,
        (SELECT coalesce(json_agg(json_build_array(m.author, m.message) ORDER BY m.id), '[]')
         FROM comments m WHERE m.title = c.title)) ORDER BY c.stamp), '[]')
    FROM change_log c LEFT JOIN talks t ON t.title = c.title
-   WHERE c.stamp > CASE WHEN h.pruned_through > $1 THEN -1 ELSE $1 END)::text
+   WHERE c.stamp > CASE WHEN h.pruned_through > $1 THEN -1 ELSE $1 END)::text,
+  """ + history.PG_CATCH_UP_COLUMNS + """
 FROM head h
 """
 
@@ -213,6 +219,8 @@ class PostgresStore(MemoryStore):
         self._catching_up = False
         self._follower: asyncio.Task | None = None
         self._closed = False
+        # Until the first catch-up nothing was applied, so nothing can be lost.
+        self._loaded = False
 
     @classmethod
     async def open(cls, url: str, *, clock=None, catch_up_every: float = 1.0, follow: bool = True) -> "PostgresStore":
@@ -393,10 +401,22 @@ class PostgresStore(MemoryStore):
         """One catch-up round; returns whether anything changed in memory.
 
         One statement is one snapshot: the head and the rows after our head
-        come from the same moment, so they are a gap-free prefix.
+        come from the same moment, so they are a gap-free prefix.  A
+        database found behind what this process applied is a cut
+        (``_settle_cut``): the board is then reloaded whole.
         """
+        newest_title, newest_stamp = history.newest_change(self._log)
         async with self._pool.acquire() as conn:
-            head, pruned_through, reload, changes = await conn.fetchrow(_CATCH_UP, self.head)
+            row = await conn.fetchrow(_CATCH_UP, self.head, newest_title)
+            lost = row is None or (self._loaded and history.lost_history(
+                applied_head=self.head, known_epoch=self.cuts.epoch, newest_stamp=newest_stamp,
+                db_head=row["stamp"], db_pruned_through=row["pruned_through"], db_epoch=row["epoch"],
+                witness=row["witness"],
+            ))
+            if lost or row["epoch"] != self.cuts.epoch:
+                row = await self._settle_cut(conn, row, lost)
+        head, pruned_through, reload, changes = tuple(row)[:4]
+        self._loaded = True
         if head == self.head and pruned_through == self.pruned_through:
             return False
         if reload:
@@ -415,11 +435,46 @@ class PostgresStore(MemoryStore):
                 }
             self._log.pop(title, None)
             self._log[title] = stamp
-        if pruned_through > self.pruned_through:
+        if reload:
+            # A reload after a cut may find less pruned than we had.
+            self.pruned_through = pruned_through
+        elif pruned_through > self.pruned_through:
             MemoryStore.prune(self, pruned_through + 1)
             self.pruned_through = pruned_through
         self.head = head
         return True
+
+    async def _settle_cut(self, conn, row, lost: bool):
+        """The database went back (``lost``), or has cuts this process does not know: return the row to apply.
+
+        A cut that covers what this process applied (found here and marked,
+        or marked by another server) means a reload of the whole board;
+        a cut elsewhere in history only needs knowing.
+        """
+        cuts = await history.pg_cuts(conn)
+        covering = next((c for c in cuts if c.holds(self.head)), None) if self._loaded else None
+        if lost and covering is None:
+            covering = await history.mark_cut(
+                conn, applied_head=self.head, log=self._log, known=self.cuts, clock_sql=_DB_CLOCK_MS
+            )
+            cuts = await history.pg_cuts(conn)
+        self.cuts.replace(cuts)
+        self.cuts.noticed = max(cuts, key=lambda c: c.epoch, default=None)
+        if not lost and covering is None:
+            if self._loaded:
+                log.info("the board's history was cut elsewhere (%s); nothing this process applied was lost",
+                         _describe(self.cuts.noticed))
+            return row
+        if covering is not None:
+            log.warning(
+                "history cut %d: the database lost the changes after %d that this process had applied up to %d"
+                " (restored from an older dump? failed over to a standby that lost commits?); reloading the board"
+                " from the database; cursors in that stretch get the whole board with reset",
+                covering.epoch, covering.survived, self.head,
+            )
+        else:
+            log.warning("the database's head went back, but it holds everything this process applied; reloading")
+        return await conn.fetchrow(_CATCH_UP, -1, None)
 
     async def _follow(self) -> None:
         """LISTEN for changes on a connection of its own; reconnect with backoff when it is lost."""
@@ -554,6 +609,10 @@ class PostgresStore(MemoryStore):
             await asyncio.wait_for(self._pool.close(), 5)
         except asyncio.TimeoutError:
             self._pool.terminate()
+
+
+def _describe(cut: history.Cut | None) -> str:
+    return "none" if cut is None else f"cut {cut.epoch}: cursors after {cut.survived} up to {cut.cut_through}"
 
 
 def _one_line(e: BaseException | None) -> str:
