@@ -9,13 +9,20 @@ of ``1.0`` read alike.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import multiprocessing
+import os
+import signal
+import subprocess
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from talkserver.metrics import Metrics
+from talkserver.metrics import Metrics, share_between_workers
+
 from .harness import ServerProcess, send
 from .sse import StreamClient
 
@@ -184,43 +191,209 @@ async def test_every_metric_of_today_is_exported_and_means_what_it_did():
     assert after["talkserver_stream_events_total"].value() == 2
 
 
-# -- sharing between workers ---------------------------------------------------
+# -- the process metrics and a registry per server ------------------------------------
 
 
+PROCESS_METRICS = {
+    "process_resident_memory_bytes": "gauge",
+    "process_virtual_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+    "process_cpu_seconds_total": "counter",
+    "process_start_time_seconds": "gauge",
+}
 
 
-def worker(directory, number, waiting, talks, requests):
+def resident_bytes(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_standard_process_metrics_describe_this_process():
+    families = parse(Metrics().render())
+
+    assert {name: families[name].type for name in PROCESS_METRICS} == PROCESS_METRICS
+    assert families["process_resident_memory_bytes"].value() == pytest.approx(resident_bytes(), rel=0.5)
+    assert families["process_open_fds"].value() >= 3
+    assert families["process_start_time_seconds"].value() <= time.time()
+    assert families["process_cpu_seconds_total"].value() > 0
+
+
+def test_each_metrics_counts_alone_in_one_process():
+    first, second = Metrics(), Metrics()  # as two servers in one test process
+    first.counter("talkserver_requests_total", "requests", label="code").inc("200", 3)
+    second.counter("talkserver_requests_total", "requests", label="code").inc("200")
+    second.gauge("talkserver_talks", "talks", lambda: 7)
+
+    assert parse(first.render())["talkserver_requests_total"].value(code="200") == 3
+    assert parse(second.render())["talkserver_requests_total"].value(code="200") == 1
+    assert "talkserver_talks" not in parse(first.render())
+    assert parse(second.render())["talkserver_talks"].value() == 7
+
+
+def test_a_gauge_is_read_when_scraped():
+    waiting = [3]
     metrics = Metrics()
-    metrics.gauge("talkserver_waiting_clients", "polls", lambda: waiting)
-    metrics.gauge("talkserver_talks", "talks", lambda: talks, merge="max")
-    counter = metrics.counter("talkserver_requests_total", "requests", label="code")
-    for code, count in requests.items():
-        counter.inc(code, count)
-    metrics.share_with(str(directory), number)
-    metrics.publish()
-    return metrics
+    metrics.gauge("talkserver_waiting_clients", "polls", lambda: waiting[0])
+    assert parse(metrics.render())["talkserver_waiting_clients"].value() == 3
+    waiting[0] = 5
+    assert parse(metrics.render())["talkserver_waiting_clients"].value() == 5
+
+
+def test_a_labelled_counter_with_no_count_yet_is_listed_empty():
+    metrics = Metrics()
+    metrics.counter("talkserver_accept_errors_total", "accept errors", label="error")
+    families = parse(metrics.render())
+    assert families["talkserver_accept_errors_total"].type == "counter"
+    assert not families["talkserver_accept_errors_total"].samples
+
+
+# -- sharing between workers (prometheus_client's multiprocess mode) ---------------------
+#
+# The multiprocess mode is for the whole process, so each worker here is a
+# forked child, as under --processes.  A child ends with os._exit, as if
+# killed: its files stay behind, as a live worker's do.
+
+
+def worker(directory, number, waiting=0, talks=0, reachable=1, requests=None, exit_cleanly=False) -> str:
+    """Run worker ``number`` in a child process that publishes these values; its scrape."""
+    context = multiprocessing.get_context("fork")
+    receive, send_back = context.Pipe(duplex=False)
+
+    def run() -> None:
+        share_between_workers(str(directory), number)
+        metrics = Metrics()
+        metrics.gauge("talkserver_waiting_clients", "polls", lambda: waiting)
+        metrics.gauge("talkserver_talks", "talks", lambda: talks, merge="max")
+        metrics.gauge("talkserver_store_reachable", "reachable", lambda: reachable, merge="min")
+        counter = metrics.counter("talkserver_requests_total", "requests", label="code")
+        metrics.counter("talkserver_accept_errors_total", "accept errors", label="error")
+        for code, count in (requests or {}).items():
+            counter.inc(code, count)
+        metrics.publish()
+        send_back.send((metrics.render(), resident_bytes()))
+        if exit_cleanly:
+            atexit._run_exitfuncs()  # what a worker that ends its drain runs
+
+    child = context.Process(target=run)
+    child.start()
+    scraped, rss = receive.recv()
+    child.join(10)
+    worker.rss = getattr(worker, "rss", []) + [rss]
+    return scraped
 
 
 def test_a_scrape_of_one_worker_describes_every_worker(tmp_path):
-    worker(tmp_path, 0, waiting=30, talks=5, requests={"200": 7})
-    scraped = worker(tmp_path, 1, waiting=12, talks=4, requests={"200": 1, "204": 2})
+    worker(tmp_path, 0, waiting=30, talks=5, reachable=1, requests={"200": 7})
+    scraped = parse(worker(tmp_path, 1, waiting=12, talks=4, reachable=0, requests={"200": 1, "204": 2}))
 
-    lines = scraped.render().splitlines()
-
-    assert "talkserver_waiting_clients 42" in lines
-    assert "talkserver_talks 5" in lines
-    assert 'talkserver_requests_total{code="200"} 8' in lines
-    assert 'talkserver_requests_total{code="204"} 2' in lines
-
-
-def test_a_restarted_worker_replaces_its_own_file(tmp_path):
-    worker(tmp_path, 0, waiting=30, talks=5, requests={})
-    worker(tmp_path, 0, waiting=3, talks=5, requests={})  # the same worker, restarted
-    scraped = worker(tmp_path, 1, waiting=1, talks=5, requests={})
-    assert "talkserver_waiting_clients 4" in scraped.render().splitlines()
+    assert scraped["talkserver_waiting_clients"].value() == 42
+    assert scraped["talkserver_talks"].value() == 5
+    assert scraped["talkserver_store_reachable"].value() == 0
+    assert scraped["talkserver_requests_total"].value(code="200") == 8
+    assert scraped["talkserver_requests_total"].value(code="204") == 2
+    assert not scraped["talkserver_accept_errors_total"].samples
 
 
-def test_without_sharing_the_registry_renders_its_own_values():
-    metrics = Metrics()
-    metrics.gauge("talkserver_waiting_clients", "polls", lambda: 3)
-    assert "talkserver_waiting_clients 3" in metrics.render().splitlines()
+def test_the_process_metrics_add_up_every_worker(tmp_path):
+    worker.rss = []
+    worker(tmp_path, 0)
+    scraped = parse(worker(tmp_path, 1))
+
+    assert {name: scraped[name].type for name in PROCESS_METRICS} == PROCESS_METRICS
+    # Two forks of this test process: about twice what either holds.
+    assert scraped["process_resident_memory_bytes"].value() == pytest.approx(sum(worker.rss), rel=0.2)
+    assert scraped["process_resident_memory_bytes"].value() > 1.5 * max(worker.rss)
+
+
+def test_a_replaced_worker_keeps_its_counts_but_not_its_gauges(tmp_path):
+    worker(tmp_path, 0, waiting=30, requests={"200": 7})  # killed, then restarted:
+    worker(tmp_path, 0, waiting=3, requests={"200": 1})
+    scraped = parse(worker(tmp_path, 1, waiting=1))
+
+    assert scraped["talkserver_waiting_clients"].value() == 4
+    assert scraped["talkserver_requests_total"].value(code="200") == 8
+
+
+def test_a_worker_that_exits_takes_its_gauges_along(tmp_path):
+    worker(tmp_path, 0, waiting=30, requests={"200": 7}, exit_cleanly=True)
+    scraped = parse(worker(tmp_path, 1, waiting=2))
+
+    assert scraped["talkserver_waiting_clients"].value() == 2
+    assert scraped["talkserver_requests_total"].value(code="200") == 7
+
+
+# -- a server of several processes -------------------------------------------------------
+
+
+def workers_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def sockets_of(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_under_processes_a_scrape_of_any_worker_has_every_metric_and_the_whole_servers_totals(
+    postgres_cluster,
+):
+    database = postgres_cluster.new_database()
+    options = (f"--db={database}", "--processes=2", "--poll-timeout=60", "--logging=warning")
+    with ServerProcess(*options) as server:
+        port = server.port
+        # Given: writes and refusals, each on its own connection (to either worker).
+        for i in range(12):
+            assert (await send(port, "PUT", f"/talks/T{i}", TALK)).status == 204
+        for _ in range(6):
+            assert (await send(port, "GET", "/talks/ghost")).status == 404
+        head = (await send(port, "GET", "/talks")).json()["serverTime"]
+        # And 30 parked polls, spread by the kernel over the workers.
+        polls = [asyncio.ensure_future(send(port, "GET", f"/talks?changesSince={head}", timeout=60))
+                 for _ in range(30)]
+
+        async def all_parked() -> bool:
+            return (await scrape(port))["talkserver_waiting_clients"].value() == 30
+
+        await until(all_parked)
+        # When: scraped several times (each scrape reaches either worker).
+        scrapes = [await scrape(port) for _ in range(6)]
+        rss = [resident_bytes(pid) for pid in workers_of(server.process.pid)]
+
+        # Then: every scrape has every metric and the whole server's counts.
+        for families in scrapes:
+            assert_exports(families, TODAYS_METRICS | POSTGRES_METRICS)
+            assert {name: families[name].type for name in PROCESS_METRICS} == PROCESS_METRICS
+            assert families["talkserver_changes_total"].value() == 12
+            assert families["talkserver_talks"].value() == 12
+            assert families["talkserver_requests_total"].value(code="204") == 12
+            assert families["talkserver_requests_total"].value(code="404") == 6
+            assert families["talkserver_waiting_clients"].value() == 30
+            assert families["talkserver_store_reachable"].value() == 1
+        assert len(rss) == 2
+        assert scrapes[-1]["process_resident_memory_bytes"].value() > 1.5 * max(rss)
+
+        # When a worker is killed (the one holding more connections, so some polls),
+        # its polls fail and it is replaced.
+        workers = workers_of(server.process.pid)
+        killed = max(workers, key=sockets_of)
+        os.kill(killed, signal.SIGKILL)
+
+        async def settled() -> bool:
+            now = workers_of(server.process.pid)
+            if len(now) != 2 or killed in now:
+                return False
+            pending = sum(not poll.done() for poll in polls)
+            return (await scrape(port))["talkserver_waiting_clients"].value() == pending
+
+        await until(settled, timeout=40)
+        # Then: the dead worker's waiting polls are no longer counted, its requests still are.
+        after = await scrape(port)
+        assert after["talkserver_waiting_clients"].value() < 30
+        assert after["talkserver_requests_total"].value(code="204") == 12
+        assert (await send(port, "PUT", "/talks/Wake", TALK)).status == 204
+        await asyncio.gather(*polls, return_exceptions=True)
