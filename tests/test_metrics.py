@@ -1,27 +1,28 @@
-"""What /metrics has always exported: every name, type and label, and what each value means.
+"""/metrics: every metric it has always exported, the process metrics, and several workers' totals.
 
-Recorded from a running ``python -m talkserver`` before /metrics moved to
-prometheus_client, so the move (and any later one) is checked to lose
-nothing.  The scrape is parsed as Prometheus text, so a value of ``1`` and
-of ``1.0`` read alike.
+TODAYS_METRICS was recorded from a running ``python -m talkserver`` before
+/metrics moved to prometheus_client, so the move (and any later one) is
+checked to lose nothing: each name, type and label, and what each value
+means.  Scrapes are parsed as Prometheus text, so ``1`` and ``1.0`` read
+alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import multiprocessing
+import json
 import os
+import re
 import signal
 import subprocess
-import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from talkserver.metrics import Metrics, share_between_workers
+from talkserver.metrics import Metrics
 
 from .harness import ServerProcess, send
 from .sse import StreamClient
@@ -253,41 +254,48 @@ def test_a_labelled_counter_with_no_count_yet_is_listed_empty():
 # -- sharing between workers (prometheus_client's multiprocess mode) ---------------------
 #
 # The multiprocess mode is for the whole process, so each worker here is a
-# forked child, as under --processes.  A child ends with os._exit, as if
-# killed: its files stay behind, as a live worker's do.
+# Python process of its own.  It ends with os._exit, as if killed (its
+# files stay behind, as a live worker's do), or with a normal exit, as a
+# worker that has drained.
+
+WORKER = """
+import json, os, sys
+from talkserver.metrics import Metrics, share_between_workers
+
+directory, number, given = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+share_between_workers(directory, number)
+metrics = Metrics()
+metrics.gauge("talkserver_waiting_clients", "polls", lambda: given["waiting"])
+metrics.gauge("talkserver_talks", "talks", lambda: given["talks"], merge="max")
+metrics.gauge("talkserver_store_reachable", "reachable", lambda: given["reachable"], merge="min")
+requests = metrics.counter("talkserver_requests_total", "requests", label="code")
+metrics.counter("talkserver_accept_errors_total", "accept errors", label="error")
+for code, count in given["requests"].items():
+    requests.inc(code, count)
+metrics.publish()
+scrape = metrics.render()
+rss = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+print(json.dumps({"scrape": scrape, "rss": rss}), flush=True)
+if not given["exit_cleanly"]:
+    os._exit(0)
+"""
 
 
-def worker(directory, number, waiting=0, talks=0, reachable=1, requests=None, exit_cleanly=False) -> str:
-    """Run worker ``number`` in a child process that publishes these values; its scrape."""
-    context = multiprocessing.get_context("fork")
-    receive, send_back = context.Pipe(duplex=False)
-
-    def run() -> None:
-        share_between_workers(str(directory), number)
-        metrics = Metrics()
-        metrics.gauge("talkserver_waiting_clients", "polls", lambda: waiting)
-        metrics.gauge("talkserver_talks", "talks", lambda: talks, merge="max")
-        metrics.gauge("talkserver_store_reachable", "reachable", lambda: reachable, merge="min")
-        counter = metrics.counter("talkserver_requests_total", "requests", label="code")
-        metrics.counter("talkserver_accept_errors_total", "accept errors", label="error")
-        for code, count in (requests or {}).items():
-            counter.inc(code, count)
-        metrics.publish()
-        send_back.send((metrics.render(), resident_bytes()))
-        if exit_cleanly:
-            atexit._run_exitfuncs()  # what a worker that ends its drain runs
-
-    child = context.Process(target=run)
-    child.start()
-    scraped, rss = receive.recv()
-    child.join(10)
-    worker.rss = getattr(worker, "rss", []) + [rss]
-    return scraped
+def worker(directory, number, waiting=0, talks=0, reachable=1, requests=None, exit_cleanly=False):
+    """Run worker ``number``, which publishes these values, to its end: (its scrape, its resident bytes)."""
+    given = {"waiting": waiting, "talks": talks, "reachable": reachable, "requests": requests or {},
+             "exit_cleanly": exit_cleanly}
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, str(directory), str(number), json.dumps(given)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    answer = json.loads(done.stdout)
+    return parse(answer["scrape"]), answer["rss"]
 
 
 def test_a_scrape_of_one_worker_describes_every_worker(tmp_path):
     worker(tmp_path, 0, waiting=30, talks=5, reachable=1, requests={"200": 7})
-    scraped = parse(worker(tmp_path, 1, waiting=12, talks=4, reachable=0, requests={"200": 1, "204": 2}))
+    scraped, _ = worker(tmp_path, 1, waiting=12, talks=4, reachable=0, requests={"200": 1, "204": 2})
 
     assert scraped["talkserver_waiting_clients"].value() == 42
     assert scraped["talkserver_talks"].value() == 5
@@ -298,20 +306,19 @@ def test_a_scrape_of_one_worker_describes_every_worker(tmp_path):
 
 
 def test_the_process_metrics_add_up_every_worker(tmp_path):
-    worker.rss = []
-    worker(tmp_path, 0)
-    scraped = parse(worker(tmp_path, 1))
+    _, first = worker(tmp_path, 0)
+    scraped, second = worker(tmp_path, 1)
 
     assert {name: scraped[name].type for name in PROCESS_METRICS} == PROCESS_METRICS
-    # Two forks of this test process: about twice what either holds.
-    assert scraped["process_resident_memory_bytes"].value() == pytest.approx(sum(worker.rss), rel=0.2)
-    assert scraped["process_resident_memory_bytes"].value() > 1.5 * max(worker.rss)
+    assert scraped["process_resident_memory_bytes"].value() == pytest.approx(first + second, rel=0.2)
+    assert scraped["process_resident_memory_bytes"].value() > 1.5 * max(first, second)
+    assert scraped["process_cpu_seconds_total"].value() > 0
 
 
 def test_a_replaced_worker_keeps_its_counts_but_not_its_gauges(tmp_path):
     worker(tmp_path, 0, waiting=30, requests={"200": 7})  # killed, then restarted:
     worker(tmp_path, 0, waiting=3, requests={"200": 1})
-    scraped = parse(worker(tmp_path, 1, waiting=1))
+    scraped, _ = worker(tmp_path, 1, waiting=1)
 
     assert scraped["talkserver_waiting_clients"].value() == 4
     assert scraped["talkserver_requests_total"].value(code="200") == 8
@@ -319,7 +326,7 @@ def test_a_replaced_worker_keeps_its_counts_but_not_its_gauges(tmp_path):
 
 def test_a_worker_that_exits_takes_its_gauges_along(tmp_path):
     worker(tmp_path, 0, waiting=30, requests={"200": 7}, exit_cleanly=True)
-    scraped = parse(worker(tmp_path, 1, waiting=2))
+    scraped, _ = worker(tmp_path, 1, waiting=2)
 
     assert scraped["talkserver_waiting_clients"].value() == 2
     assert scraped["talkserver_requests_total"].value(code="200") == 7
