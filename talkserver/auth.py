@@ -23,7 +23,6 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-import math
 import os
 import secrets
 import unicodedata
@@ -211,7 +210,7 @@ class Access:
                 matched = await self.checks.verify(handler.request.remote_ip or "", name, password, self.users.get(name))
             except TooManyGuesses as e:
                 refuse(handler, 429, f"too many wrong passwords for this name from this address: {e}",
-                       Retry_After=str(math.ceil(e.retry_after)))
+                       Retry_After=str(e.retry_after))
             if matched:
                 if len(self._good) >= 10_000:
                     self._good.clear()

@@ -28,6 +28,7 @@ scrypt releases the GIL) and the loop goes on serving.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,8 +45,8 @@ class TooManyGuesses(Exception):
     """A check refused: that name from that address already has ``MAX_GUESS_DELAY`` of checks waiting."""
 
     def __init__(self, retry_after: float) -> None:
-        super().__init__(f"try again in {retry_after:.0f} s")
-        self.retry_after = retry_after
+        self.retry_after = math.ceil(retry_after)  # whole seconds, as Retry-After says
+        super().__init__(f"try again in {self.retry_after} s")
 
 
 class PasswordChecks:
