@@ -31,7 +31,7 @@ from pathlib import Path
 from tornado.web import HTTPError, RequestHandler
 
 from .limits import refuse
-from .passwords import PasswordChecks
+from .passwords import PasswordChecks, TooManyGuesses
 from .stores import Store
 
 REALM = "talkserver"
@@ -159,7 +159,7 @@ class Access:
         self.users = users or {}
         self.protect_talks = protect_talks
         self._good: set[str] = set()  # digests of Authorization headers that matched
-        self._checks = PasswordChecks(check_password, hash_password)
+        self.checks = PasswordChecks(check_password, hash_password)
 
     @classmethod
     def from_settings(cls, settings: dict) -> "Access":
@@ -188,9 +188,10 @@ class Access:
         """401 with a realm unless the request carries matching Basic credentials.
 
         Credentials seen to match before are let through at once.  Others
-        are checked by ``PasswordChecks`` off the event loop, each wrong
-        guess slowing down the next ones for that name from that address;
-        a right password is never refused.
+        are checked by ``PasswordChecks`` off the event loop, each check
+        taking its turn for that name from that address as it arrives
+        (wrong guesses slow down the next ones); past ``MAX_GUESS_DELAY``
+        of waiting checks the answer is 429, for that pair only.
         """
         if not self.users:
             return
@@ -204,12 +205,17 @@ class Access:
                 "this server needs a name and password (HTTP Basic)" if not header
                 else "the Authorization header is not valid HTTP Basic credentials"
             )
-        elif await self._checks.verify(handler.request.remote_ip or "", name, password, self.users.get(name)):
-            if len(self._good) >= 10_000:
-                self._good.clear()
-            self._good.add(key)
-            return
         else:
+            try:
+                matched = await self.checks.verify(handler.request.remote_ip or "", name, password, self.users.get(name))
+            except TooManyGuesses as e:
+                refuse(handler, 429, f"too many wrong passwords for this name from this address: {e}",
+                       Retry_After=str(e.retry_after))
+            if matched:
+                if len(self._good) >= 10_000:
+                    self._good.clear()
+                self._good.add(key)
+                return
             message = "wrong name or password"
         refuse(handler, 401, message, WWW_Authenticate=f'Basic realm="{REALM}", charset="UTF-8"')
 

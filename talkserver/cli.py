@@ -203,7 +203,7 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
         )
     else:
         loop.add_reader(worker.stop_fd, stop.set)
-        app.board.metrics.share_with(worker.metrics_dir, worker.number)
+        # Other workers' scrapes read this one's gauges as last published.
         tornado.ioloop.PeriodicCallback(app.board.metrics.publish, 1000).start()
         server.add_sockets(worker.sockets)
         log.info("talkserver worker %d serving %s (store %s)",

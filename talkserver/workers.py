@@ -12,9 +12,9 @@ end-of-file and drains as on its own SIGTERM, exits 0, and once every
 worker has exited cleanly ``fork_processes`` ends the parent with 0.  A
 parent that is killed outright closes the pipe too, so no worker outlives it.
 
-The workers share one more thing: a directory where each writes its
-metrics, so a scrape of ``/metrics`` describes the whole server
-(talkserver.metrics).
+The workers share one more thing: a directory, new for each start, where
+each keeps its metrics (prometheus_client's multiprocess mode), so a scrape
+of ``/metrics`` describes the whole server (talkserver.metrics).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import tornado.netutil
 import tornado.process
+
+from . import metrics
 
 
 METRICS_PREFIX = "talkserver-metrics-"
@@ -92,4 +94,6 @@ def fork_workers(count: int, port: int, address: str) -> Worker:
     os.close(stop_write)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Before the worker makes its server, and so its metrics.
+    metrics.share_between_workers(metrics_dir, number)
     return Worker(number, sockets, stop_read, metrics_dir)

@@ -652,7 +652,7 @@ async def test_each_fast_answer_is_counted_in_the_metrics_and_logged_once(serve,
         metrics = (await client.reply()).body.decode()
 
     assert paths.taken == ["fast", "fast", "routed"] and paths.handlers == 0
-    assert 'talkserver_requests_total{code="200"} 2' in metrics.splitlines()
+    assert 'talkserver_requests_total{code="200"} 2.0' in metrics.splitlines()
     lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
     assert [ACCESS_LINE.fullmatch(line).group(1) for line in lines[:2]] == ["0", str(START)]
     assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "tornado.access")

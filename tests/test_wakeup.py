@@ -178,7 +178,7 @@ async def test_every_woken_poll_is_logged_and_counted_once(board, port, caplog):
 
     lines = [r.getMessage() for r in caplog.records if "changesSince" in r.getMessage()]
     assert len(lines) == 3 and all(line.startswith("200 GET /talks?changesSince=") for line in lines)
-    assert 'talkserver_requests_total{code="200"} 3' in board.metrics.render().splitlines()
+    assert 'talkserver_requests_total{code="200"} 3.0' in board.metrics.render().splitlines()
 
 
 @pytest.mark.gen_test
