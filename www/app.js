@@ -6,6 +6,9 @@ import { Follower } from "./follow.js";
 import { TalkList } from "./talks.js";
 
 const NAME_KEY = "talkserver.name";
+// Set by the server with --protect-talks: the public tag of this browser,
+// which the talks it owns carry as "owner" (see docs/client.md).
+const OWNER_TAG_COOKIE = "talkserver_owner_tag";
 
 const nameField = document.getElementById("name");
 const talkForm = document.getElementById("new-talk");
@@ -38,6 +41,35 @@ function author() {
   return null;
 }
 
+// -- which talks this browser may delete ---------------------------------------
+
+function ownerTag() {
+  for (const pair of document.cookie.split(";")) {
+    const [name, ...value] = pair.trim().split("=");
+    if (name === OWNER_TAG_COOKIE) return value.join("=");
+  }
+  return "";
+}
+
+/** A talk with no owner is anyone's to delete; an owned one only its owner's. */
+function mayDelete(owner) {
+  return !owner || owner === ownerTag();
+}
+
+// -- asking before a delete ------------------------------------------------------
+
+const confirmDialog = document.getElementById("confirm-delete");
+
+/** Ask in a modal dialog whether to delete `title`; resolves true for "Delete". */
+function confirmDelete(title) {
+  confirmDialog.querySelector(".confirm-title").textContent = title;
+  confirmDialog.returnValue = "";
+  confirmDialog.showModal();
+  return new Promise((resolve) => {
+    confirmDialog.addEventListener("close", () => resolve(confirmDialog.returnValue === "delete"), { once: true });
+  });
+}
+
 // -- proposing a talk ------------------------------------------------------
 
 function showTalkError(message) {
@@ -65,6 +97,9 @@ talkForm.addEventListener("submit", async (event) => {
   button.disabled = true;
   try {
     await proposeTalk(title, presenter, summary);
+    // The answer may have brought this browser its owner tag, after the
+    // feed had already shown the new talk.
+    talks.refreshOwnership();
     showTalkError("");
     // Clear only what was sent: a field edited meanwhile keeps its new text.
     if (fields.title.value.trim() === title) fields.title.value = "";
@@ -82,10 +117,12 @@ talkForm.addEventListener("submit", async (event) => {
 const talks = new TalkList(
   document.getElementById("talk-list"),
   document.getElementById("no-talks"),
-  { author, comment: addComment, remove: deleteTalk },
+  { author, comment: addComment, remove: deleteTalk, mayDelete, confirmDelete },
   talkForm.elements.title,
 );
 
+// "Connecting…" (the page's first words) until the first board is drawn:
+// the follower says live() only once it has applied an answer.
 const status = {
   set(text, retrying) {
     if (statusLine.textContent !== text) statusLine.textContent = text;
