@@ -635,7 +635,12 @@ def main(argv: list[str] | None = None) -> None:
         print("\ntalkserver-load: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     result = run.report()
-    print(summary(result))
+    try:
+        print(summary(result), flush=True)
+    except BrokenPipeError:
+        # Piped into head, say: the reader has what it wanted.  Python's
+        # advice: point stdout at /dev/null so the exit's flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if plan.json_path:
         with open(plan.json_path, "w") as out:
             json.dump(result, out, indent=2)
