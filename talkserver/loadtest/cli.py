@@ -21,6 +21,8 @@ changes come, whether or not the server has taken the clients' new polls
 back.  ``--pid`` reads the server's memory before the clients connect, once
 they all wait, and every second of the run.  ``--churn SECONDS`` makes each
 client hang up and reconnect about that often, as browsers come and go.
+``--host-header`` sends another ``Host`` than the URL's, for a server behind
+a proxy; a refusal is reported with the server's own reason.
 
 The exit status is 0 for a clean run, 1 when anything was lost, duplicated
 or failed, and 2 for bad arguments or a server that cannot be reached.
