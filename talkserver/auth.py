@@ -15,8 +15,8 @@ working for whoever runs the server on their own machine.
   talk in the answers carries ``owner``, a tag made from the owner with a
   keyed hash: the same for every reader (answers stay encoded once for
   all), useless for acting as the owner, and equal to the readable
-  ``talkserver_owner_tag`` cookie of the browser that owns it, so the page
-  offers Delete only where it may delete.
+  ``talkserver_owner_tag`` cookie that the page's files give the browser
+  that owns it, so the page offers Delete only where it may delete.
 
 See docs/security.md for what these protect against and what they do not.
 """
@@ -207,10 +207,20 @@ class Access:
         return tag
 
     def show_owner(self, handler: RequestHandler) -> None:
-        """Give a browser that owns talks its readable tag cookie if it lacks it
-        (a cookie cleared, or an owner from before the tags); the page calls this."""
-        if self.protect_talks:
-            self._browser(handler, create=False)
+        """Give a browser that owns talks its readable tag cookie if it lacks it.
+
+        The page's files call this: the page reads the cookie when it loads,
+        and asks again (HEAD) once its first proposal has made it an owner.
+        Writes do not set it, so that their answers keep one Set-Cookie.
+        """
+        if not self.protect_talks:
+            return
+        me = self._browser(handler, create=False)
+        if me is not None and handler.get_cookie(OWNER_TAG_COOKIE) != self.owner_tag(me):
+            handler.set_cookie(
+                OWNER_TAG_COOKIE, self.owner_tag(me), expires_days=OWNER_COOKIE_DAYS, path="/",
+                samesite="Strict", secure=handler.request.protocol == "https",
+            )
 
     def admits(self, authorization: str) -> bool:
         """Whether a request with this Authorization header may read without
@@ -277,10 +287,7 @@ class Access:
         """The id in the browser's signed cookie; a new one if asked and it has none."""
         raw = handler.get_signed_cookie(OWNER_COOKIE, max_age_days=OWNER_COOKIE_DAYS)
         if raw is not None:
-            me = raw.decode("ascii", "replace")
-            if handler.get_cookie(OWNER_TAG_COOKIE) != self.owner_tag(me):
-                self._set_tag_cookie(handler, me)
-            return me
+            return raw.decode("ascii", "replace")
         if not create:
             return None
         me = secrets.token_urlsafe(16)
@@ -288,14 +295,7 @@ class Access:
             OWNER_COOKIE, me, expires_days=OWNER_COOKIE_DAYS, path="/",
             httponly=True, samesite="Strict", secure=handler.request.protocol == "https",
         )
-        self._set_tag_cookie(handler, me)
         return me
-
-    def _set_tag_cookie(self, handler: RequestHandler, me: str) -> None:
-        handler.set_cookie(
-            OWNER_TAG_COOKIE, self.owner_tag(me), expires_days=OWNER_COOKIE_DAYS, path="/",
-            samesite="Strict", secure=handler.request.protocol == "https",
-        )
 
 
 def _basic_credentials(header: str) -> tuple[str | None, str]:

@@ -51,6 +51,18 @@ function ownerTag() {
   return "";
 }
 
+let askedForTag = false; // once per page load: a server without --protect-talks sets none
+
+/** Ask the server for this browser's owner tag cookie, then show Delete where it now may. */
+async function learnOwnerTag() {
+  if (askedForTag) return;
+  askedForTag = true;
+  try {
+    await fetch(".", { method: "HEAD", cache: "no-store" });
+  } catch (_) { /* the next page load brings it */ }
+  talks.refreshOwnership();
+}
+
 /** A talk with no owner is anyone's to delete; an owned one only its owner's. */
 function mayDelete(owner) {
   return !owner || owner === ownerTag();
@@ -97,9 +109,9 @@ talkForm.addEventListener("submit", async (event) => {
   button.disabled = true;
   try {
     await proposeTalk(title, presenter, summary);
-    // The answer may have brought this browser its owner tag, after the
-    // feed had already shown the new talk.
-    talks.refreshOwnership();
+    // A first proposal makes this browser an owner: the page's own files
+    // bring it its readable owner tag (see docs/client.md).
+    if (!ownerTag()) await learnOwnerTag();
     showTalkError("");
     // Clear only what was sent: a field edited meanwhile keeps its new text.
     if (fields.title.value.trim() === title) fields.title.value = "";

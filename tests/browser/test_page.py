@@ -319,6 +319,8 @@ def test_the_page_can_be_used_by_keyboard_alone(open_page):
     page.keyboard.type("Typed, not clicked")
     page.keyboard.press("Enter")
     expect(article.get_by_role("listitem")).to_have_text(["Keyboard Kim: Typed, not clicked"])
+    # The button is disabled until the POST is answered, which may come after the feed.
+    expect(article.get_by_role("button", name="Add comment")).to_be_enabled()
     page.keyboard.press("Tab")
     expect(article.get_by_role("button", name="Add comment")).to_be_focused()
     page.keyboard.press("Tab")
