@@ -237,6 +237,8 @@ def test_changes_a_server_sends_twice_are_counted_as_duplicates(tmp_path):
         (["--churn", "-2"], "--churn: -2 must be greater than 0"),
         (["--clients", "10000000"], "open files, more than the limit"),
         (["--pid", "999999999"], "no such process"),
+        (["--json", "no/such/dir/out.json"], "--json no/such/dir/out.json: the directory no/such/dir does not exist"),
+        (["--plot", "no/such/dir/out.png"], "the directory no/such/dir does not exist"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message):

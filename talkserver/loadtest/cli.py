@@ -193,6 +193,10 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
             import uvloop  # noqa: F401
         except ImportError:
             parser.error("--loop uvloop needs uvloop: pip install 'talkserver[fast]'")
+    for option, path in (("--json", args.json_path), ("--plot", args.plot_path)):
+        # Found out now, not after a run of many minutes.
+        if path and not os.path.isdir(os.path.dirname(path) or "."):
+            parser.error(f"{option} {path}: the directory {os.path.dirname(path)} does not exist")
     if args.plot_path:
         try:
             import matplotlib  # noqa: F401
