@@ -5,12 +5,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test clean chromium postgresql
+.PHONY: run test clean chromium postgresql nodejs
 
 run: $(VENV)/.installed
 	$(BIN)/talkserver --port=8000
 
-test: $(VENV)/.installed-test chromium postgresql
+test: $(VENV)/.installed-test chromium postgresql nodejs tests/browser/node_modules/.installed
 	$(BIN)/python -m pytest
 
 # The browser tests drive Debian's chromium (Playwright's own browser
@@ -28,6 +28,20 @@ postgresql:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
 	  echo "PostgreSQL is missing and cannot be installed here: the PostgreSQL store's tests will fail" >&2
 
+# Node.js runs the benchmarks' reference peer (benchmarks/peers/node, tested
+# in tests/test_loadtest_peer.py) and npm installs axe-core, the accessibility
+# audit the browser tests inject (tests/browser/package.json).  Install both
+# when missing and we are able to.
+nodejs:
+	@{ command -v node && command -v npm; } >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; } || \
+	  echo "node or npm is missing and cannot be installed here: the Node peer and accessibility tests will fail" >&2
+
+# From the npm registry, as pinned by package-lock.json; nothing is fetched at test time.
+tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json | nodejs
+	@{ cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; } || \
+	  echo "axe-core could not be installed with npm: the accessibility tests will fail" >&2
+
 # A bare Debian python3 has no venv module until python3-venv is installed.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && apt-get update -qq && \
@@ -43,4 +57,4 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache tests/browser/node_modules

@@ -107,6 +107,8 @@ def make_app(
         lambda: app.limits.writes_in_flight,
     )
     app.access = Access.from_settings(app.settings)  # type: ignore[attr-defined]
+    if app.access.protect_talks:
+        board.feed.owner_tag = app.access.owner_tag  # talks show their owner's public tag
     app.slow_readers = SlowReaders(app.settings.get("send_timeout"), board.metrics)  # type: ignore[attr-defined]
     return app
 

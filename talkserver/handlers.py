@@ -278,6 +278,7 @@ class TalkHandler(BodyHandler):
         talk = self.board.store.get(self.title(title))
         if talk is None:
             raise HTTPError(404, "there is no talk titled %r", title)
+        talk = self.board.feed.shown([talk])[0]  # with its owner's tag, as in /talks
         self.send_json(json.dumps(talk, ensure_ascii=False).encode("utf-8"))
 
     async def put(self, title: str) -> None:
@@ -388,6 +389,7 @@ class PageHandler(StaticFileHandler):
 
     async def prepare(self) -> None:
         await self.application.access.check_password(self)
+        self.application.access.show_owner(self)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         if status_code == 405:
