@@ -233,7 +233,8 @@ define("allowed_hosts", None, type=str, group="access", metavar="NAMES", check=c
        help="comma-separated names the server answers to in Host ('*' for any, .example.org for subdomains); "
             "others get 400, except on /healthz (default: the loopback names on a loopback address, any name otherwise)")
 define("password_file", None, type=str, group="access", metavar="FILE", check=non_empty,
-       help="require HTTP Basic credentials from this file (add users with talkserver-passwd FILE NAME)")
+       help="require HTTP Basic credentials from this file (add users with talkserver-passwd FILE NAME; "
+            "default: none, no password is asked)")
 define("protect_talks", False, group="access",
        help="only the browser that proposed a talk may replace or delete it")
 define("cookie_secret", None, type=str, group="access", metavar="SECRET", check=non_empty,
@@ -254,7 +255,8 @@ define("fast_polls", True, group="following",
             "false sends every request through Tornado's routing, for comparison")
 
 define("config", None, type=str, group="command", metavar="FILE",
-       help="read options from this file (Python syntax: port = 8000) before the rest of the command line")
+       help="read options from this file (Python syntax: port = 8000) before the rest of the command line "
+            "(default: none)")
 define("version", None, type=bool, group="command", help="print the version and exit")
 
 
