@@ -33,7 +33,7 @@ from .stores import (
     is_postgres_url, wall_clock_ms,
 )
 from .stores.postgres import redact
-from .workers import Worker, fork_workers
+from .workers import Worker, fork_workers, tag_log_lines
 
 log = logging.getLogger("talkserver")
 
@@ -239,6 +239,8 @@ def run(args: list[str]) -> None:
         # Opened before the loop starts, so a bad file ends the process at once.
         asyncio.run(serve(open_store(options.db, options.sync)))
         return
+    if options.processes != 1:
+        tag_log_lines("parent")  # every line until the workers start is the parent's
     # Checked (and the schema made or migrated) once, before any worker
     # starts, so a bad URL ends the command at once instead of every worker.
     asyncio.run(check_shared_store(options.db))

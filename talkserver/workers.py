@@ -91,10 +91,10 @@ def tag_log_lines(tag: str) -> None:
 def fork_workers(count: int, sockets: list[socket.socket]) -> Worker:
     """Fork ``count`` workers (0: one per core) serving ``sockets``, and return in each.
 
+    Each worker tags its log lines ``[wN]``; the caller tags the parent's.
     The parent never returns: it restarts workers that die, and exits once
     all of them have stopped cleanly.
     """
-    tag_log_lines("parent")
     _remove_orphaned_metrics()
     metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
     stop_read, stop_write = os.pipe()
