@@ -247,6 +247,8 @@ def run(args: list[str]) -> None:
     if options.processes == 1:
         asyncio.run(serve(None))
         return
-    raise_open_files_limit()
-    worker = fork_workers(options.processes, listen(options.port, options.address))
+    sockets = listen(options.port, options.address)
+    log.info("talkserver listening on %s (store %s, open-files limit %d), starting the workers",
+             _where(sockets), _store_name(options.db), raise_open_files_limit())
+    worker = fork_workers(options.processes, sockets)
     asyncio.run(serve(None, worker))

@@ -294,7 +294,6 @@ def parse(args: list[str]) -> None:
                 raise Refused("--config needs a file: --config=FILE")
             files.append(value)
         settings.append((name, value if equals else None))
-        arg = _redacted(arg)
     for path in files:
         read_config(path)
     for name, value in settings:

@@ -42,6 +42,8 @@ def test_each_worker_and_the_parent_tag_their_log_lines(database):
         lines = server.log().splitlines()
 
     assert lines and all(TAG.match(line) for line in lines), "\n".join(l for l in lines if not TAG.match(l))
+    # The first line is the parent's and names the port bound, as without --processes.
+    assert lines[0].startswith("[parent] ") and f"talkserver listening on http://127.0.0.1:{server.port}/" in lines[0]
     assert any(re.match(r"\[w0\] .*talkserver worker 0 serving", line) for line in lines)
     assert any(re.match(r"\[w1\] .*talkserver worker 1 serving", line) for line in lines)
     assert any(re.match(r"\[w[01]\] .*200 GET /talks \(127\.0\.0\.1\)", line) for line in lines)
