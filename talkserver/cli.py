@@ -25,7 +25,7 @@ from . import collector, guard
 from .accept import HTTPServer
 from .app import make_app
 from .guard import loopback_hosts, parse_allowed_hosts
-from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
+from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file
 from .options import Refused, options, parse
 from .shutdown import drain
 from .stores import (
@@ -107,8 +107,6 @@ def hardening_settings() -> dict:
         ),
     }
     if options.protect_talks:
-        if not options.cookie_secret and is_postgres_url(options.db):
-            raise Refused("--protect-talks with PostgreSQL needs --cookie-secret, the same for every process and host")
         settings["cookie_secret"] = options.cookie_secret or load_or_create_secret(cookie_secret_path(options.db))
     return settings
 
@@ -235,6 +233,13 @@ def run(args: list[str]) -> None:
         )
     if options.protect_talks and shared and not options.cookie_secret:
         raise Refused("--protect-talks with PostgreSQL needs --cookie-secret, the same for every process and host")
+    if options.password_file:
+        # Read once here too, so a bad file stops the command before any
+        # store is opened or worker forked (a worker would be restarted).
+        try:
+            read_password_file(options.password_file)
+        except PasswordFileError as e:
+            raise Refused(str(e)) from None
     if not shared:
         # Opened before the loop starts, so a bad file ends the process at once.
         asyncio.run(serve(open_store(options.db, options.sync)))

@@ -66,6 +66,9 @@ COMMAND_LINE_MISTAKES = {
     "missing static path": (["--static-path=no/such/dir"], ["--static-path=no/such/dir: no such directory"]),
     "unknown log level": (["--logging=loud"], ["--logging=loud: use one of debug, info"]),
     "missing config file": (["--config=nowhere.conf"], ["--config=nowhere.conf: cannot read it (No such file or directory)"]),
+    "missing password file": (["--password-file=nowhere.passwords"], ["cannot read the password file nowhere.passwords"]),
+    "protect talks on postgresql without a secret": (
+        ["--db=postgresql://talks@127.0.0.1:1/talks", "--protect-talks"], ["--protect-talks with PostgreSQL needs --cookie-secret"]),
     "unresolvable address": (["--address=no-such-host.invalid", "--port=0"], ["--address=no-such-host.invalid: not an address"]),
     "address of another machine": (["--address=192.0.2.1", "--port=0"], ["--address=192.0.2.1: not an address of this machine"]),
 }
