@@ -93,7 +93,8 @@ def refusal(target: str, headers: HTTPHeaders, host: str, allowed_hosts: list[st
         return 431, f"the request headers are larger than {MAX_HEADERS} bytes"
     if not target.isascii():
         return 400, "the request target must be ASCII: percent-encode other characters as UTF-8"
-    if allowed_hosts is not None and not host_allowed(host, allowed_hosts) and target.partition("?")[0] != HEALTH_PATH:
+    if (allowed_hosts is not None and not host_allowed(host, allowed_hosts)
+            and target.partition("?")[0] != HEALTH_PATH):
         return 400, f"this server does not answer to the name {host_name(host)!r} (see --allowed-hosts)"
     return None
 

@@ -158,10 +158,6 @@ def check_port(port: int) -> str | None:
     return "not a TCP port: use 1 to 65535 (or 0 for any free port)"
 
 
-def check_address(address: str) -> str | None:
-    return None if address.strip() else "name an address (0.0.0.0 for every interface)"
-
-
 def check_db(db: str) -> str | None:
     """A file path, ``:memory:`` or a PostgreSQL URL; any other scheme is refused by name."""
     if not db:
@@ -190,8 +186,9 @@ def non_empty(text: str) -> str | None:
 
 define("port", 8000, group="serving", metavar="PORT", check=check_port,
        help="TCP port to listen on; 0 picks a free one (the first log line says which)")
-define("address", "127.0.0.1", group="serving", metavar="ADDRESS", check=check_address,
-       help="address to listen on: an address of this machine, 0.0.0.0 for every interface")
+define("address", "127.0.0.1", group="serving", metavar="ADDRESS",
+       help="address to listen on: an address or name of this machine; 0.0.0.0 for every IPv4 interface, "
+            "an empty value for every interface")
 define("processes", 1, group="serving", metavar="N", check=at_least(0, " (0: one per core)"),
        help="worker processes sharing the port (0: one per core); more than 1 needs a postgresql:// --db")
 define("xheaders", False, group="serving",
