@@ -141,18 +141,22 @@ def define(name: str, default: Any = None, *, help: str, group: str, type: type 
 
 
 def one_of(choices: tuple[str, ...]) -> Check:
+    """A check that the value is one of ``choices``."""
     return lambda value: None if value in choices else f"use one of {', '.join(choices)}"
 
 
 def at_least(low: float, meaning: str = "") -> Check:
+    """A check that the value is ``low`` or more (``meaning`` says what the lowest one means)."""
     return lambda value: None if value >= low else f"must be {low} or more{meaning}"
 
 
 def above_zero(value: float) -> str | None:
+    """A check for sizes and timeouts, where 0 would mean nothing works."""
     return None if value > 0 else "must be more than 0"
 
 
 def check_port(port: int) -> str | None:
+    """A TCP port, or 0 for any free one (Tornado would wrap a larger number silently)."""
     if 0 <= port <= 65535:
         return None
     return "not a TCP port: use 1 to 65535 (or 0 for any free port)"
@@ -170,15 +174,17 @@ def check_db(db: str) -> str | None:
 
 
 def check_static_path(path: str) -> str | None:
+    """The page's directory must exist, or every page request would be a 404."""
     return None if os.path.isdir(path) else "no such directory"
 
 
 def check_allowed_hosts(text: str) -> str | None:
+    """At least one name: an empty list would refuse every request."""
     return None if parse_allowed_hosts(text) else "name at least one host ('*' for any)"
 
 
 def non_empty(text: str) -> str | None:
-    # An empty value would quietly turn the option off.
+    """Text that is not empty: an empty value would quietly turn the option off."""
     return None if text.strip() else "must not be empty"
 
 
