@@ -1,14 +1,29 @@
 # Quick start: `make run` serves http://127.0.0.1:8000/, `make test` runs the tests.
 # Both create .venv on first use and reinstall only when the packaging changes.
+# `make run-postgres DB=postgresql://user:pass@host:port/dbname` serves a board
+# kept in PostgreSQL (PORT=8000 and ARGS='--processes=0 ...' may be given too).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+PORT   ?= 8000
 
-.PHONY: run test clean chromium postgresql nodejs
+.PHONY: run run-postgres test clean chromium postgresql nodejs
 
 run: $(VENV)/.installed
-	$(BIN)/talkserver --port=8000
+	$(BIN)/talkserver --port=$(PORT) $(ARGS)
+
+# Refused before anything is installed when DB is missing.
+ifneq ($(filter run-postgres,$(MAKECMDGOALS)),)
+ifeq ($(strip $(DB)),)
+$(error make run-postgres needs the database: make run-postgres DB=postgresql://user:pass@host:port/dbname)
+endif
+endif
+
+# The command is not echoed: DB may hold a password (talkserver logs it without).
+run-postgres: $(VENV)/.installed-postgres
+	@echo "$(BIN)/talkserver --port=$(PORT) --db=... $(ARGS)"
+	@$(BIN)/talkserver --port=$(PORT) --db='$(DB)' $(ARGS)
 
 test: $(VENV)/.installed-test chromium postgresql nodejs tests/browser/node_modules/.installed
 	$(BIN)/python -m pytest
@@ -52,9 +67,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The postgres extra (asyncpg) into .venv, beside the editable install.
+$(VENV)/.installed-postgres: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[postgres]'
+	touch $@ $(VENV)/.installed
+
 $(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
-	touch $@ $(VENV)/.installed
+	touch $@ $(VENV)/.installed $(VENV)/.installed-postgres
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache tests/browser/node_modules
