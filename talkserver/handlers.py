@@ -16,7 +16,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
-from .follow import streams, wakeup
+from .follow import lifecycle, streams, wakeup
 from .follow.board import Board
 from .auth import NOT_THE_OWNER
 from .stores import NotTheOwner, StoreWriteFailed
@@ -223,10 +223,14 @@ class TalksHandler(ApiHandler):
             self.cursor = parse_cursor(since)
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
-        over_cap = self.application.limits.hold_poll(self)
+        head_only = self.request.method == "HEAD"
+        # HEAD never waits (see head()), so it holds no poll slot.
+        over_cap = False if head_only else self.application.limits.hold_poll(self)
         if self.cursor > self.board.store.head:
             await self._catch_up()
         body = self.board.feed.since(self.cursor)
+        if body is None and head_only:
+            body = self.board.feed.timeout_answer()
         if body is not None:
             self.send_json(body)
             return
@@ -234,7 +238,8 @@ class TalksHandler(ApiHandler):
         self._head = wakeup.answer_head(self)
         self._wait = Future()
         self._lane = self.board.slow_lane if over_cap else self.board.waiters
-        self._lane.park(self)
+        if not lifecycle.park(self._lane, self, self.request.connection.stream):
+            return  # the client left while its password or cursor was checked
         body = await self._wait
         if body is None:
             return  # the client went away
@@ -242,6 +247,16 @@ class TalksHandler(ApiHandler):
             self.finish_with(body)
         else:
             wakeup.finish_written(self)
+
+    async def head(self) -> None:
+        """``HEAD /talks``: GET's status and headers, at once.
+
+        A HEAD is answered with what GET would answer now and never waits:
+        a poll with nothing new gets the headers of the empty answer, a
+        conditional request those of its 200 or 304 as if it had not asked
+        to wait, an event stream its headers alone.
+        """
+        await self.get()
 
     async def _catch_up(self) -> None:
         """A cursor ahead of this process may come from another that applied more: catch up first."""
@@ -279,6 +294,8 @@ class TalkHandler(BodyHandler):
         if talk is None:
             raise HTTPError(404, "there is no talk titled %r", title)
         self.send_json(json.dumps(talk, ensure_ascii=False).encode("utf-8"))
+
+    head = get  # GET's status and headers; Tornado leaves out the body
 
     async def put(self, title: str) -> None:
         title = self.title(title)
@@ -341,6 +358,8 @@ class MetricsHandler(ApiHandler):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(self.board.metrics.render())
 
+    head = get
+
 
 class HealthHandler(ApiHandler):
     """``GET /healthz``: 200 while this process serves and reaches its store, else 503.
@@ -357,6 +376,8 @@ class HealthHandler(ApiHandler):
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(json.dumps({"ok": ok}))
+
+    head = get
 
 
 # Scripts only from our own files, never inline, and no framing; see

@@ -371,14 +371,15 @@ async def test_a_poll_with_more_query_parameters_waits_in_a_handler(serve, paths
 
 
 @pytest.mark.gen_test(timeout=20)
-async def test_head_is_left_to_the_handlers_which_answer_405(serve, paths):
+async def test_head_is_left_to_the_handlers_which_answer_with_gets_headers_at_once(serve, paths):
     server = serve()
 
     client = await server.poll(START, method="HEAD")
     reply = await client.reply(head_only=True)
 
     assert paths.taken == ["routed"] and paths.handlers == 1
-    assert reply.status == 405 and reply.headers["allow"] == "GET"
+    assert reply.status == 200 and reply.headers["content-type"] == "application/json; charset=UTF-8"
+    assert int(reply.headers["content-length"]) == len(server.board.feed.timeout_answer())
 
 
 @pytest.mark.gen_test(timeout=20)

@@ -35,7 +35,8 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.web import HTTPError, RequestHandler
 
-from . import wakeup
+from . import lifecycle, wakeup
+from .. import tornado_private
 from .feed import Feed
 from ..metrics import Metrics
 from .slowreaders import unsent_bytes
@@ -225,21 +226,28 @@ async def follow(handler: RequestHandler, streams: Streams) -> None:
     finishes as usual.
     """
     cursor = stream_cursor(handler)
+    handler.set_header("Content-Type", EVENT_STREAM_TYPE)
+    # nginx would otherwise buffer the stream (see docs/deploy.md).
+    handler.set_header("X-Accel-Buffering", "no")
+    if handler.request.method == "HEAD":
+        handler.flush()  # GET's headers, no Content-Length; nothing follows
+        return
+    if handler.request.version != "HTTP/1.1":
+        # Without chunking only the close can end the body, so this
+        # connection is not kept alive whatever the client asked.
+        tornado_private.close_when_finished(handler.request.connection)
     # Past the per-address cap a stream is still served, as a poll is in
     # the slow lane: a crowd behind one NAT degrades, it does not starve.
     # A stream costs a change one shared write, so it needs no rounds; it
     # holds a socket, as a slow-lane poll does, and the same hard limit
     # (429 past five times the cap) bounds both.
     handler.application.limits.hold_poll(handler)
-    handler.set_header("Content-Type", EVENT_STREAM_TYPE)
-    # nginx would otherwise buffer the stream (see docs/deploy.md).
-    handler.set_header("X-Accel-Buffering", "no")
     first = streams.first_frame(cursor)
     handler.flush()  # the status line and headers; the events follow on the socket
     stream = EventStream(handler)
     handler.event_stream = stream
-    if handler.request.connection.stream.closed():
-        return
+    if lifecycle.client_gone(handler.request.connection.stream):
+        return  # it left while its password was checked: never opened
     streams.add(stream, first)
     try:
         await stream.ended
