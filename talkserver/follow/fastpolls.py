@@ -147,10 +147,23 @@ class PollDelegate:
         self.gone = True
         stream = self.conn.stream
         self.conn.set_close_callback(None)
-        # The answer is on its way: this lets Tornado read the next request.
-        self.conn.finish()
         self.app.slow_readers.watch(stream)
         self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started)
+        if stream.writing():
+            # Back-pressure: what the socket did not take is queued, so the
+            # next request on this connection is read only once it has
+            # gone (a client that pipelines and never reads then holds one
+            # answer, not one per request).  IOStream.write(b"") resolves
+            # once everything written before it is sent.
+            stream.write(b"").add_done_callback(self._sent)
+        else:
+            # The answer is in the kernel's hands: Tornado may read the next request.
+            self.conn.finish()
+
+    def _sent(self, future) -> None:
+        if future.exception() is None:
+            self.conn.finish()
+        # else the client left: Tornado ends the connection by itself.
 
     # -- which requests are plain polls ----------------------------------
 
