@@ -12,12 +12,14 @@ import json
 from asyncio import Future
 from urllib.parse import urlsplit
 
+from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
 from .follow import lifecycle, streams, wakeup
 from .follow.board import Board
+from . import tornado_private
 from .auth import NOT_THE_OWNER
 from .stores import NotTheOwner, StoreWriteFailed
 from .stores import TalkNotFound
@@ -193,6 +195,17 @@ class BodyHandler(ApiHandler):
         self._client_gone = True
         self._chunks = []
         self.application.limits.release(self)
+        # Tornado raises the departure in its own coroutine, just scheduled
+        # to run; the cycles to break are there once it has.
+        IOLoop.current().add_callback(self._forget_cycles)
+
+    def _forget_cycles(self) -> None:
+        """Break what ties a handler that never finishes into cycles, so
+        that reference counting frees it (about 8 kB per aborted upload)."""
+        tornado_private.drop_body_error(self.request)
+        # What finish() does for every other handler: its ``ui`` namespace
+        # refers back to it.
+        self.ui = None  # type: ignore[assignment]
 
 
 class TalksHandler(ApiHandler):

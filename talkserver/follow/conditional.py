@@ -160,6 +160,10 @@ class ConditionalPolls:
         if wait < self.board.waiters.timeout:
             self._park_short(poll)
         result = await poll.future
+        # The handler and its poll refer to each other: every end (an
+        # answer, a timeout, a client gone, the drain) passes here, and
+        # breaking the pair lets reference counting free both at once.
+        handler._conditional = poll.handler = None
         if result is None:
             return  # the client went away
         if result is NOT_MODIFIED:
