@@ -21,7 +21,7 @@ from typing import Callable
 
 from tornado.ioloop import IOLoop
 
-from . import collector
+from . import collector, tornado_private
 from .metrics import Counter
 
 log = logging.getLogger("talkserver")
@@ -97,6 +97,6 @@ class HTTPServer(collector.HTTPServer):
     accept_errors: Counter | None = None
 
     def add_sockets(self, sockets) -> None:
-        for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = add_accept_handler(sock, self._handle_connection, self.accept_errors)
+        tornado_private.add_listening_sockets(
+            self, sockets, lambda sock, callback: add_accept_handler(sock, callback, self.accept_errors)
+        )

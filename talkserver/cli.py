@@ -17,7 +17,7 @@ import tornado.ioloop
 import tornado.netutil
 from tornado.options import define, options, parse_command_line, parse_config_file
 
-from . import collector, guard, limits
+from . import collector, guard, limits, tornado_private
 from .follow import streams
 from .accept import HTTPServer
 from .app import DEFAULT_MAX_BODY_SIZE, make_app
@@ -235,6 +235,7 @@ def _store_name(db: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``talkserver`` console script."""
+    tornado_private.refuse_unsupported()
     parse_command_line(argv)
     if options.api not in API_MODES:
         raise SystemExit(f"talkserver: --api={options.api}: use one of {', '.join(API_MODES)}")

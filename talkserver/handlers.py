@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
+from tornado.httputil import responses
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
@@ -125,8 +126,8 @@ class ApiHandler(RequestHandler):
     def write_error(self, status_code: int, **kwargs) -> None:
         if status_code == 405:
             allow_methods(self)
-        message = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = (exc.reason if isinstance(exc, HTTPError) else None) or responses.get(status_code, "Unknown")
         if isinstance(exc, HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif isinstance(exc, StoreWriteFailed):
@@ -146,7 +147,9 @@ class ApiHandler(RequestHandler):
             return
         if isinstance(value, StoreWriteFailed):
             # Known trouble with a known cause (the store says which): one line.
-            app_log.warning("%s: the change could not be saved: %s", self._request_summary(), value)
+            request = self.request
+            app_log.warning("%s %s (%s): the change could not be saved: %s",
+                            request.method, request.uri, request.remote_ip, value)
             return
         super().log_exception(typ, value, tb)
 
@@ -156,6 +159,7 @@ class BodyHandler(ApiHandler):
     """A write whose body is read in chunks, so an oversized one is refused early."""
 
     _client_gone = False
+    _too_large = False  # answered 413 already
 
     async def prepare(self) -> None:
         await super().prepare()
@@ -175,7 +179,8 @@ class BodyHandler(ApiHandler):
         limit = self.settings["max_body_size"]
         if self._size <= limit:
             self._chunks.append(chunk)
-        elif not self._finished:
+        elif not self._too_large:
+            self._too_large = True
             # A chunked body has no Content-Length to check up front: answer
             # as soon as it crosses the limit; Tornado then closes the
             # connection instead of reading the rest.

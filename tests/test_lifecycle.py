@@ -222,3 +222,38 @@ async def test_a_client_gone_during_a_slow_password_check_is_never_parked(port, 
     assert len(board.slow_lane) == 0
     assert len(board.streams) == 0
     assert app.limits.polls_held("127.0.0.1") == 0
+
+
+# -- Tornado's private state ------------------------------------------------------
+
+
+def test_the_installed_tornado_has_everything_talkserver_reaches_past_its_api_for():
+    from talkserver import tornado_private
+
+    assert tornado_private.missing() == []
+    assert tornado_private.problem() is None
+
+
+FAKE_TORNADO = (
+    "import sys, tornado, tornado.web; tornado.version_info = {version!r}; tornado.version = {text!r};"
+    "{extra} from talkserver.cli import main; main(['--port=0'])"
+)
+
+
+@pytest.mark.parametrize("version, text, extra, says", [
+    ((7, 0, 0, 0), "7.0", "", "needs Tornado 6.4 to 6.x, not 7.0"),
+    ((6, 4, 0, 0), "6.4", "del tornado.web.RequestHandler.on_connection_close;",
+     "lacks RequestHandler.on_connection_close and _body_future"),
+])
+def test_a_tornado_without_what_talkserver_needs_is_refused_in_one_line(version, text, extra, says):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FAKE_TORNADO.format(version=version, text=text, extra=extra)],
+        capture_output=True, text=True, timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and says in done.stderr
+    assert "Traceback" not in done.stderr

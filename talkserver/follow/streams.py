@@ -92,7 +92,7 @@ class EventStream:
         self.io: IOStream = connection.stream
         # Tornado chunks the body of an HTTP/1.1 answer without a length;
         # an HTTP/1.0 one (nginx's default upstream) is ended by the close.
-        self.chunked: bool = getattr(connection, "_chunking_output", False)
+        self.chunked: bool = tornado_private.chunking(connection)
         self.ended: Future = Future()
 
     def write(self, frame: Frame, limit: int) -> bool:
