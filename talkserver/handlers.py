@@ -227,21 +227,29 @@ class TalksHandler(ApiHandler):
     _lane = None  # where a poll waits: the board's Waiters, or its SlowLane past the cap
     _conditional = None  # a parked conditional.ConditionalPoll
     event_stream: streams.EventStream | None = None
+    # How this request follows the board ("long_poll", "conditional",
+    # "stream"), None for a plain read: polls are counted, not logged.
+    following: str | None = None
 
     async def get(self) -> None:
+        head_only = self.request.method == "HEAD"
         if streams.wants_stream(self.request):
+            self.following = None if head_only else "stream"
             await streams.follow(self, self.board.streams)
             return
         # strip=False: the grammar is digits only, padding included.
         since = self.get_query_argument("changesSince", None, strip=False)
         if since is None:
+            if "If-None-Match" in self.request.headers and not head_only:
+                self.following = "conditional"
             await self.application.conditional.answer(self)
             return
+        if not head_only:
+            self.following = "long_poll"
         try:
             self.cursor = parse_cursor(since)
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
-        head_only = self.request.method == "HEAD"
         # HEAD never waits (see head()), so it holds no poll slot.
         over_cap = False if head_only else self.application.limits.hold_poll(self)
         if self.cursor > self.board.store.head:
@@ -390,7 +398,7 @@ class HealthHandler(ApiHandler):
         pass
 
     async def get(self) -> None:
-        ok = not getattr(self.application, "draining", False) and await self.board.reachable()
+        ok = not self.application.draining and await self.board.reachable()
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(json.dumps({"ok": ok}))

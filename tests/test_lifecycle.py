@@ -257,3 +257,40 @@ def test_a_tornado_without_what_talkserver_needs_is_refused_in_one_line(version,
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- the access log -------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_polls_are_counted_not_logged_while_writes_refusals_and_reads_are_logged(port, board, caplog):
+    import logging
+
+    head = board.store.head
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        poll = asyncio.ensure_future(exchange(port, "GET", f"/talks?changesSince={head}"))
+        tag = f'"{head}"'
+        conditional = asyncio.ensure_future(
+            exchange(port, "GET", "/talks", {"If-None-Match": tag, "Prefer": "wait=20"})
+        )
+        await until(lambda: len(board.waiters) == 2)
+        stream = await StreamClient.open(port)
+        await until(lambda: len(board.streams) == 1)
+        await board.put("Logged", "Ada", "s")
+        assert b"Logged" in await poll and b"Logged" in await conditional
+        await stream.event()
+        stream.close()
+        await until(lambda: len(board.streams) == 0)
+        put = await exchange(port, "PUT", "/talks/Written")  # no body: 400
+        read = await exchange(port, "GET", "/talks")
+
+    assert put.startswith(b"HTTP/1.1 400") and read.startswith(b"HTTP/1.1 200")
+    lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+    assert any(line.startswith("400 PUT /talks/Written") for line in lines)
+    assert any(line.startswith("200 GET /talks (") for line in lines)
+    assert not any("changesSince" in line for line in lines)
+    assert sum(line.startswith("200 GET /talks (") for line in lines) == 1  # the plain read only
+    await until(lambda: 'talkserver_polls_answered_total{transport="stream"} 1' in board.metrics.render())
+    metrics = board.metrics.render().splitlines()
+    assert 'talkserver_polls_answered_total{transport="long_poll"} 1' in metrics
+    assert 'talkserver_polls_answered_total{transport="conditional"} 1' in metrics

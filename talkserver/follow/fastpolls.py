@@ -148,7 +148,7 @@ class PollDelegate:
         stream = self.conn.stream
         self.conn.set_close_callback(None)
         self.app.slow_readers.watch(stream)
-        self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started)
+        self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started, "long_poll")
         if stream.writing():
             # Back-pressure: what the socket did not take is queued, so the
             # next request on this connection is read only once it has
