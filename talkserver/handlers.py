@@ -79,8 +79,7 @@ class ApiHandler(RequestHandler):
             self._check_same_origin()
 
     def on_finish(self) -> None:
-        self.application.limits.release(self)
-        self.application.slow_readers.watch(self.request.connection.stream)
+        lifecycle.release(self.application, self, self.request.connection.stream)
 
     def _check_same_origin(self) -> None:
         """Refuse writes that a page of another origin makes a browser send.
@@ -233,25 +232,27 @@ class TalksHandler(ApiHandler):
 
     async def get(self) -> None:
         head_only = self.request.method == "HEAD"
-        if streams.wants_stream(self.request):
-            self.following = None if head_only else "stream"
+        transport = lifecycle.transport(self.request)
+        # A HEAD, or a GET /talks without a tag to match, follows nothing.
+        if not head_only and (transport != lifecycle.CONDITIONAL or "If-None-Match" in self.request.headers):
+            self.following = transport
+        if transport == lifecycle.STREAM:
             await streams.follow(self, self.board.streams)
-            return
-        # strip=False: the grammar is digits only, padding included.
-        since = self.get_query_argument("changesSince", None, strip=False)
-        if since is None:
-            if "If-None-Match" in self.request.headers and not head_only:
-                self.following = "conditional"
+        elif transport == lifecycle.CONDITIONAL:
             await self.application.conditional.answer(self)
-            return
-        if not head_only:
-            self.following = "long_poll"
+        else:
+            await self._long_poll(head_only)
+
+    async def _long_poll(self, head_only: bool) -> None:
+        """``GET /talks?changesSince=T``: the changes after T, at once or
+        after a wait (the transport's own part of the lifecycle)."""
+        # strip=False: the grammar is digits only, padding included.
         try:
-            self.cursor = parse_cursor(since)
+            self.cursor = parse_cursor(self.get_query_argument("changesSince", strip=False))
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
         # HEAD never waits (see head()), so it holds no poll slot.
-        over_cap = False if head_only else self.application.limits.hold_poll(self)
+        lane = None if head_only else lifecycle.admit(self)
         if self.cursor > self.board.store.head:
             await self._catch_up()
         body = self.board.feed.since(self.cursor)
@@ -263,8 +264,8 @@ class TalksHandler(ApiHandler):
         self.set_header("Content-Type", JSON_TYPE)
         self._head = wakeup.answer_head(self)
         self._wait = Future()
-        self._lane = self.board.slow_lane if over_cap else self.board.waiters
-        if not lifecycle.park(self._lane, self, self.request.connection.stream):
+        self._lane = lane
+        if not lifecycle.park(lane, self, self.request.connection.stream):
             return  # the client left while its password or cursor was checked
         body = await self._wait
         if body is None:

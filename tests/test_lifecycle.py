@@ -22,6 +22,8 @@ POLL_TIMEOUT = 30.0
 @pytest.fixture
 def settings(request, tmp_path):
     """Extra make_app() settings, by indirect parametrization: "slow password"."""
+    if getattr(request, "param", None) == "handlers only":
+        return {"fast_polls": False}
     if getattr(request, "param", None) == "slow password":
         path = tmp_path / "passwords"
         write_password_file(path, {"ada": slow_hash("secret")})
@@ -294,3 +296,49 @@ async def test_polls_are_counted_not_logged_while_writes_refusals_and_reads_are_
     metrics = board.metrics.render().splitlines()
     assert 'talkserver_polls_answered_total{transport="long_poll"} 1' in metrics
     assert 'talkserver_polls_answered_total{transport="conditional"} 1' in metrics
+
+
+# -- one lifecycle, every transport -----------------------------------------------------
+
+
+FOLLOWERS = {
+    # name: (settings, transport counted, request)
+    "fast path": (None, "long_poll", lambda head: (f"/talks?changesSince={head}", {})),
+    "handler long poll": ("handlers only", "long_poll", lambda head: (f"/talks?changesSince={head}", {})),
+    "conditional": (None, "conditional", lambda head: ("/talks", {"If-None-Match": f'"{head}"', "Prefer": "wait=20"})),
+    "event stream": (None, "stream", lambda head: ("/talks", {"Accept": "text/event-stream"})),
+}
+
+
+def polls_answered(board, transport):
+    line = f'talkserver_polls_answered_total{{transport="{transport}"}} '
+    return sum(float(x[len(line):]) for x in board.metrics.render().splitlines() if x.startswith(line))
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("settings, transport, request_for", list(FOLLOWERS.values()), ids=list(FOLLOWERS), indirect=["settings"])
+async def test_every_transport_is_admitted_parked_delivered_released_once_and_counted_once(
+    port, app, board, transport, request_for
+):
+    path, headers = request_for(board.store.head)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"] + [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    # admitted and parked: counted against its address, waiting
+    await until(lambda: len(board.waiters) + len(board.streams) == 1)
+    assert app.limits.polls_held("127.0.0.1") == 1
+
+    # delivered: the change reaches it
+    await board.put("Delivered", "Ada", "s")
+    seen = b""
+    while b"Delivered" not in seen:
+        seen += await asyncio.wait_for(reader.read(65536), 30)
+    assert seen.startswith(b"HTTP/1.1 200 OK")
+
+    # released exactly once and counted once, whether the answer ended the
+    # request (polls) or the client's leaving did (a stream)
+    writer.close()
+    await until(lambda: app.limits.polls_held("127.0.0.1") == 0 and polls_answered(board, transport) == 1)
+    assert len(board.waiters) + len(board.slow_lane) + len(board.streams) == 0
+    assert app.limits._polls == {} and app.limits._poll_address == {}

@@ -145,14 +145,13 @@ class ConditionalPolls:
         if not wait:
             _not_modified(handler, tag)
             return
-        over_cap = handler.application.limits.hold_poll(handler)
+        lane = lifecycle.admit(handler)
         handler.set_header("Preference-Applied", f"wait={wait:g}")
         handler.set_header("Content-Type", JSON_TYPE)
         # Past the per-address cap a wait goes to the slow lane, as a
         # changesSince poll does: answered every few seconds (304 or the
         # new list), so a crowd behind one address costs one request per
         # client per round, and nobody starves.
-        lane = self.board.slow_lane if over_cap else self.board.waiters
         poll = ConditionalPoll(self, handler, head, tags, wait, lane)
         if not lifecycle.park(lane, poll, handler.request.connection.stream):
             return  # the client left while its password was checked

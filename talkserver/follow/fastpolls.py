@@ -38,7 +38,7 @@ import tornado
 from tornado.httputil import HTTPHeaders, RequestStartLine
 
 from .. import guard
-from . import wakeup
+from . import lifecycle, wakeup
 from ..handlers import API_HEADERS, JSON_TYPE
 from ..validation import BadInput, parse_cursor
 
@@ -93,7 +93,7 @@ class PollDelegate:
         if cursor is not None:
             address = self.conn.context.remote_ip or ""
             # Past the cap the handlers' slow lane (or their 429) takes it.
-            if self.app.limits.hold_poll_under_cap(self, address):
+            if lifecycle.admit_under_cap(self.app, self, address):
                 self.cursor = cursor
                 self.address = address
                 self.target = start_line.path
@@ -116,7 +116,7 @@ class PollDelegate:
             self.deliver(body)
             return
         self.conn.set_close_callback(self.on_close)
-        board.waiters.park(self)
+        lifecycle.park(board.waiters, self, self.conn.stream)
 
     def on_connection_close(self) -> None:
         if self.routed is not None:
@@ -138,16 +138,16 @@ class PollDelegate:
             return
         self.gone = True
         self.app.board.waiters.forget(self)
-        self.app.limits.release(self)
+        lifecycle.release(self.app, self)
 
     def _finish(self) -> None:
-        self.app.limits.release(self)
+        lifecycle.release(self.app, self)
         if self.gone:
             return
         self.gone = True
         stream = self.conn.stream
         self.conn.set_close_callback(None)
-        self.app.slow_readers.watch(stream)
+        self.app.slow_readers.watch(stream)  # (what lifecycle.release does for a handler)
         self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started, "long_poll")
         if stream.writing():
             # Back-pressure: what the socket did not take is queued, so the

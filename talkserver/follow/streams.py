@@ -53,11 +53,6 @@ RETRY_MS = 2000
 _HEARTBEAT = b": heartbeat\n\n"
 
 
-def wants_stream(request) -> bool:
-    """Whether the request asks for an event stream (what EventSource sends)."""
-    return EVENT_STREAM_TYPE in request.headers.get("Accept", "")
-
-
 def _chunk(data: bytes) -> bytes:
     """``data`` as one HTTP/1.1 chunk (Transfer-Encoding: chunked)."""
     return b"%x\r\n" % len(data) + data + b"\r\n"
@@ -241,7 +236,7 @@ async def follow(handler: RequestHandler, streams: Streams) -> None:
     # A stream costs a change one shared write, so it needs no rounds; it
     # holds a socket, as a slow-lane poll does, and the same hard limit
     # (429 past five times the cap) bounds both.
-    handler.application.limits.hold_poll(handler)
+    lifecycle.admit(handler)
     first = streams.first_frame(cursor)
     handler.flush()  # the status line and headers; the events follow on the socket
     stream = EventStream(handler)
