@@ -22,6 +22,7 @@ from typing import Callable
 from tornado.ioloop import IOLoop
 
 from . import collector, tornado_private
+from .app import TalkApplication
 from .metrics import Counter
 
 log = logging.getLogger("talkserver")
@@ -95,6 +96,13 @@ class HTTPServer(collector.HTTPServer):
     """
 
     accept_errors: Counter | None = None
+
+    def initialize(self, request_callback, *args, **kwargs) -> None:
+        super().initialize(request_callback, *args, **kwargs)
+        # The fast path notes every connection that waits for headers
+        # (talkserver.idle), so the idle timeout needs no timer per request.
+        if isinstance(request_callback, TalkApplication) and request_callback.fast_path:
+            request_callback.idle.start(tornado_private.take_header_timeout(self))
 
     def add_sockets(self, sockets) -> None:
         tornado_private.add_listening_sockets(

@@ -32,6 +32,7 @@ from .auth import Access
 from .follow.board import Board
 from .follow.conditional import ConditionalPolls
 from .handlers import CommentsHandler, HealthHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
+from .idle import IdleConnections
 from .limits import Limits
 from .metrics import Metrics
 
@@ -113,11 +114,13 @@ class TalkApplication(tornado.web.Application):
     slow_readers: SlowReaders  # connections leaving answers unread
     requests: Counter  # answers by status code
     polls: Counter  # polls answered, by transport (not in the access log)
+    idle: IdleConnections  # connections waiting for headers (fast path; talkserver.idle)
     draining: bool = False  # set by shutdown.drain: /healthz answers 503
 
     def __init__(self, routes, board: Board, api: str = "changes", **settings) -> None:
         super().__init__(routes, **settings)
         self.board = board
+        self.idle = IdleConnections()
         self.metrics = board.metrics
         self.streams = board.streams
         self.conditional = ConditionalPolls(board, api)
@@ -138,8 +141,13 @@ class TalkApplication(tornado.web.Application):
             lambda: self.limits.writes_in_flight,
         )
 
+    @property
+    def fast_path(self) -> bool:
+        """Whether every request first meets a fastpolls.PollDelegate."""
+        return bool(self.settings["fast_polls"]) and not self.transforms
+
     def start_request(self, server_conn, request_conn):
-        if self.settings["fast_polls"] and not self.transforms:
+        if self.fast_path:
             return fastpolls.PollDelegate(self, server_conn, request_conn)
         return self.route_request(server_conn, request_conn)
 

@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 import tornado
 import tornado.http1connection
+import tornado.httpserver
 import tornado.iostream
 import tornado.tcpserver
 import tornado.web
@@ -156,6 +157,20 @@ def add_listening_sockets(
         server._handlers[sock.fileno()] = add_accept_handler(sock, server._handle_connection)  # type: ignore[attr-defined]
 
 
+def take_header_timeout(server) -> float | None:
+    """Turn off ``server``'s per-request header timeout; returns it, for
+    talkserver.idle to enforce with one timer for all connections.
+
+    Public equivalent: ``HTTPServer(idle_connection_timeout=...)``, which
+    wraps every header read in its own timeout (a Future and a timer per
+    request).  ``conn_params`` is not underscored, but not documented either.
+    """
+    params = server.conn_params
+    timeout = params.header_timeout
+    params.header_timeout = None
+    return timeout
+
+
 # -- the start-up check -----------------------------------------------------------
 
 
@@ -181,6 +196,8 @@ def missing() -> list[str]:
         ),
         "TCPServer._sockets, _handlers, _handle_connection": _uses(tcp.TCPServer, "__init__", "_sockets", "_handlers")
         and callable(getattr(tcp.TCPServer, "_handle_connection", None)),
+        "HTTPServer.conn_params.header_timeout": _uses(tornado.httpserver.HTTPServer, "initialize", "conn_params")
+        and _uses(h1.HTTP1Connection, "_read_message_inner", "header_timeout"),
     }
     return [name for name, present in needs.items() if not present]
 

@@ -85,10 +85,14 @@ class PollDelegate:
         # Tornado's own delegate for this request, once it is passed on.
         self.routed = None
         self.gone = False
+        idle = app.idle
+        if idle.timeout:
+            idle.waiting[request_conn] = idle.tick  # waiting for headers (talkserver.idle)
 
     # -- HTTPMessageDelegate ---------------------------------------------
 
     def headers_received(self, start_line: RequestStartLine, headers: HTTPHeaders):
+        self.app.idle.waiting.pop(self.conn, None)
         cursor = self._plain_poll_cursor(start_line, headers)
         if cursor is not None:
             address = self.conn.context.remote_ip or ""
