@@ -104,6 +104,10 @@ class HTTPServer(collector.HTTPServer):
         if isinstance(request_callback, TalkApplication) and request_callback.fast_path:
             request_callback.idle.start(tornado_private.take_header_timeout(self))
 
+    def handle_stream(self, stream, address) -> None:
+        tornado_private.keep_nodelay_on(stream)
+        super().handle_stream(stream, address)
+
     def add_sockets(self, sockets) -> None:
         tornado_private.add_listening_sockets(
             self, sockets, lambda sock, callback: add_accept_handler(sock, callback, self.accept_errors)
