@@ -23,6 +23,10 @@ before.  So the fast path only ever answers 200 with the body the handler
 would send, with the same headers; every refusal, limit and error stays
 in one place.
 
+The connection reads its next request only once the answer has left the
+process (``_finish``): a client that pipelines polls and never reads
+holds one answer here, as Tornado's own ``finish()`` would have it.
+
 What a parked poll keeps is this one small object plus Tornado's
 connection; the handler's request, handler and coroutine are never made,
 which is also most of a waiting client's memory.
