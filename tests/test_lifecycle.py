@@ -342,3 +342,33 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
     await until(lambda: app.limits.polls_held("127.0.0.1") == 0 and polls_answered(board, transport) == 1)
     assert len(board.waiters) + len(board.slow_lane) + len(board.streams) == 0
     assert app.limits._polls == {} and app.limits._poll_address == {}
+
+
+# -- declared parts --------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_a_local_store_has_every_hook_of_the_store_contract_with_its_default(tmp_path):
+    from talkserver.stores import MemoryStore, SQLiteStore, Store
+    from talkserver.metrics import Metrics
+
+    for store in (MemoryStore(), SQLiteStore(str(tmp_path / "talks.db"))):
+        assert Store in type(store).__mro__  # the hooks' defaults come from the contract
+        assert store.on_change is None
+        await store.catch_up()  # nothing to catch up with
+        assert await store.ping() is True
+        metrics = Metrics()
+        store.register_metrics(metrics)
+        assert metrics.render() == Metrics().render()
+        store.close()
+
+
+def test_the_applications_services_are_declared_on_its_class(app):
+    from talkserver.app import TalkApplication
+
+    declared = TalkApplication.__annotations__
+    for name in ("board", "metrics", "streams", "conditional", "limits", "access", "slow_readers", "draining"):
+        assert name in declared
+        assert name in vars(app) or name in vars(TalkApplication)
+    assert app.streams is app.board.streams and app.metrics is app.board.metrics
+    assert app.draining is False
