@@ -186,7 +186,7 @@ class PollDelegate:
             or "Content-Length" in headers
             or "Transfer-Encoding" in headers
             or "close" in headers.get("Connection", "").lower()
-            or "text/event-stream" in headers.get("Accept", "")
+            or lifecycle.transport_for(headers, True) != lifecycle.LONG_POLL
         ):
             return None
         app = self.app

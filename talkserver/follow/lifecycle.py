@@ -39,7 +39,7 @@ from tornado.iostream import IOStream
 from .waiters import Waiter
 
 if TYPE_CHECKING:
-    from tornado.httputil import HTTPServerRequest
+    from tornado.httputil import HTTPHeaders, HTTPServerRequest
     from tornado.web import RequestHandler
 
 LONG_POLL = "long_poll"
@@ -58,12 +58,16 @@ def transport(request: "HTTPServerRequest") -> str:
     """Which transport serves a ``GET /talks``: an event stream when asked
     for one, a long poll with ``changesSince``, else a conditional request
     (which answers at once unless it matches and asks to wait)."""
-    # What EventSource sends (streams.EVENT_STREAM_TYPE; fastpolls.py asks the same).
-    if "text/event-stream" in request.headers.get("Accept", ""):
+    return transport_for(request.headers, "changesSince" in request.query_arguments)
+
+
+def transport_for(headers: "HTTPHeaders", has_cursor: bool) -> str:
+    """``transport()`` from the headers and whether the query names a
+    cursor, for the fast path, which decides before there is a request object."""
+    # What EventSource sends (streams.EVENT_STREAM_TYPE).
+    if "text/event-stream" in headers.get("Accept", ""):
         return STREAM
-    if "changesSince" in request.query_arguments:
-        return LONG_POLL
-    return CONDITIONAL
+    return LONG_POLL if has_cursor else CONDITIONAL
 
 
 def admit(handler: "RequestHandler") -> Lane:
