@@ -124,7 +124,8 @@ class PollDelegate:
             self.deliver(body)
             return
         self.conn.set_close_callback(self.on_close)
-        lifecycle.park(board.waiters, self, self.conn.stream)
+        if not lifecycle.park(board.waiters, self, self.conn.stream):
+            self.on_close()  # gone already: give the slot back, send nothing
 
     def on_connection_close(self) -> None:
         if self.routed is not None:
