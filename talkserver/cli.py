@@ -21,7 +21,7 @@ import sys
 import tornado.ioloop
 import tornado.netutil
 
-from . import collector, guard
+from . import collector, guard, tornado_private
 from .accept import HTTPServer
 from .app import make_app
 from .guard import loopback_hosts, parse_allowed_hosts
@@ -215,6 +215,7 @@ def listen(port: int, address: str) -> list[socket.socket]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``talkserver`` console script: exit 2 with one line if it cannot start."""
+    tornado_private.refuse_unsupported()
     try:
         run(sys.argv[1:] if argv is None else argv[1:])
     except Refused as e:

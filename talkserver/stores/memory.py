@@ -7,11 +7,11 @@ MemoryStore and commits each change to disk first).
 
 from __future__ import annotations
 
-from .contract import Changes, TalkNotFound, next_stamp, wall_clock_ms
+from .contract import Changes, Store, TalkNotFound, next_stamp, wall_clock_ms
 from .history import Cuts
 
 
-class MemoryStore:
+class MemoryStore(Store):
     """The whole state in memory; lost when the process ends.
 
     ``_log`` maps each title to the stamp of its newest change and is kept in
