@@ -1,16 +1,31 @@
 # Quick start: `make run` serves http://127.0.0.1:8000/, `make test` runs the tests.
 # Both create .venv on first use and reinstall only when the packaging changes.
+# `make run-postgres DB=postgresql://user:pass@host:port/dbname` serves a board
+# kept in PostgreSQL (PORT=8000 and ARGS='--processes=0 ...' may be given too).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+PORT   ?= 8000
 
-.PHONY: run test clean chromium postgresql
+.PHONY: run run-postgres test clean chromium postgresql nodejs
 
 run: $(VENV)/.installed
-	$(BIN)/talkserver --port=8000
+	$(BIN)/talkserver --port=$(PORT) $(ARGS)
 
-test: $(VENV)/.installed-test chromium postgresql
+# Refused before anything is installed when DB is missing.
+ifneq ($(filter run-postgres,$(MAKECMDGOALS)),)
+ifeq ($(strip $(DB)),)
+$(error make run-postgres needs the database: make run-postgres DB=postgresql://user:pass@host:port/dbname)
+endif
+endif
+
+# The command is not echoed: DB may hold a password (talkserver logs it without).
+run-postgres: $(VENV)/.installed-postgres
+	@echo "$(BIN)/talkserver --port=$(PORT) --db=... $(ARGS)"
+	@$(BIN)/talkserver --port=$(PORT) --db='$(DB)' $(ARGS)
+
+test: $(VENV)/.installed-test chromium postgresql nodejs tests/browser/node_modules/.installed
 	$(BIN)/python -m pytest
 
 # The browser tests drive Debian's chromium (Playwright's own browser
@@ -28,6 +43,20 @@ postgresql:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
 	  echo "PostgreSQL is missing and cannot be installed here: the PostgreSQL store's tests will fail" >&2
 
+# Node.js runs the benchmarks' reference peer (benchmarks/peers/node, tested
+# in tests/test_loadtest_peer.py) and npm installs axe-core, the accessibility
+# audit the browser tests inject (tests/browser/package.json).  Install both
+# when missing and we are able to.
+nodejs:
+	@{ command -v node && command -v npm; } >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; } || \
+	  echo "node or npm is missing and cannot be installed here: the Node peer and accessibility tests will fail" >&2
+
+# From the npm registry, as pinned by package-lock.json; nothing is fetched at test time.
+tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json | nodejs
+	@{ cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; } || \
+	  echo "axe-core could not be installed with npm: the accessibility tests will fail" >&2
+
 # A bare Debian python3 has no venv module until python3-venv is installed.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && apt-get update -qq && \
@@ -38,9 +67,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+# The postgres extra (asyncpg) into .venv, beside the editable install.
+$(VENV)/.installed-postgres: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[postgres]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed $(VENV)/.installed-postgres
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache tests/browser/node_modules

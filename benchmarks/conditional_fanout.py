@@ -114,13 +114,13 @@ async def exchange(port: int, request: bytes) -> bytes:
 
 
 async def waiting(port: int) -> int:
-    metrics = await exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    metrics = await exchange(port, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     return int(float(re.search(rb"\ntalkserver_waiting_clients (\S+)", metrics).group(1)))
 
 
 def put(title: str, summary: str) -> bytes:
     body = json.dumps({"presenter": "Bench", "summary": summary}).encode()
-    return b"PUT /talks/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (
+    return b"PUT /talks/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (
         title.encode(), len(body), body)
 
 

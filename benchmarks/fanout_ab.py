@@ -2,7 +2,7 @@
 
 Each round starts a fresh talkserver as shipped (the ``talkserver`` command,
 a new SQLite file, limits on, access log to /dev/null) and a fresh Node
-peer (``../shared/peers/node/server.js``), one after the other, and drives
+peer (``benchmarks/peers/node/server.js``), one after the other, and drives
 each with the same ``talkserver-load`` run: ``--interval S`` (a change
 every S seconds by the clock) or ``--spaced S`` (one change once every
 client waits again).  Clients come from many loopback addresses, as the
@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NODE_PEER = ROOT.parent / "shared" / "peers" / "node" / "server.js"
+NODE_PEER = ROOT / "benchmarks" / "peers" / "node" / "server.js"
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:

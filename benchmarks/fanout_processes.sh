@@ -10,6 +10,7 @@
 set -e
 ROUNDS=${1:-1}
 CLIENTS=${CLIENTS:-10000}
+DURATION=${DURATION:-15}  # CLIENTS=50 DURATION=2 sh benchmarks/fanout_processes.sh 1: a brief check
 mkdir -p bench
 PY=.venv/bin/python
 URL_FILE=$(mktemp)
@@ -33,12 +34,12 @@ for r in $(seq 1 $ROUNDS); do
     case $who in
       one)  .venv/bin/talkserver --port=18520 --db=$(newdb) --logging=warning & P=$!; PORT=18520 ;;
       two)  .venv/bin/talkserver --port=18521 --db=$(newdb) --processes=2 --logging=warning & P=$!; PORT=18521 ;;
-      node) node ../shared/peers/node/server.js 18522 & P=$!; PORT=18522 ;;
+      node) node benchmarks/peers/node/server.js 18522 & P=$!; PORT=18522 ;;
     esac
     sleep 3
     PIDOPT=""; [ $who != two ] && PIDOPT="--pid $P"
     .venv/bin/talkserver-load --url http://127.0.0.1:$PORT --clients $CLIENTS --writers 1 \
-        --duration 15 --rate 1 --drain 10 $PIDOPT --json bench/scale-$who-$r.json > bench/scale-$who-$r.txt 2>&1 || true
+        --duration $DURATION --rate 1 --drain 10 $PIDOPT --json bench/scale-$who-$r.json > bench/scale-$who-$r.txt 2>&1 || true
     # The server's CPU seconds for the whole run (connecting included), its workers too.
     cpu=0; for pid in $P $(ps -o pid= --ppid $P); do
       cpu=$(awk -v c=$cpu '{print c + ($14 + $15) / 100}' /proc/$pid/stat); done

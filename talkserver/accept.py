@@ -21,7 +21,8 @@ from typing import Callable
 
 from tornado.ioloop import IOLoop
 
-from . import collector
+from . import collector, tornado_private
+from .app import TalkApplication
 from .metrics import Counter
 
 log = logging.getLogger("talkserver")
@@ -96,7 +97,18 @@ class HTTPServer(collector.HTTPServer):
 
     accept_errors: Counter | None = None
 
+    def initialize(self, request_callback, *args, **kwargs) -> None:
+        super().initialize(request_callback, *args, **kwargs)
+        # The fast path notes every connection that waits for headers
+        # (talkserver.idle), so the idle timeout needs no timer per request.
+        if isinstance(request_callback, TalkApplication) and request_callback.fast_path:
+            request_callback.idle.start(tornado_private.take_header_timeout(self))
+
+    def handle_stream(self, stream, address) -> None:
+        tornado_private.keep_nodelay_on(stream)
+        super().handle_stream(stream, address)
+
     def add_sockets(self, sockets) -> None:
-        for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = add_accept_handler(sock, self._handle_connection, self.accept_errors)
+        tornado_private.add_listening_sockets(
+            self, sockets, lambda sock, callback: add_accept_handler(sock, callback, self.accept_errors)
+        )

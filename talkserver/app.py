@@ -21,6 +21,7 @@ ASCII request target, sizes).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tornado.log
 import tornado.web
@@ -31,11 +32,16 @@ from .auth import Access
 from .follow.board import Board
 from .follow.conditional import ConditionalPolls
 from .handlers import CommentsHandler, HealthHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
+from .idle import IdleConnections
 from .limits import Limits
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .metrics import Counter
 from .follow.slowlane import DEFAULT_INTERVAL
 from .follow.slowreaders import SlowReaders
 from .stores import MemoryStore, Store
-from .follow.streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT
+from .follow.streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT, Streams
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 
@@ -59,7 +65,7 @@ def make_app(
     heartbeat: float = DEFAULT_HEARTBEAT,
     stream_buffer: int = DEFAULT_BUFFER_LIMIT,
     **settings,
-) -> tornado.web.Application:
+) -> "TalkApplication":
     """Build the talkserver Application around ``store`` (in memory if None).
 
     ``api`` is what a plain ``GET /talks`` answers: ``"changes"`` the
@@ -74,11 +80,7 @@ def make_app(
         slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL),
         heartbeat=heartbeat, stream_buffer=stream_buffer,
     )
-    conditional = ConditionalPolls(board, api)
-    requests = board.metrics.counter(
-        "talkserver_requests_total", "HTTP requests answered, by status code.", label="code"
-    )
-    api = {"board": board}
+    api_mode, api = api, {"board": board}
     routes = [
         (r"/talks", TalksHandler, api),
         (r"/talks/([^/]+)/comments", CommentsHandler, api),
@@ -88,38 +90,66 @@ def make_app(
         (r"/healthz", HealthHandler, api),
         (r"/(.*)", PageHandler, {"path": static_path or default_static_path(), "default_filename": "index.html"}),
     ]
-
-    def log_request(handler: tornado.web.RequestHandler) -> None:
-        request = handler.request
-        app.log_answer(handler.get_status(), request.method, request.uri, request.remote_ip, request.request_time())
-
     settings.setdefault("fast_polls", True)
-    app = TalkApplication(
-        routes, max_body_size=max_body_size, log_function=log_request, **settings
-    )
-    app.requests = requests  # type: ignore[attr-defined]
-    app.board = board  # type: ignore[attr-defined]
-    app.conditional = conditional  # type: ignore[attr-defined]
-    # Hardening (talkserver.limits, talkserver.auth): off unless named in settings.
-    app.limits = Limits.from_settings(app.settings)  # type: ignore[attr-defined]
-    board.metrics.gauge(
-        "talkserver_writes_in_flight", "Writes started and not yet answered.",
-        lambda: app.limits.writes_in_flight,
-    )
-    app.access = Access.from_settings(app.settings)  # type: ignore[attr-defined]
-    app.slow_readers = SlowReaders(app.settings.get("send_timeout"), board.metrics)  # type: ignore[attr-defined]
-    return app
+    return TalkApplication(routes, board, api_mode, max_body_size=max_body_size, **settings)
 
 
 class TalkApplication(tornado.web.Application):
     """An Application whose plain long polls take the fast path of
     fastpolls.py, and whose other requests pass guard.py's checks before
-    routing."""
+    routing.
 
-    requests: object  # the requests-by-status counter of /metrics
+    Its services are declared here; handlers and transports reach them as
+    ``self.application.<name>``.  The hardening ones (``limits``,
+    ``access``, ``slow_readers``) are off unless named in the settings
+    (talkserver.limits, talkserver.auth).
+    """
+
+    board: Board  # the store, its feed, waiters, slow lane and streams
+    metrics: Metrics  # the board's, what /metrics shows
+    streams: Streams  # the open event streams (the board's)
+    conditional: ConditionalPolls  # GET /talks with ETag and Prefer: wait
+    limits: Limits  # per-address poll cap, write rate, comments per talk
+    access: Access  # passwords and talk ownership
+    slow_readers: SlowReaders  # connections leaving answers unread
+    requests: Counter  # answers by status code
+    polls: Counter  # polls answered, by transport (not in the access log)
+    idle: IdleConnections  # connections waiting for headers (fast path; talkserver.idle)
+    draining: bool = False  # set by shutdown.drain: /healthz answers 503
+
+    def __init__(self, routes, board: Board, api: str = "changes", **settings) -> None:
+        super().__init__(routes, **settings)
+        self.board = board
+        self.idle = IdleConnections()
+        self.metrics = board.metrics
+        self.streams = board.streams
+        self.conditional = ConditionalPolls(board, api)
+        self.limits = Limits.from_settings(self.settings)
+        self.access = Access.from_settings(self.settings)
+        if self.access.protect_talks:
+            board.feed.owner_tag = self.access.owner_tag  # talks show their owner's public tag
+        self.slow_readers = SlowReaders(self.settings.get("send_timeout"), self.metrics)
+        self.requests = self.metrics.counter(
+            "talkserver_requests_total", "HTTP requests answered, by status code.", label="code"
+        )
+        self.polls = self.metrics.counter(
+            "talkserver_polls_answered_total",
+            "Polls and event streams that ended with an answer, by transport"
+            " (written to the access log only at --logging=debug).",
+            label="transport",
+        )
+        self.metrics.gauge(
+            "talkserver_writes_in_flight", "Writes started and not yet answered.",
+            lambda: self.limits.writes_in_flight,
+        )
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether every request first meets a fastpolls.PollDelegate."""
+        return bool(self.settings["fast_polls"]) and not self.transforms
 
     def start_request(self, server_conn, request_conn):
-        if self.settings["fast_polls"] and not self.transforms:
+        if self.fast_path:
             return fastpolls.PollDelegate(self, server_conn, request_conn)
         return self.route_request(server_conn, request_conn)
 
@@ -136,12 +166,33 @@ class TalkApplication(tornado.web.Application):
             )
         return super().find_handler(request, **kwargs)
 
-    def log_answer(self, status: int, method: str, uri: str, remote_ip: str | None, seconds: float) -> None:
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        """Tornado's hook for every finished request: ``log_answer``."""
+        request = handler.request
+        transport = handler.following if isinstance(handler, TalksHandler) else None
+        self.log_answer(handler.get_status(), request.method, request.uri, request.remote_ip,
+                        request.request_time(), transport)
+
+    def log_answer(
+        self, status: int, method: str, uri: str, remote_ip: str | None, seconds: float,
+        transport: str | None = None,
+    ) -> None:
         """Count an answer in /metrics and give it its access-log line,
-        in Tornado's own format."""
+        in Tornado's own format.
+
+        A poll (``transport`` names how it followed the board) that ends
+        well is counted but logged only at debug level: at the default
+        level one change to 10,000 clients would write 10,000 lines of
+        nothing an operator needs.  Writes, refusals and errors, and every
+        other request, are logged as before.
+        """
         self.requests.inc(str(status))
         if status < 400:
-            log = tornado.log.access_log.info
+            if transport is not None:
+                self.polls.inc(transport)
+                log = tornado.log.access_log.debug
+            else:
+                log = tornado.log.access_log.info
         elif status < 500:
             log = tornado.log.access_log.warning
         else:

@@ -11,7 +11,12 @@ working for whoever runs the server on their own machine.
   signed cookie naming it (Tornado's secure cookies, keyed by
   ``cookie_secret``); only that browser may replace or delete the talk.
   The owner is stored with the talk (in every store), so it survives
-  restarts and is the same for every process on a shared store.
+  restarts and is the same for every process on a shared store.  Each
+  talk in the answers carries ``owner``, a tag made from the owner with a
+  keyed hash: the same for every reader (answers stay encoded once for
+  all), useless for acting as the owner, and equal to the readable
+  ``talkserver_owner_tag`` cookie that the page's files give the browser
+  that owns it, so the page offers Delete only where it may delete.
 
 See docs/security.md for what these protect against and what they do not.
 """
@@ -31,12 +36,14 @@ from pathlib import Path
 from tornado.web import HTTPError, RequestHandler
 
 from .limits import refuse
-from .passwords import PasswordChecks
+from .passwords import PasswordChecks, TooManyGuesses
 from .stores import Store
 
 REALM = "talkserver"
 NOT_THE_OWNER = "only the browser that proposed this talk may change or delete it"
 OWNER_COOKIE = "talkserver_owner"
+# Readable by the page's script (not HttpOnly): the tag its talks carry.
+OWNER_TAG_COOKIE = "talkserver_owner_tag"
 OWNER_COOKIE_DAYS = 400
 # scrypt at n=2**14, r=8 costs about 16 MiB and some tens of milliseconds
 # per check: cheap for a login, slow for guessing.  Good answers are cached.
@@ -155,11 +162,17 @@ def exposure_warning(address: str, password_file: str | None, protect_talks: boo
 class Access:
     """The access rules of one server: who may read, who may change a talk."""
 
-    def __init__(self, users: dict[str, str] | None = None, protect_talks: bool = False) -> None:
+    def __init__(
+        self, users: dict[str, str] | None = None, protect_talks: bool = False, tag_key: bytes | None = None,
+    ) -> None:
         self.users = users or {}
         self.protect_talks = protect_talks
+        # The key of the owner tags; any secret will do, as the tags only
+        # have to be the same in every process that shares the store.
+        self._tag_key = tag_key if tag_key is not None else secrets.token_bytes(32)
+        self._tags: dict[str, str] = {}  # owner -> tag, as tags are made on every new answer
         self._good: set[str] = set()  # digests of Authorization headers that matched
-        self._checks = PasswordChecks(check_password, hash_password)
+        self.checks = PasswordChecks(check_password, hash_password)
 
     @classmethod
     def from_settings(cls, settings: dict) -> "Access":
@@ -172,7 +185,42 @@ class Access:
         protect = bool(settings.get("protect_talks"))
         if protect and not settings.get("cookie_secret"):
             settings["cookie_secret"] = secrets.token_urlsafe(32)
-        return cls(users, protect)
+        secret = settings.get("cookie_secret")
+        if isinstance(secret, dict):  # Tornado's versioned keys: the current one
+            secret = secret.get(settings.get("key_version"))
+        tag_key = hashlib.sha256(b"talkserver owner tags\0" + str(secret).encode("utf-8")).digest() if secret else None
+        return cls(users, protect, tag_key)
+
+    def owner_tag(self, owner: str) -> str:
+        """The public tag of ``owner``: what the talks it owns carry as ``owner``.
+
+        A keyed hash, so that the tag tells nothing of the owner's id, and
+        the signed owner cookie stays the only way to act as the owner.
+        """
+        tag = self._tags.get(owner)
+        if tag is None:
+            digest = hmac.new(self._tag_key, owner.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+            tag = base64.urlsafe_b64encode(digest[:16]).decode("ascii").rstrip("=")
+            if len(self._tags) >= 10_000:
+                self._tags.clear()
+            self._tags[owner] = tag
+        return tag
+
+    def show_owner(self, handler: RequestHandler) -> None:
+        """Give a browser that owns talks its readable tag cookie if it lacks it.
+
+        The page's files call this: the page reads the cookie when it loads,
+        and asks again (HEAD) once its first proposal has made it an owner.
+        Writes do not set it, so that their answers keep one Set-Cookie.
+        """
+        if not self.protect_talks:
+            return
+        me = self._browser(handler, create=False)
+        if me is not None and handler.get_cookie(OWNER_TAG_COOKIE) != self.owner_tag(me):
+            handler.set_cookie(
+                OWNER_TAG_COOKIE, self.owner_tag(me), expires_days=OWNER_COOKIE_DAYS, path="/",
+                samesite="Strict", secure=handler.request.protocol == "https",
+            )
 
     def admits(self, authorization: str) -> bool:
         """Whether a request with this Authorization header may read without
@@ -188,9 +236,10 @@ class Access:
         """401 with a realm unless the request carries matching Basic credentials.
 
         Credentials seen to match before are let through at once.  Others
-        are checked by ``PasswordChecks`` off the event loop, each wrong
-        guess slowing down the next ones for that name from that address;
-        a right password is never refused.
+        are checked by ``PasswordChecks`` off the event loop, each check
+        taking its turn for that name from that address as it arrives
+        (wrong guesses slow down the next ones); past ``MAX_GUESS_DELAY``
+        of waiting checks the answer is 429, for that pair only.
         """
         if not self.users:
             return
@@ -204,12 +253,17 @@ class Access:
                 "this server needs a name and password (HTTP Basic)" if not header
                 else "the Authorization header is not valid HTTP Basic credentials"
             )
-        elif await self._checks.verify(handler.request.remote_ip or "", name, password, self.users.get(name)):
-            if len(self._good) >= 10_000:
-                self._good.clear()
-            self._good.add(key)
-            return
         else:
+            try:
+                matched = await self.checks.verify(handler.request.remote_ip or "", name, password, self.users.get(name))
+            except TooManyGuesses as e:
+                refuse(handler, 429, f"too many wrong passwords for this name from this address: {e}",
+                       Retry_After=str(e.retry_after))
+            if matched:
+                if len(self._good) >= 10_000:
+                    self._good.clear()
+                self._good.add(key)
+                return
             message = "wrong name or password"
         refuse(handler, 401, message, WWW_Authenticate=f'Basic realm="{REALM}", charset="UTF-8"')
 

@@ -1,72 +1,39 @@
-"""The ``talkserver`` command: options, the listening socket, signals.
+"""The ``talkserver`` command: the listening socket, the store, signals.
 
-Options are tornado.options, so they can come from the command line
-(``--port=8000``) or from a config file (``--config=FILE``, Python syntax:
-``port = 8000``).  ``--help`` lists them all.
+Its options (talkserver.options) come from the command line
+(``--port=8000``) or a config file (``--config=FILE``, Python syntax:
+``port = 8000``); ``--help`` lists them.  Whatever stops the command before
+it serves (a mistake in the options, a port in use, a store that cannot be
+opened) is one line on stderr, ``talkserver: ...``, and exit status 2.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 import resource
 import signal
+import socket
+import sys
 
 import tornado.ioloop
 import tornado.netutil
-from tornado.options import define, options, parse_command_line, parse_config_file
 
-from . import collector, guard, limits
-from .follow import streams
+from . import collector, guard, tornado_private
 from .accept import HTTPServer
-from .app import DEFAULT_MAX_BODY_SIZE, make_app
+from .app import make_app
 from .guard import loopback_hosts, parse_allowed_hosts
-from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret
-from .follow.conditional import API_MODES
+from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file
+from .options import Refused, options, parse
 from .shutdown import drain
 from .stores import (
-    SYNC_MODES, MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
+    MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
     WriteOutcomeUnknown, is_postgres_url, wall_clock_ms,
 )
 from .stores.postgres import redact
-from .workers import Worker, fork_workers
-
-define("port", default=8000, help="TCP port to listen on", group="talkserver")
-define("address", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)", group="talkserver")
-define("db", default="talks.db", help="the store: an SQLite file (relative to the working directory), :memory: to keep nothing, or postgresql://user:pass@host:port/dbname to share one board between processes and hosts", group="talkserver")
-define("db_timeout", default=5.0, help="seconds a PostgreSQL call may take; a write with no answer by then gets 504 (outcome unknown) or 503 (not saved)", group="talkserver")
-define("processes", default=1, help="worker processes sharing the port (0: one per core); more than 1 needs a postgresql:// --db", group="talkserver")
-define("sync", default="normal", help="normal: commits survive a crash of the server; full: also a power loss, but slower", group="talkserver")
-define("retention", default=7.0, help="days a deleted talk's tombstone is kept; older cursors get the full list and reset", group="talkserver")
-define("poll_timeout", default=90.0, help="seconds a long poll waits before an empty answer", group="talkserver")
-define("api", default="changes", help="what plain GET /talks answers: changes ({serverTime, talks}, the book's 2nd edition) or etag (the array, with ETag and Prefer: wait polling, its 3rd and 4th)", group="talkserver")
-define("heartbeat", default=streams.DEFAULT_HEARTBEAT, help="seconds between keep-alive comments on an idle event stream (0: none)", group="talkserver")
-define("stream_buffer", default=streams.DEFAULT_BUFFER_LIMIT, help="bytes an event stream's client may leave unread before the stream is closed (it reconnects and catches up)", group="talkserver")
-define("static_path", default=None, type=str, help="directory of the browser client (default: the bundled www/)", group="talkserver")
-define("max_body_size", default=DEFAULT_MAX_BODY_SIZE, help="largest request body in bytes; larger ones get 413", group="talkserver")
-# Hardening: docs/security.md says what each one protects against.
-define("max_polls_per_ip", default=limits.DEFAULT_MAX_POLLS_PER_IP, help="concurrent long polls per client address (0: no limit); more get 429", group="talkserver")
-define("write_rate", default=limits.DEFAULT_WRITE_RATE, help="writes per second per client address (0: no limit); more get 429", group="talkserver")
-define("write_burst", default=limits.DEFAULT_WRITE_BURST, help="writes a client address may make at once before --write-rate applies", group="talkserver")
-define("limit_local_writes", default=False, help="apply --write-rate to clients on this machine (loopback addresses) too", group="talkserver")
-define("max_comments", default=limits.DEFAULT_MAX_COMMENTS, help="comments per talk (0: no limit); more get 409", group="talkserver")
-define("idle_timeout", default=60.0, help="seconds a connection may take to send a request's headers or body before it is closed", group="talkserver")
-define("allowed_hosts", default=None, type=str, help="comma-separated host names the server answers to (Host header; '*' for any; .example.com for subdomains); default: the loopback names on a loopback address, any name otherwise", group="talkserver")
-define("send_timeout", default=60.0, help="seconds a client may leave more than 64 KiB of an answer unread before its connection is closed (0: never)", group="talkserver")
-define("xheaders", default=False, help="behind a reverse proxy: take the client address from X-Real-Ip / X-Forwarded-For", group="talkserver")
-define("password_file", type=str, help="require HTTP Basic credentials from this file (see talkserver-passwd)", group="talkserver")
-define("protect_talks", default=False, help="only the browser that proposed a talk may replace or delete it", group="talkserver")
-define("cookie_secret", type=str, help="key for --protect-talks cookies (default: generated, kept beside --db)", group="talkserver")
-define("gc", default="tuned", help="garbage collector: tuned (for thousands of parked polls) or python (Python's defaults); see docs/architecture.md", group="talkserver")
-define("fast_polls", default=True, help="serve plain long polls without a RequestHandler (talkserver/fastpolls.py); --fast-polls=false sends every request through Tornado's routing, for comparison", group="talkserver")
-define(
-    "config",
-    type=str,
-    help="read options from this file (Python syntax), then the command line again",
-    callback=lambda path: parse_config_file(path, final=False),
-    group="talkserver",
-)
+from .workers import Worker, fork_workers, tag_log_lines
 
 log = logging.getLogger("talkserver")
 
@@ -84,23 +51,21 @@ def raise_open_files_limit() -> int:
 
 
 def open_store(path: str, sync: str = "normal") -> Store:
-    """The local store named by ``--db``; exits with one line on stderr if it cannot be used."""
-    if sync not in SYNC_MODES:
-        raise SystemExit(f"talkserver: --sync={sync}: use one of {', '.join(SYNC_MODES)}")
+    """The local store named by ``--db``; ``Refused`` if it cannot be used."""
     if path == ":memory:":
         return MemoryStore()
     try:
         return SQLiteStore(path, sync=sync)
     except StoreOpenError as e:
-        raise SystemExit(f"talkserver: {e}") from None
+        raise Refused(str(e)) from None
 
 
 async def open_shared_store(url: str, follow: bool = True) -> Store:
-    """The PostgreSQL store named by ``--db``; exits with one line on stderr if it cannot be used."""
+    """The PostgreSQL store named by ``--db``; ``Refused`` if it cannot be used."""
     try:
         return await PostgresStore.open(url, follow=follow, timeout=options.db_timeout)
     except StoreOpenError as e:
-        raise SystemExit(f"talkserver: {e}") from None
+        raise Refused(str(e)) from None
 
 
 async def check_shared_store(url: str) -> None:
@@ -142,8 +107,6 @@ def hardening_settings() -> dict:
         ),
     }
     if options.protect_talks:
-        if not options.cookie_secret and is_postgres_url(options.db):
-            raise SystemExit("talkserver: --protect-talks with PostgreSQL needs --cookie-secret, the same for every process and host")
         settings["cookie_secret"] = options.cookie_secret or load_or_create_secret(cookie_secret_path(options.db))
     return settings
 
@@ -173,7 +136,7 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
             **hardening_settings(),
         )
     except PasswordFileError as e:
-        raise SystemExit(f"talkserver: {e}") from None
+        raise Refused(str(e)) from None
     collector.instrument(app.board.metrics)
     # The server's own cap is a little above the limit: the handlers answer
     # oversized bodies with 413 themselves, which HTTPServer cannot.
@@ -196,7 +159,7 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if worker is None:
-        sockets = tornado.netutil.bind_sockets(options.port, options.address)
+        sockets = listen(options.port, options.address)
         server.add_sockets(sockets)
         log.info(
             "talkserver listening on %s (store %s, open-files limit %d)",
@@ -204,7 +167,7 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
         )
     else:
         loop.add_reader(worker.stop_fd, stop.set)
-        app.board.metrics.share_with(worker.metrics_dir, worker.number)
+        # Other workers' scrapes read this one's gauges as last published.
         tornado.ioloop.PeriodicCallback(app.board.metrics.publish, 1000).start()
         server.add_sockets(worker.sockets)
         log.info("talkserver worker %d serving %s (store %s)",
@@ -234,35 +197,64 @@ def _store_name(db: str) -> str:
     return redact(db) if is_postgres_url(db) else db
 
 
+def listen(port: int, address: str) -> list[socket.socket]:
+    """Bind and listen on ``address:port``; ``Refused`` with the reason if the system says no."""
+    try:
+        return tornado.netutil.bind_sockets(port, address)
+    except socket.gaierror as e:
+        raise Refused(f"--address={address}: not an address or a name this machine can resolve ({e.strerror})") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise Refused(f"--port={port}: already in use on {address} (another server is listening there)") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise Refused(f"--address={address}: not an address of this machine") from None
+        if e.errno == errno.EACCES:
+            raise Refused(f"--port={port}: a port below 1024 needs root or CAP_NET_BIND_SERVICE") from None
+        raise Refused(f"cannot listen on {address} port {port}: {e.strerror}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``talkserver`` console script."""
-    parse_command_line(argv)
-    if options.api not in API_MODES:
-        raise SystemExit(f"talkserver: --api={options.api}: use one of {', '.join(API_MODES)}")
-    if options.retention <= 0:
-        raise SystemExit(f"talkserver: --retention={options.retention}: must be a positive number of days")
-    if options.gc not in collector.POLICIES:
-        raise SystemExit(f"talkserver: --gc={options.gc}: use one of {', '.join(collector.POLICIES)}")
-    if options.db_timeout <= 0:
-        raise SystemExit(f"talkserver: --db-timeout={options.db_timeout}: must be a positive number of seconds")
-    if options.processes < 0:
-        raise SystemExit(f"talkserver: --processes={options.processes}: must be 0 (one per core) or more")
+    """Entry point of the ``talkserver`` console script: exit 2 with one line if it cannot start."""
+    tornado_private.refuse_unsupported()
+    try:
+        run(sys.argv[1:] if argv is None else argv[1:])
+    except Refused as e:
+        print(f"talkserver: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: list[str]) -> None:
+    """Read the options, open the store, serve until stopped."""
+    parse(args)
     shared = is_postgres_url(options.db)
     if options.processes != 1 and not shared:
-        raise SystemExit(
-            f"talkserver: --processes={options.processes} needs a store the processes can share:"
+        raise Refused(
+            f"--processes={options.processes} needs a store the processes can share:"
             " use --db=postgresql://... (SQLite and :memory: serve one process)"
         )
+    if options.protect_talks and shared and not options.cookie_secret:
+        raise Refused("--protect-talks with PostgreSQL needs --cookie-secret, the same for every process and host")
+    if options.password_file:
+        # Read once here too, so a bad file stops the command before any
+        # store is opened or worker forked (a worker would be restarted).
+        try:
+            read_password_file(options.password_file)
+        except PasswordFileError as e:
+            raise Refused(str(e)) from None
     if not shared:
         # Opened before the loop starts, so a bad file ends the process at once.
         asyncio.run(serve(open_store(options.db, options.sync)))
         return
+    if options.processes != 1:
+        tag_log_lines("parent")  # every line until the workers start is the parent's
     # Checked (and the schema made or migrated) once, before any worker
     # starts, so a bad URL ends the command at once instead of every worker.
     asyncio.run(check_shared_store(options.db))
     if options.processes == 1:
         asyncio.run(serve(None))
         return
-    raise_open_files_limit()
-    worker = fork_workers(options.processes, options.port, options.address)
+    sockets = listen(options.port, options.address)
+    log.info("talkserver listening on %s (store %s, open-files limit %d), starting the workers",
+             _where(sockets), _store_name(options.db), raise_open_files_limit())
+    worker = fork_workers(options.processes, sockets)
     asyncio.run(serve(None, worker))

@@ -11,6 +11,10 @@ answered with ``{"error": ...}`` before a password is checked or a body read.
   so the same-origin check alone cannot tell).  Names compare without the
   port; an entry starting with ``.`` also matches its subdomains; ``*``
   allows any name.  None (make_app's default) checks nothing.
+  ``/healthz`` is exempt (``HEALTH_PATH``): load balancers and orchestrators
+  check a backend by its address (``Host: 10.0.0.5``) or by a name of
+  their own, which no ``--allowed-hosts`` lists.  Its answer, ``{"ok":
+  true}`` or not, carries nothing a rebinding page could use.
 - **Request target**: it must be ASCII (RFC 9112 section 3.2).  Tornado
   takes raw bytes as Latin-1, so a raw UTF-8 title would otherwise become a
   second, mojibake talk beside its percent-encoded twin.
@@ -32,6 +36,7 @@ MAX_HEADERS = 32 * 1024
 TORNADO_MAX_HEADER_SIZE = 64 * 1024
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+HEALTH_PATH = "/healthz"
 
 
 def loopback_hosts(address: str) -> list[str]:
@@ -88,7 +93,8 @@ def refusal(target: str, headers: HTTPHeaders, host: str, allowed_hosts: list[st
         return 431, f"the request headers are larger than {MAX_HEADERS} bytes"
     if not target.isascii():
         return 400, "the request target must be ASCII: percent-encode other characters as UTF-8"
-    if allowed_hosts is not None and not host_allowed(host, allowed_hosts):
+    if (allowed_hosts is not None and not host_allowed(host, allowed_hosts)
+            and target.partition("?")[0] != HEALTH_PATH):
         return 400, f"this server does not answer to the name {host_name(host)!r} (see --allowed-hosts)"
     return None
 

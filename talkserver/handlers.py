@@ -12,12 +12,15 @@ import json
 from asyncio import Future
 from urllib.parse import urlsplit
 
+from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
+from tornado.httputil import responses
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
-from .follow import streams, wakeup
+from .follow import lifecycle, streams, wakeup
 from .follow.board import Board
+from . import tornado_private
 from .auth import NOT_THE_OWNER
 from .stores import NotTheOwner, PostgresStore, StoreWriteFailed, WriteOutcomeUnknown
 from .stores import TalkNotFound
@@ -76,8 +79,7 @@ class ApiHandler(RequestHandler):
             self._check_same_origin()
 
     def on_finish(self) -> None:
-        self.application.limits.release(self)
-        self.application.slow_readers.watch(self.request.connection.stream)
+        lifecycle.release(self.application, self, self.request.connection.stream)
 
     def _check_same_origin(self) -> None:
         """Refuse writes that a page of another origin makes a browser send.
@@ -123,8 +125,8 @@ class ApiHandler(RequestHandler):
     def write_error(self, status_code: int, **kwargs) -> None:
         if status_code == 405:
             allow_methods(self)
-        message = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = (exc.reason if isinstance(exc, HTTPError) else None) or responses.get(status_code, "Unknown")
         if isinstance(exc, HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif isinstance(exc, StoreWriteFailed):
@@ -148,10 +150,14 @@ class ApiHandler(RequestHandler):
             return
         if isinstance(value, StoreWriteFailed):
             # Known trouble with a known cause (the store says which): one line.
-            app_log.warning("%s: the change could not be saved: %s", self._request_summary(), value)
+            request = self.request
+            app_log.warning("%s %s (%s): the change could not be saved: %s",
+                            request.method, request.uri, request.remote_ip, value)
             return
         if isinstance(value, WriteOutcomeUnknown):
-            app_log.warning("%s: the change may or may not have been saved: %s", self._request_summary(), value)
+            request = self.request
+            app_log.warning("%s %s (%s): the change may or may not have been saved: %s",
+                            request.method, request.uri, request.remote_ip, value)
             return
         super().log_exception(typ, value, tb)
 
@@ -161,6 +167,7 @@ class BodyHandler(ApiHandler):
     """A write whose body is read in chunks, so an oversized one is refused early."""
 
     _client_gone = False
+    _too_large = False  # answered 413 already
 
     async def prepare(self) -> None:
         await super().prepare()
@@ -180,7 +187,8 @@ class BodyHandler(ApiHandler):
         limit = self.settings["max_body_size"]
         if self._size <= limit:
             self._chunks.append(chunk)
-        elif not self._finished:
+        elif not self._too_large:
+            self._too_large = True
             # A chunked body has no Content-Length to check up front: answer
             # as soon as it crosses the limit; Tornado then closes the
             # connection instead of reading the rest.
@@ -200,6 +208,17 @@ class BodyHandler(ApiHandler):
         self._client_gone = True
         self._chunks = []
         self.application.limits.release(self)
+        # Tornado raises the departure in its own coroutine, just scheduled
+        # to run; the cycles to break are there once it has.
+        IOLoop.current().add_callback(self._forget_cycles)
+
+    def _forget_cycles(self) -> None:
+        """Break what ties a handler that never finishes into cycles, so
+        that reference counting frees it (about 8 kB per aborted upload)."""
+        tornado_private.drop_body_error(self.request)
+        # What finish() does for every other handler: its ``ui`` namespace
+        # refers back to it.
+        self.ui = None  # type: ignore[assignment]
 
 
 class TalksHandler(ApiHandler):
@@ -216,32 +235,47 @@ class TalksHandler(ApiHandler):
     _lane = None  # where a poll waits: the board's Waiters, or its SlowLane past the cap
     _conditional = None  # a parked conditional.ConditionalPoll
     event_stream: streams.EventStream | None = None
+    # How this request follows the board ("long_poll", "conditional",
+    # "stream"), None for a plain read: polls are counted, not logged.
+    following: str | None = None
 
     async def get(self) -> None:
-        if streams.wants_stream(self.request):
+        head_only = self.request.method == "HEAD"
+        transport = lifecycle.transport(self.request)
+        # A HEAD, or a GET /talks without a tag to match, follows nothing.
+        if not head_only and (transport != lifecycle.CONDITIONAL or "If-None-Match" in self.request.headers):
+            self.following = transport
+        if transport == lifecycle.STREAM:
             await streams.follow(self, self.board.streams)
-            return
-        # strip=False: the grammar is digits only, padding included.
-        since = self.get_query_argument("changesSince", None, strip=False)
-        if since is None:
+        elif transport == lifecycle.CONDITIONAL:
             await self.application.conditional.answer(self)
-            return
+        else:
+            await self._long_poll(head_only)
+
+    async def _long_poll(self, head_only: bool) -> None:
+        """``GET /talks?changesSince=T``: the changes after T, at once or
+        after a wait (the transport's own part of the lifecycle)."""
+        # strip=False: the grammar is digits only, padding included.
         try:
-            self.cursor = parse_cursor(since)
+            self.cursor = parse_cursor(self.get_query_argument("changesSince", strip=False))
         except BadInput as e:
             raise HTTPError(400, "%s", e) from None
-        over_cap = self.application.limits.hold_poll(self)
+        # HEAD never waits (see head()), so it holds no poll slot.
+        lane = None if head_only else lifecycle.admit(self)
         if self.cursor > self.board.store.head:
             await self._catch_up()
         body = self.board.feed.since(self.cursor)
+        if body is None and head_only:
+            body = self.board.feed.timeout_answer()
         if body is not None:
             self.send_json(body)
             return
         self.set_header("Content-Type", JSON_TYPE)
         self._head = wakeup.answer_head(self)
         self._wait = Future()
-        self._lane = self.board.slow_lane if over_cap else self.board.waiters
-        self._lane.park(self)
+        self._lane = lane
+        if not lifecycle.park(lane, self, self.request.connection.stream):
+            return  # the client left while its password or cursor was checked
         body = await self._wait
         if body is None:
             return  # the client went away
@@ -249,6 +283,16 @@ class TalksHandler(ApiHandler):
             self.finish_with(body)
         else:
             wakeup.finish_written(self)
+
+    async def head(self) -> None:
+        """``HEAD /talks``: GET's status and headers, at once.
+
+        A HEAD is answered with what GET would answer now and never waits:
+        a poll with nothing new gets the headers of the empty answer, a
+        conditional request those of its 200 or 304 as if it had not asked
+        to wait, an event stream its headers alone.
+        """
+        await self.get()
 
     async def _catch_up(self) -> None:
         """A cursor ahead of this process may come from another that applied more: catch up first."""
@@ -285,7 +329,10 @@ class TalkHandler(BodyHandler):
         talk = self.board.store.get(self.title(title))
         if talk is None:
             raise HTTPError(404, "there is no talk titled %r", title)
+        talk = self.board.feed.shown([talk])[0]  # with its owner's tag, as in /talks
         self.send_json(json.dumps(talk, ensure_ascii=False).encode("utf-8"))
+
+    head = get  # GET's status and headers; Tornado leaves out the body
 
     async def put(self, title: str) -> None:
         title = self.title(title)
@@ -348,27 +395,35 @@ class MetricsHandler(ApiHandler):
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(self.board.metrics.render())
 
+    head = get
+
 
 class HealthHandler(ApiHandler):
     """``GET /healthz``: 200 while this process serves and reaches its store, else 503.
 
     For load balancers' health checks, so it asks for no password and
-    tells nothing but ``{"ok": ...}`` (and, with PostgreSQL, whether the
-    database answers and which host of --db is primary).
+    tells nothing but ``{"ok": ...}``, with PostgreSQL whether the database
+    answers and which host of --db is primary, and the newest cut in the
+    board's history when there was one (stores.history; stamps are public
+    anyway).
     """
 
     def prepare(self) -> None:
         pass
 
     async def get(self) -> None:
-        ok = not getattr(self.application, "draining", False) and await self.board.reachable()
-        answer: dict = {"ok": ok}
-        if isinstance(self.board.store, PostgresStore):
-            # Which host of a multi-host --db is primary (docs/deploy.md).
-            answer["database"] = self.board.store.health()
+        ok = not self.application.draining and await self.board.reachable()
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
-        self.finish(json.dumps(answer))
+        health: dict = {"ok": ok}
+        if isinstance(self.board.store, PostgresStore):
+            # Which host of a multi-host --db is primary (docs/deploy.md).
+            health["database"] = self.board.store.health()
+        if self.board.store.cuts.noticed is not None:
+            health["historyCut"] = self.board.store.cuts.noticed.describe()
+        self.finish(json.dumps(health))
+
+    head = get
 
 
 # Scripts only from our own files, never inline, and no framing; see
@@ -396,6 +451,7 @@ class PageHandler(StaticFileHandler):
 
     async def prepare(self) -> None:
         await self.application.access.check_password(self)
+        self.application.access.show_owner(self)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         if status_code == 405:

@@ -1,121 +1,217 @@
-"""Counters and gauges, exposed in the Prometheus text format at /metrics.
+"""Counters and gauges, served in the Prometheus text format at /metrics by prometheus_client.
 
-With ``--processes`` a scrape reaches one worker, but must describe the
-whole server.  Each worker then writes its values to a file of its own in a
-directory the workers share (``share_with``), every second and at every
-scrape, and a scrape adds up the files: counters and most gauges are
-summed (``talkserver_waiting_clients`` is every worker's waiting polls);
-a gauge that every worker sees alike, such as the number of talks, takes
-the largest (``merge="max"``) or smallest (``merge="min"``) value instead.
+prometheus_client is the Prometheus project's own library for Python: it
+writes the exposition format, carries the process metrics every exporter
+has (CPU seconds, resident memory, open files, start time) and adds up the
+values of several processes (its multiprocess mode).  docs/metrics.md lists
+every metric and says why the library.
+
+The rest of talkserver never imports the library; it asks a ``Metrics``
+for a ``counter()`` (``inc`` on hot paths: one dict look-up for the label's
+child, then the library's own increment) or a ``gauge()`` read from a
+function.  Each ``Metrics`` has a registry of its own, never the library's
+global one, so every server in a process (the tests make many) counts alone.
+
+With ``--processes`` a scrape reaches one worker but must describe the
+whole server.  Each worker calls ``share_between_workers`` before it makes
+any metric: the library then keeps every value in a memory-mapped file of
+that worker's in a directory all of them share, and a scrape of any worker
+adds up the files.  Counters are summed over every worker that ever ran, so
+they never go down; gauges over the live workers only (``livesum``) or, for
+a value every worker sees alike such as the number of talks, the largest
+(``merge="max"``) or smallest (``merge="min"``) of them.  A file cannot
+hold a function, so each worker writes its gauges' values every second and
+at every scrape (``publish``), and its process metrics with them: CPU
+seconds and memory are the workers' sums, open files the fullest worker's,
+the start time and the open-files limit the smallest.  A worker that exits, or the one that
+replaces a worker that died, drops the old worker's gauges
+(``mark_process_dead``).
 """
 
 from __future__ import annotations
 
-import json
+import atexit
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
-_MERGE = {"sum": sum, "max": max, "min": min}
+import prometheus_client
+from prometheus_client import multiprocess, values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import CollectorRegistry
+
+_LIVE_MODES = {"sum": "livesum", "max": "livemax", "min": "livemin"}
+# How the workers' process metrics combine; memory is summed.  Open files
+# are the fullest worker's and the limit the smallest, so the usual alert
+# (open_fds / max_fds near 1) still warns before any worker runs out.
+_PROCESS_LIVE_MODES = {
+    "process_start_time_seconds": "livemin",
+    "process_max_fds": "livemin",
+    "process_open_fds": "livemax",
+}
+
+_shared_directory: str | None = None
+
+
+def share_between_workers(directory: str, worker: int) -> None:
+    """Make every Metrics made from now on in this process part of the whole server's
+    values, kept in ``directory`` with the other workers', as worker number ``worker``.
+
+    Call it in the worker, before anything makes a metric; a fresh, empty
+    ``directory`` per server start (talkserver.workers makes one).
+    """
+    global _shared_directory
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    # The library picks how it stores values when first imported, from this
+    # variable; it was not set then, so let it pick again now.
+    values.ValueClass = values.get_value_class()
+    _shared_directory = directory
+    # The worker this one replaces (tornado.process restarts a worker that
+    # died under the same number) left its live gauges behind.
+    mine = Path(directory) / f"worker-{worker}.pid"
+    try:
+        multiprocess.mark_process_dead(int(mine.read_text()), directory)
+    except (FileNotFoundError, ValueError):
+        pass
+    mine.write_text(str(os.getpid()))
+    atexit.register(multiprocess.mark_process_dead, os.getpid(), directory)
 
 
 class Counter:
     """A number that only goes up, optionally split by one label."""
 
-    merge = "sum"
+    __slots__ = ("name", "label", "_metric", "_children")
 
-    def __init__(self, name: str, help: str, label: str | None = None) -> None:
-        self.name, self.help, self.label = name, help, label
-        self.values: dict[str, int] = {}
+    def __init__(self, metric: prometheus_client.Counter, name: str, label: str | None) -> None:
+        self.name, self.label, self._metric = name, label, metric
+        # Label value -> its child's inc: the library's labels() takes a lock
+        # and builds a key, too much for every request; look it up once.
+        self._children: dict[str, Callable[[float], None]] = {} if label else {"": metric.inc}
 
-    def inc(self, label_value: str = "", amount: int = 1) -> None:
-        self.values[label_value] = self.values.get(label_value, 0) + amount
-
-    def snapshot(self) -> dict[str, float]:
-        return dict(self.values)
-
-    def render(self, values: dict[str, float] | None = None) -> list[str]:
-        values = self.values if values is None else values
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        if self.label is None:
-            lines.append(f"{self.name} {values.get('', 0)}")
-        else:
-            for value, count in sorted(values.items()):
-                lines.append(f'{self.name}{{{self.label}="{value}"}} {count}')
-        return lines
+    def inc(self, label_value: str = "", amount: float = 1) -> None:
+        """Add ``amount`` (for ``label_value``, when the counter has a label)."""
+        inc = self._children.get(label_value)
+        if inc is None:
+            inc = self._children[label_value] = self._metric.labels(label_value).inc
+        inc(amount)
 
 
 class Gauge:
-    """A number read at scrape time from a function."""
+    """A number read from a function when it is scraped (or published, between workers)."""
 
-    def __init__(self, name: str, help: str, read: Callable[[], float], merge: str = "sum") -> None:
-        self.name, self.help, self.read, self.merge = name, help, read, merge
+    __slots__ = ("name", "read", "_metric")
 
-    def snapshot(self) -> dict[str, float]:
-        return {"": self.read()}
+    def __init__(self, metric: prometheus_client.Gauge, name: str, read: Callable[[], float]) -> None:
+        self.name, self.read, self._metric = name, read, metric
 
-    def render(self, values: dict[str, float] | None = None) -> list[str]:
-        value = self.read() if values is None else values.get("", 0)
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge", f"{self.name} {value}"]
+    def publish(self) -> None:
+        self._metric.set(self.read())
 
 
 class Metrics:
-    """A registry of metrics, rendered in registration order."""
+    """One server's metrics, rendered with the process metrics by prometheus_client."""
 
     def __init__(self) -> None:
-        self._metrics: list[Counter | Gauge] = []
-        self._shared: Path | None = None
-        self._mine: Path | None = None
+        self.registry = CollectorRegistry()
+        self._shared = _shared_directory
+        self._gauges: list[Gauge] = []
+        self._declared: list[prometheus_client.Counter | prometheus_client.Gauge] = []
+        if self._shared is None:
+            # Metrics register here; the process's figures are read at each scrape.
+            self._own: CollectorRegistry | None = self.registry
+            prometheus_client.ProcessCollector(registry=self.registry)
+            self._process: _SharedProcessMetrics | None = None
+        else:
+            # Metrics only write their files; a scrape reads every worker's.
+            self._own = None
+            self.registry.register(_EveryWorker(self._shared, self._declared))
+            self._process = _SharedProcessMetrics()
+        prometheus_client.PlatformCollector(registry=self.registry)
 
     def counter(self, name: str, help: str, label: str | None = None) -> Counter:
-        counter = Counter(name, help, label)
-        self._metrics.append(counter)
-        return counter
+        """A counter named ``name`` (ending in ``_total``), split by ``label`` if given."""
+        metric = prometheus_client.Counter(name, help, [label] if label else [], registry=self._own)
+        self._declared.append(metric)
+        return Counter(metric, name, label)
 
     def gauge(self, name: str, help: str, read: Callable[[], float], merge: str = "sum") -> Gauge:
-        """A gauge; ``merge`` says how workers' values combine: sum, max or min."""
-        if merge not in _MERGE:
-            raise ValueError(f"merge must be one of {sorted(_MERGE)}")
-        gauge = Gauge(name, help, read, merge)
-        self._metrics.append(gauge)
+        """A gauge read from ``read``; ``merge`` says how workers' values combine: sum, max or min."""
+        if merge not in _LIVE_MODES:
+            raise ValueError(f"merge must be one of {sorted(_LIVE_MODES)}")
+        metric = prometheus_client.Gauge(name, help, registry=self._own, multiprocess_mode=_LIVE_MODES[merge])
+        self._declared.append(metric)
+        gauge = Gauge(metric, name, read)
+        if self._shared is None:
+            metric.set_function(read)
+        else:
+            self._gauges.append(gauge)
         return gauge
 
-    def share_with(self, directory: str, worker: int) -> None:
-        """Describe every worker writing to ``directory``, this one as number ``worker``."""
-        self._shared = Path(directory)
-        self._mine = self._shared / f"worker-{worker}.json"
-
     def publish(self) -> None:
-        """Write this worker's values for the others' scrapes (atomically: write, then rename)."""
-        if self._mine is None:
+        """Write this worker's gauges and process metrics for every worker's scrapes (shared only)."""
+        if self._process is None:
             return
-        data = {m.name: m.snapshot() for m in self._metrics}
-        temporary = self._mine.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(data))
-        os.replace(temporary, self._mine)
+        for gauge in self._gauges:
+            gauge.publish()
+        self._process.publish()
 
     def render(self) -> str:
-        """The whole registry in the Prometheus text exposition format (all workers when shared)."""
-        merged = self._merged() if self._shared is not None else None
-        lines: list[str] = []
-        for metric in self._metrics:
-            lines.extend(metric.render(None if merged is None else merged.get(metric.name, {})))
-        return "\n".join(lines) + "\n"
-
-    def _merged(self) -> dict[str, dict[str, float]]:
+        """The whole server's metrics in the Prometheus text exposition format."""
         self.publish()
-        workers = []
-        for path in sorted(self._shared.glob("worker-*.json")):
-            try:
-                workers.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue  # a worker that died while writing; its next file replaces it
-        merged: dict[str, dict[str, float]] = {}
-        for metric in self._metrics:
-            combine = _MERGE[metric.merge]
-            by_label: dict[str, list[float]] = {}
-            for worker in workers:
-                for label, value in worker.get(metric.name, {}).items():
-                    by_label.setdefault(label, []).append(value)
-            merged[metric.name] = {label: combine(values) for label, values in by_label.items()}
-        return merged
+        return prometheus_client.generate_latest(self.registry).decode("utf-8")
+
+
+class _EveryWorker:
+    """A collector of every worker's files, which also names the metrics none has a value for yet.
+
+    The library's MultiProcessCollector only knows what is in the files, so
+    a labelled counter that no worker has counted (accept errors, say)
+    would be missing from the scrape rather than listed empty, as it is in
+    one process.
+    """
+
+    def __init__(self, directory: str, declared: list) -> None:
+        self._files = multiprocess.MultiProcessCollector(None, path=directory)
+        self._declared = declared
+
+    def collect(self) -> Iterable[Metric]:
+        seen = set()
+        for family in self._files.collect():
+            seen.add(family.name)
+            yield family
+        for metric in self._declared:
+            for family in metric.describe():
+                if family.name not in seen:
+                    yield family
+
+
+class _SharedProcessMetrics:
+    """This worker's process metrics, written where every worker's scrape adds them up.
+
+    The library reads them from /proc at a scrape, for one process only;
+    here each worker copies its own into the shared files instead.  CPU
+    seconds are a counter, so a worker that dies keeps its share.
+    """
+
+    def __init__(self) -> None:
+        self._reader = prometheus_client.ProcessCollector(registry=None)
+        self._gauges: dict[str, prometheus_client.Gauge] = {}
+        self._cpu: prometheus_client.Counter | None = None
+        self._cpu_counted = 0.0
+        for family in self._reader.collect():
+            if family.type == "counter":
+                self._cpu = prometheus_client.Counter(family.name, family.documentation, registry=None)
+            else:
+                mode = _PROCESS_LIVE_MODES.get(family.name, "livesum")
+                self._gauges[family.name] = prometheus_client.Gauge(
+                    family.name, family.documentation, registry=None, multiprocess_mode=mode
+                )
+
+    def publish(self) -> None:
+        for family in self._reader.collect():
+            value = family.samples[0].value
+            if family.name in self._gauges:
+                self._gauges[family.name].set(value)
+            elif self._cpu is not None and family.type == "counter":
+                self._cpu.inc(max(0.0, value - self._cpu_counted))
+                self._cpu_counted = max(value, self._cpu_counted)

@@ -11,18 +11,24 @@ scrypt releases the GIL) and the loop goes on serving.
   a flood from one address delays that address, not everyone else.
 - **Same time for every name**: an unknown name is checked against a dummy
   hash of the same cost, so timing does not tell which names exist.
-- **Slowed, never refused**: each wrong password for a (name, address) pair
-  spends a token of a bucket (a burst of ``GUESS_BURST``, refilled at
-  ``GUESS_RATE`` per second).  With the bucket empty, the next check for
-  that pair waits until a token is back (at most ``MAX_GUESS_DELAY``) and
-  then runs.  Guessing one name is slowed to about one try a second, while
-  the right password, from any address, still gets in; a guesser behind a
-  shared address (a NAT) only slows down checks of the names it guesses.
+- **Slowed as guesses arrive**: each check for a (name, address) pair
+  takes a token of that pair's bucket (a burst of ``GUESS_BURST``, refilled
+  at ``GUESS_RATE`` per second) the moment it arrives, and waits until its
+  token would have been there: checks sent together are spaced out exactly
+  as if each had been sent after the last one's answer.  A right password
+  gives its token back, so only wrong ones count.  A check that would wait
+  more than ``MAX_GUESS_DELAY`` is refused at once (``TooManyGuesses``, a
+  429 with Retry-After) and costs nothing, which bounds the checks a pair
+  can have waiting.  Guessing one name is slowed to one try a second, while
+  the right password from another address, or any other name, is not
+  slowed at all; a guesser behind a shared address (a NAT) only slows down
+  the names it guesses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,24 +41,53 @@ MAX_GUESS_DELAY = 10.0
 _MAX_PAIRS = 10_000
 
 
-class PasswordChecks:
-    """Verifies passwords off the loop, bounded and throttled as described above."""
+class TooManyGuesses(Exception):
+    """A check refused: that name from that address already has ``MAX_GUESS_DELAY`` of checks waiting."""
 
-    def __init__(self, check: Callable[[str, str], bool], make_hash: Callable[[str], str]) -> None:
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = math.ceil(retry_after)  # whole seconds, as Retry-After says
+        super().__init__(f"try again in {self.retry_after} s")
+
+
+class PasswordChecks:
+    """Verifies passwords off the loop, bounded and throttled as described above.
+
+    ``delayed`` counts the checks that had to wait their turn, ``waiting``
+    those waiting now: the server's own account of the slow-down.
+    """
+
+    def __init__(
+        self,
+        check: Callable[[str, str], bool],
+        make_hash: Callable[[str], str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._check = check
         self._make_hash = make_hash
+        self.clock = clock  # what the buckets refill by
+        self.delayed = 0
+        self.waiting = 0
         self._dummy: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="password-check")
         self._turns: dict[str, _Turn] = {}
-        # (name, address) -> [tokens, time of the last refill]
+        # (name, address) -> [tokens, time of the last refill]; tokens below
+        # zero are checks that have arrived and wait for their turn.
         self._guesses: dict[tuple[str, str], list[float]] = {}
 
     async def verify(self, address: str, name: str, password: str, hashed: str | None) -> bool:
-        """Whether ``password`` matches ``hashed`` (None: an unknown name, always False)."""
+        """Whether ``password`` matches ``hashed`` (None: an unknown name, always False).
+
+        Raises TooManyGuesses, before any waiting, when the pair has guessed too much.
+        """
         pair = (name, address)
-        delay = self.delay(pair)
+        delay = self._take_turn(pair)
         if delay:
-            await asyncio.sleep(delay)
+            self.delayed += 1
+            self.waiting += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self.waiting -= 1
         turn = self._turns.get(address)
         if turn is None:
             turn = self._turns[address] = _Turn()
@@ -65,31 +100,33 @@ class PasswordChecks:
             turn.users -= 1
             if not turn.users:  # the last one out forgets the address
                 del self._turns[address]
-        if not matched:
-            self._count_wrong(pair)
+        if matched:
+            self._give_back(pair)
         return matched
 
-    def delay(self, pair: tuple[str, str]) -> float:
-        """Seconds the next check for (name, address) waits: 0 unless it guessed wrong too often."""
-        state = self._guesses.get(pair)
-        if state is None:
-            return 0.0
-        tokens = self._refill(state)
-        return 0.0 if tokens >= 1 else min(MAX_GUESS_DELAY, (1 - tokens) / GUESS_RATE)
-
-    def _count_wrong(self, pair: tuple[str, str]) -> None:
+    def _take_turn(self, pair: tuple[str, str]) -> float:
+        """Take the pair's next token now; the seconds until it is due (0: at once)."""
         state = self._guesses.get(pair)
         if state is None:
             if len(self._guesses) >= _MAX_PAIRS:
                 self._forget_refilled()
-            state = self._guesses[pair] = [float(GUESS_BURST), time.monotonic()]
-        # Down to one burst below empty: concurrent guesses queue up behind
-        # each other, but never for more than MAX_GUESS_DELAY.
-        state[0] = max(-GUESS_BURST, self._refill(state) - 1)
+            state = self._guesses[pair] = [float(GUESS_BURST), self.clock()]
+        tokens = self._refill(state) - 1
+        delay = max(0.0, -tokens / GUESS_RATE)
+        if delay > MAX_GUESS_DELAY:
+            raise TooManyGuesses(delay - MAX_GUESS_DELAY)
+        state[0] = tokens
+        return delay
 
-    @staticmethod
-    def _refill(state: list[float]) -> float:
-        now = time.monotonic()
+    def _give_back(self, pair: tuple[str, str]) -> None:
+        # A right password is not a guess.  (The pair may have been
+        # forgotten meanwhile, under a flood of names: nothing to give back.)
+        state = self._guesses.get(pair)
+        if state is not None:
+            state[0] = min(GUESS_BURST, state[0] + 1)
+
+    def _refill(self, state: list[float]) -> float:
+        now = self.clock()
         state[0] = min(GUESS_BURST, state[0] + max(0.0, now - state[1]) * GUESS_RATE)
         state[1] = now
         return state[0]

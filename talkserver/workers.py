@@ -1,6 +1,6 @@
 """``--processes``: several worker processes on one listening socket, the Tornado way.
 
-The parent binds the socket (``tornado.netutil.bind_sockets``) and forks
+The parent binds the socket (``tornado.netutil.bind_sockets``, in cli.py) and forks
 the workers with ``tornado.process.fork_processes``, which stays in the
 parent to restart any worker that dies (a crash, SIGKILL); that worker's
 clients simply poll again and reach a sibling or the new worker.  Each
@@ -12,14 +12,20 @@ end-of-file and drains as on its own SIGTERM, exits 0, and once every
 worker has exited cleanly ``fork_processes`` ends the parent with 0.  A
 parent that is killed outright closes the pipe too, so no worker outlives it.
 
-The workers share one more thing: a directory where each writes its
-metrics, so a scrape of ``/metrics`` describes the whole server
-(talkserver.metrics).
+Every log line says which process wrote it: ``[parent]`` for the parent
+(starting, restarting and stopping workers), ``[w0]``, ``[w1]``... for the
+workers, numbered from 0 as Tornado numbers them (``task_id()``).  The
+prefix goes in front of whatever format the log has (``tag_log_lines``).
+
+The workers share one more thing: a directory, new for each start, where
+each keeps its metrics (prometheus_client's multiprocess mode), so a scrape
+of ``/metrics`` describes the whole server (talkserver.metrics).
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -28,8 +34,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import tornado.netutil
 import tornado.process
+
+from . import metrics
 
 
 METRICS_PREFIX = "talkserver-metrics-"
@@ -63,13 +70,33 @@ class Worker:
     metrics_dir: str
 
 
-def fork_workers(count: int, port: int, address: str) -> Worker:
-    """Bind ``address:port``, fork ``count`` workers (0: one per core) and return in each.
+class _Tagged(logging.Formatter):
+    """A log format with ``[tag] `` in front of every record."""
 
+    def __init__(self, inner: logging.Formatter, tag: str) -> None:
+        super().__init__()
+        self.inner, self.prefix = inner, f"[{tag}] "
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.prefix + self.inner.format(record)
+
+
+def tag_log_lines(tag: str) -> None:
+    """Start every log line this process writes with ``[tag]`` (replacing an earlier tag)."""
+    for handler in logging.getLogger().handlers:
+        inner = handler.formatter or logging.Formatter()
+        if isinstance(inner, _Tagged):
+            inner = inner.inner
+        handler.setFormatter(_Tagged(inner, tag))
+
+
+def fork_workers(count: int, sockets: list[socket.socket]) -> Worker:
+    """Fork ``count`` workers (0: one per core) serving ``sockets``, and return in each.
+
+    Each worker tags its log lines ``[wN]``; the caller tags the parent's.
     The parent never returns: it restarts workers that die, and exits once
     all of them have stopped cleanly.
     """
-    sockets = tornado.netutil.bind_sockets(port, address)
     _remove_orphaned_metrics()
     metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
     stop_read, stop_write = os.pipe()
@@ -87,9 +114,12 @@ def fork_workers(count: int, port: int, address: str) -> Worker:
     atexit.register(lambda: os.getpid() == parent and shutil.rmtree(metrics_dir, ignore_errors=True))
 
     number = tornado.process.fork_processes(count)
+    tag_log_lines(f"w{number}")
     # In a worker from here on: only the parent may close the pipe, and the
     # worker's own event loop handles its signals.
     os.close(stop_write)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Before the worker makes its server, and so its metrics.
+    metrics.share_between_workers(metrics_dir, number)
     return Worker(number, sockets, stop_read, metrics_dir)

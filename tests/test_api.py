@@ -340,13 +340,13 @@ async def test_metrics_are_in_prometheus_text_format(http_client, base_url):
     assert response.headers["Content-Type"].startswith("text/plain")
     lines = response.body.decode().splitlines()
     assert "# TYPE talkserver_waiting_clients gauge" in lines
-    assert "talkserver_waiting_clients 0" in lines
-    assert "talkserver_talks 1" in lines
+    assert "talkserver_waiting_clients 0.0" in lines
+    assert "talkserver_talks 1.0" in lines
     assert "# TYPE talkserver_changes_total counter" in lines
-    assert "talkserver_changes_total 3" in lines
+    assert "talkserver_changes_total 3.0" in lines
     assert '# TYPE talkserver_requests_total counter' in lines
-    assert 'talkserver_requests_total{code="204"} 3' in lines
-    assert 'talkserver_requests_total{code="400"} 1' in lines
+    assert 'talkserver_requests_total{code="204"} 3.0' in lines
+    assert 'talkserver_requests_total{code="400"} 1.0' in lines
 
 
 @pytest.mark.gen_test

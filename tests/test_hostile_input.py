@@ -146,7 +146,7 @@ async def test_every_error_under_talks_is_json(server, method, target):
 async def test_a_method_a_talk_does_not_support_gets_405_in_json_with_allow(server):
     answer = parse_answer(await raw(server.port, request_bytes("PATCH", b"/talks/a", server.port, b"{}")))
     assert answer.status == 405
-    assert answer.headers["allow"] == "GET, DELETE, PUT"
+    assert answer.headers["allow"] == "GET, HEAD, DELETE, PUT"
     assert error_of(answer)
 
 

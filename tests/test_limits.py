@@ -324,7 +324,7 @@ async def until_metric(port, name, value, timeout=30.0):
     deadline = time.monotonic() + timeout
     while True:
         text = (await send(port, "GET", "/metrics", source="127.0.0.3", timeout=5)).body.decode()
-        if f"{name} {value}\n" in text:
+        if f"{name} {float(value)}\n" in text:
             return
         assert time.monotonic() < deadline, f"{name} did not reach {value}"
         await asyncio.sleep(0.1)

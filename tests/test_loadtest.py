@@ -116,7 +116,7 @@ def test_from_one_address_polls_past_the_slow_lane_show_as_errors(tmp_path):
         )
 
     assert done.returncode == 1
-    assert result["error_kinds"].get("HTTP 429", 0) > 0
+    assert sum(n for kind, n in result["error_kinds"].items() if kind.startswith("HTTP 429")) > 0
 
 
 def test_spaced_changes_report_each_changes_last_client_and_the_server_memory(tmp_path):
@@ -166,7 +166,7 @@ def test_interval_changes_do_not_wait_for_clients_that_cannot_poll(tmp_path):
         )
 
     assert result["changes"] == 4
-    assert result["error_kinds"].get("HTTP 429", 0) > 0
+    assert sum(n for kind, n in result["error_kinds"].items() if kind.startswith("HTTP 429")) > 0
 
 
 def test_churning_clients_hang_up_and_come_back_without_losing_a_change(tmp_path):
@@ -237,6 +237,8 @@ def test_changes_a_server_sends_twice_are_counted_as_duplicates(tmp_path):
         (["--churn", "-2"], "--churn: -2 must be greater than 0"),
         (["--clients", "10000000"], "open files, more than the limit"),
         (["--pid", "999999999"], "no such process"),
+        (["--json", "no/such/dir/out.json"], "--json no/such/dir/out.json: the directory no/such/dir does not exist"),
+        (["--plot", "no/such/dir/out.png"], "the directory no/such/dir does not exist"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message):
@@ -306,3 +308,78 @@ def test_the_console_script_is_installed():
 
     assert done.returncode == 0
     assert "--clients" in done.stdout and "--spaced" in done.stdout
+
+
+# -- through a proxy: the Host sent, the server's reason shown ---------------
+
+
+def test_a_refused_first_request_shows_the_servers_reason(tmp_path):
+    # Given a server that answers only to the name a proxy would send,
+    with running(
+        sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:", "--allowed-hosts=talks.example.org",
+    ) as (url, _):
+        # when the load tool sends the URL's own host,
+        refused = load("--url", url, "--clients", 5, "--duration", 1)
+        # and when it sends the name the server expects.
+        done, result = load_json(
+            tmp_path, "--url", url, "--host-header", "talks.example.org", "--clients", 20, "--duration", 1,
+        )
+
+    assert refused.returncode == 2
+    assert f"{url} refused: GET /talks answered HTTP 400: " in refused.stderr
+    assert "talks.example.org" not in refused.stderr  # the server's words, not the tool's
+    message = refused.stderr.split("GET /talks answered HTTP 400: ", 1)[1].strip()
+    assert "host" in message.lower() and len(message) > 10
+    assert "Traceback" not in refused.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result["host_header"] == "talks.example.org"
+    assert result["deliveries"] == result["changes"] * 20 > 0
+    assert "as Host: talks.example.org" in done.stdout
+
+
+def test_polls_refused_midway_are_counted_with_the_servers_reason(tmp_path):
+    with running(sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:", "--max-polls-per-ip=5") as (url, _):
+        done, result = load_json(
+            tmp_path, "--url", url, "--clients", 40, "--writers", 1, "--duration", 1,
+            "--clients-per-address", 0, "--drain", 1,
+        )
+
+    refused = {kind: n for kind, n in result["error_kinds"].items() if kind.startswith("HTTP 429: ")}
+    assert done.returncode == 1
+    assert refused and all(len(kind) > len("HTTP 429: ") for kind in refused)
+
+
+@pytest.mark.parametrize("args", [["--host-header", "two words"], ["--host-header", ""]])
+def test_a_host_header_that_is_no_host_name_exits_2(args):
+    done = load(*args)
+
+    assert done.returncode == 2
+    assert "--host-header" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_plot_title_names_the_run():
+    from talkserver.loadtest.cli import plot_title
+
+    title = plot_title({
+        "clients": 10000, "transport": "sse", "mode": "interval", "interval_s": 0.5, "writers": 1, "rate": None,
+        "url": "http://10.0.0.5:8000", "host_header": "talks.example.org", "started": "2026-11-30 06:40:00 UTC",
+    })
+
+    assert "10,000 clients on event streams" in title
+    assert "a change every 0.5 s" in title
+    assert "http://10.0.0.5:8000 (Host: talks.example.org)" in title
+    assert "2026-11-30 06:40:00 UTC" in title
+
+
+def test_the_load_tester_imports_nothing_of_the_server():
+    # A fresh interpreter: what importing the load tester loads, and nothing else.
+    code = (
+        "import sys, talkserver.loadtest, talkserver.loadtest.cli, talkserver.loadtest.streams; "
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+    server_modules = [m for m in loaded if m.startswith("talkserver.") and not m.startswith("talkserver.loadtest")]
+    assert "talkserver.loadtest.cli" in loaded
+    assert server_modules == []
+    assert not any(m == "tornado" or m.startswith("tornado.") for m in loaded)

@@ -138,13 +138,13 @@ async def test_pollers_that_disconnect_are_dropped_at_once(http_client, base_url
     polls = [await open_poll(http_port, board.store.head) for _ in range(500)]
     await until(lambda: len(board.waiters) == 500)
     metrics = (await http_client.fetch(base_url + "/metrics")).body.decode()
-    assert "talkserver_waiting_clients 500" in metrics.splitlines()
+    assert "talkserver_waiting_clients 500.0" in metrics.splitlines()
 
     for writer in polls:
         close_abruptly(writer)
     await until(lambda: len(board.waiters) == 0, timeout=1.0)
     metrics = (await http_client.fetch(base_url + "/metrics")).body.decode()
-    assert "talkserver_waiting_clients 0" in metrics.splitlines()
+    assert "talkserver_waiting_clients 0.0" in metrics.splitlines()
     # Nothing else refers to the dropped handlers either.
     assert board.waiters._parked == {}
 

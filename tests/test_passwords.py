@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from talkserver import make_app
+from talkserver import make_app, passwords
 from talkserver.auth import hash_password, write_password_file
 
 from .conftest import POLL_TIMEOUT
@@ -85,3 +85,95 @@ async def test_guessing_one_name_does_not_slow_another_name_from_the_same_addres
     assert answer.status == 200
     assert json.loads(answer.body)["talks"] == []
     assert login < guess / 2, f"the login took {login:.2f} s, a guess {guess:.2f} s"
+
+
+# -- guesses sent together ---------------------------------------------------------------
+#
+# The buckets' clock is frozen for these tests, so no token comes back while
+# the guesses arrive, however slowly this machine sends them: the counts
+# below do not depend on its speed.  The waiting itself is real.
+
+
+def frozen(app):
+    """The server's password checks, with the clock their buckets refill by stopped."""
+    checks = app.access.checks
+    checks.clock = lambda: 1_000.0
+    return checks
+
+
+async def until(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_wrong_guesses_sent_together_wait_their_turns_as_if_sent_one_by_one(app, http_server, http_port):
+    checks = frozen(app)
+    # Given: 20 wrong guesses for "bob" from one address, all at once
+    # (one after another, the 10 after the burst would each wait a turn).
+    guesses = [
+        asyncio.ensure_future(send(http_port, "GET", "/talks", headers=basic("bob", f"guess{i}"), source="127.0.5.1"))
+        for i in range(20)
+    ]
+
+    # Then: the server holds back the 10 past the burst as they arrive,
+    await until(lambda: checks.delayed == 10)
+    # and meanwhile the right password for "bob" from another address, and
+    # for another name from the guesser's own address, get in at once.
+    bob = await send(http_port, "GET", "/talks", headers=basic("bob", "other"), source="127.0.5.2")
+    ada = await send(http_port, "GET", "/talks", headers=GOOD, source="127.0.5.1")
+    still_waiting = checks.waiting
+    answered_meanwhile = sum(g.done() for g in guesses)
+    answers = await asyncio.gather(*guesses)
+
+    assert bob.status == 200 and ada.status == 200
+    assert json.loads(bob.body)["talks"] == []
+    assert still_waiting > 0
+    assert answered_meanwhile <= 10
+    assert [a.status for a in answers] == [401] * 20
+    assert checks.delayed == 10  # the two right passwords waited for nothing
+    assert checks.waiting == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_guesses_past_the_longest_wait_are_refused_at_once_and_cost_no_check(app, http_server, http_port, monkeypatch):
+    # Turns come 20 a second here, so the longest wait (10 turns) is half a second.
+    monkeypatch.setattr(passwords, "GUESS_RATE", 20.0)
+    monkeypatch.setattr(passwords, "MAX_GUESS_DELAY", 0.5)
+    checks = frozen(app)
+
+    # When 25 wrong guesses arrive together: the burst, 10 turns, and 5 more
+    answers = await asyncio.gather(*(
+        send(http_port, "GET", "/talks", headers=basic("bob", f"guess{i}"), source="127.0.6.1") for i in range(25)
+    ))
+
+    # Then the 5 past the longest wait get 429 (not a check, not a turn) and the rest their 401
+    refused = [a for a in answers if a.status == 429]
+    assert sorted(a.status for a in answers) == [401] * 20 + [429] * 5
+    assert checks.delayed == 10
+    for answer in refused:
+        retry_after = int(answer.headers["retry-after"])
+        assert retry_after >= 1
+        assert answer.json()["error"].endswith(f"try again in {retry_after} s")
+        assert answer.json()["error"].startswith("too many wrong passwords for this name from this address")
+    # And the right password from another address still gets in
+    assert (await send(http_port, "GET", "/talks", headers=basic("bob", "other"), source="127.0.6.2")).status == 200
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_right_password_sent_among_guesses_gives_its_turn_back(app, http_server, http_port):
+    checks = frozen(app)
+    # Given: 9 wrong guesses and the right password for "bob", together, from one address
+    answers = await asyncio.gather(
+        *(send(http_port, "GET", "/talks", headers=basic("bob", f"guess{i}"), source="127.0.7.1") for i in range(9)),
+        send(http_port, "GET", "/talks", headers=basic("bob", "other"), source="127.0.7.1"),
+    )
+    # When one more wrong guess comes
+    last = await send(http_port, "GET", "/talks", headers=basic("bob", "guess9"), source="127.0.7.1")
+
+    # Then it is the tenth guess, still inside the burst: nothing waited
+    assert [a.status for a in answers] == [401] * 9 + [200]
+    assert last.status == 401
+    assert checks.delayed == 0

@@ -351,10 +351,10 @@ async def test_metrics_count_open_streams_and_events_sent(port, board):
 
     metrics = (await send(port, "GET", "/metrics")).body.decode()
 
-    assert re.search(r"^talkserver_streams_open 3$", metrics, re.M)
+    assert re.search(r"^talkserver_streams_open 3.0$", metrics, re.M)
     # Three first events (the board) and the change to each of three.
-    assert re.search(r"^talkserver_stream_events_total 6$", metrics, re.M)
-    assert re.search(r"^talkserver_streams_dropped_total 0$", metrics, re.M)
+    assert re.search(r"^talkserver_stream_events_total 6.0$", metrics, re.M)
+    assert re.search(r"^talkserver_streams_dropped_total 0.0$", metrics, re.M)
     for client in clients:
         client.close()
 
@@ -387,7 +387,7 @@ async def test_sigterm_ends_every_stream_cleanly_and_exits_0():
         clients = [await StreamClient.open(server.port) for _ in range(2)]
         for client in clients:
             await client.event()
-        while await open_streams(server) != "2":
+        while await open_streams(server) != "2.0":
             await asyncio.sleep(0.05)
 
         server.terminate()

@@ -166,10 +166,10 @@ async def test_a_client_gone_before_the_wake_does_not_stop_the_others(board, por
 
 
 @pytest.mark.gen_test
-async def test_every_woken_poll_is_logged_and_counted_once(board, port, caplog):
+async def test_every_woken_poll_is_logged_at_debug_level_and_counted_once(board, port, caplog):
     streams = await park(port, board, board.store.head, count=3)
 
-    with caplog.at_level(logging.INFO, logger="tornado.access"):
+    with caplog.at_level(logging.DEBUG, logger="tornado.access"):
         await board.put("Baking", "Ed", "Bread")
         for stream in streams:
             await read_answer(stream)
@@ -178,7 +178,8 @@ async def test_every_woken_poll_is_logged_and_counted_once(board, port, caplog):
 
     lines = [r.getMessage() for r in caplog.records if "changesSince" in r.getMessage()]
     assert len(lines) == 3 and all(line.startswith("200 GET /talks?changesSince=") for line in lines)
-    assert 'talkserver_requests_total{code="200"} 3' in board.metrics.render().splitlines()
+    assert 'talkserver_requests_total{code="200"} 3.0' in board.metrics.render().splitlines()
+    assert 'talkserver_polls_answered_total{transport="long_poll"} 3.0' in board.metrics.render().splitlines()
 
 
 @pytest.mark.gen_test

@@ -6,6 +6,9 @@ import { Follower } from "./follow.js";
 import { TalkList } from "./talks.js";
 
 const NAME_KEY = "talkserver.name";
+// Set by the server with --protect-talks: the public tag of this browser,
+// which the talks it owns carry as "owner" (see docs/client.md).
+const OWNER_TAG_COOKIE = "talkserver_owner_tag";
 
 const nameField = document.getElementById("name");
 const talkForm = document.getElementById("new-talk");
@@ -38,6 +41,47 @@ function author() {
   return null;
 }
 
+// -- which talks this browser may delete ---------------------------------------
+
+function ownerTag() {
+  for (const pair of document.cookie.split(";")) {
+    const [name, ...value] = pair.trim().split("=");
+    if (name === OWNER_TAG_COOKIE) return value.join("=");
+  }
+  return "";
+}
+
+let askedForTag = false; // once per page load: a server without --protect-talks sets none
+
+/** Ask the server for this browser's owner tag cookie, then show Delete where it now may. */
+async function learnOwnerTag() {
+  if (askedForTag) return;
+  askedForTag = true;
+  try {
+    await fetch(".", { method: "HEAD", cache: "no-store" });
+  } catch (_) { /* the next page load brings it */ }
+  talks.refreshOwnership();
+}
+
+/** A talk with no owner is anyone's to delete; an owned one only its owner's. */
+function mayDelete(owner) {
+  return !owner || owner === ownerTag();
+}
+
+// -- asking before a delete ------------------------------------------------------
+
+const confirmDialog = document.getElementById("confirm-delete");
+
+/** Ask in a modal dialog whether to delete `title`; resolves true for "Delete". */
+function confirmDelete(title) {
+  confirmDialog.querySelector(".confirm-title").textContent = title;
+  confirmDialog.returnValue = "";
+  confirmDialog.showModal();
+  return new Promise((resolve) => {
+    confirmDialog.addEventListener("close", () => resolve(confirmDialog.returnValue === "delete"), { once: true });
+  });
+}
+
 // -- proposing a talk ------------------------------------------------------
 
 function showTalkError(message) {
@@ -65,6 +109,9 @@ talkForm.addEventListener("submit", async (event) => {
   button.disabled = true;
   try {
     await proposeTalk(title, presenter, summary);
+    // A first proposal makes this browser an owner: the page's own files
+    // bring it its readable owner tag (see docs/client.md).
+    if (!ownerTag()) await learnOwnerTag();
     showTalkError("");
     // Clear only what was sent: a field edited meanwhile keeps its new text.
     if (fields.title.value.trim() === title) fields.title.value = "";
@@ -84,10 +131,12 @@ talkForm.addEventListener("submit", async (event) => {
 const talks = new TalkList(
   document.getElementById("talk-list"),
   document.getElementById("no-talks"),
-  { author, comment: addComment, remove: deleteTalk },
+  { author, comment: addComment, remove: deleteTalk, mayDelete, confirmDelete },
   talkForm.elements.title,
 );
 
+// "Connecting…" (the page's first words) until the first board is drawn:
+// the follower says live() only once it has applied an answer.
 const status = {
   set(text, retrying) {
     if (statusLine.textContent !== text) statusLine.textContent = text;

@@ -43,8 +43,9 @@ export function retryDelay(failures, random = Math.random) {
  *
  * `onAnswer(talks, replace)` gets the talks of each answer; `replace` says
  * they are the complete list (the first load, or a `"reset": true` answer).
- * `status` is told `live()`, `retryingIn(ms, message)` (the server's own
- * message when it sent one) and `trying()`.
+ * `status` is told `live()` (only once the first answer has been applied:
+ * until then the page has nothing to show), `retryingIn(ms, message)` (the
+ * server's own message when it sent one) and `trying()`.
  */
 export class Follower {
   #onAnswer;
@@ -69,13 +70,13 @@ export class Follower {
     for (;;) {
       const streaming = this.transport === "stream" && !probe;
       // A stream says when it is open; a poll is live once it has not failed at once.
-      const seemsLive = streaming ? null : setTimeout(() => this.#status.live(), failures ? LIVE_AFTER_MS : 0);
+      const seemsLive = streaming ? null : setTimeout(() => this.#live(), failures ? LIVE_AFTER_MS : 0);
       try {
         if (streaming) {
           await this.#stream(() => {
             failures = 0;
             this.#refusals = 0;
-            this.#status.live();
+            this.#live();
           });
         } else {
           this.#take(await this.#poll());
@@ -87,7 +88,7 @@ export class Follower {
         }
         clearTimeout(seemsLive);
         failures = 0;
-        this.#status.live();
+        this.#live();
       } catch (error) {
         clearTimeout(seemsLive);
         if (error.name === "TimeoutError") continue;
@@ -117,9 +118,16 @@ export class Follower {
     return this.cursor === null ? "talks" : `talks?changesSince=${this.cursor}`;
   }
 
+  /** Say "live" once the board has been drawn (a cursor means an answer was applied). */
+  #live() {
+    if (this.cursor !== null) this.#status.live();
+  }
+
   #take(answer) {
-    this.#onAnswer(answer.talks, this.cursor === null || answer.reset === true);
+    const first = this.cursor === null;
+    this.#onAnswer(answer.talks, first || answer.reset === true);
     this.cursor = answer.serverTime;
+    if (first) this.#live(); // a stream's first event, or a poll's answer
   }
 
   async #poll() {

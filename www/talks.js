@@ -25,13 +25,16 @@ const commentKey = (comment) => JSON.stringify([String(comment.author), String(c
 
 /**
  * One talk's <article>.  `actions` has author() (the name to post as, or
- * null), comment(title, message), remove(title) and dismissed(view).
+ * null), comment(title, message), remove(title), mayDelete(owner) (whether
+ * this browser may delete a talk with that owner tag), confirmDelete(title)
+ * (a promise of the person's yes or no) and dismissed(view).
  */
 class TalkView {
   constructor(talk, actions) {
     this.title = talk.title;
     this.actions = actions;
     this.gone = false;
+    this.owner = undefined; // the owner tag the talk carries (with --protect-talks)
     const node = (this.node = fromTemplate("talk-template"));
     const $ = (selector) => node.querySelector(selector);
     this.heading = $(".talk-title");
@@ -64,6 +67,8 @@ class TalkView {
   /** Show the talk's current presenter, summary and comments. */
   update(talk) {
     if (this.gone) this.#setGone(false);
+    this.owner = talk.owner;
+    this.showDelete();
     setText(this.presenter, talk.presenter);
     setText(this.summary, talk.summary);
     const comments = Array.isArray(talk.comments) ? talk.comments : [];
@@ -82,6 +87,11 @@ class TalkView {
       item.dataset.key = commentKey(comment);
       this.comments.append(item);
     }
+  }
+
+  /** Offer "Delete talk" only where this browser may delete (see docs/client.md). */
+  showDelete() {
+    this.deleteButton.hidden = this.gone || !this.actions.mayDelete(this.owner);
   }
 
   /**
@@ -103,7 +113,7 @@ class TalkView {
     this.node.classList.toggle("gone", gone);
     this.goneNote.hidden = !gone;
     this.addButton.disabled = gone;
-    this.deleteButton.hidden = gone;
+    this.showDelete();
     this.dismissButton.hidden = !gone;
     if (gone) showError(this.error, "");
   }
@@ -135,6 +145,7 @@ class TalkView {
   }
 
   async #delete() {
+    if (!(await this.actions.confirmDelete(this.title))) return;
     this.deleteButton.disabled = true;
     try {
       await this.actions.remove(this.title);
@@ -167,6 +178,11 @@ export class TalkList {
     this.#emptyNote = emptyNote;
     this.#actions = { ...actions, dismissed: (view) => this.#drop(view) };
     this.#fallbackFocus = fallbackFocus;
+  }
+
+  /** Show or hide each talk's "Delete talk" again: this browser's owner tag may have changed. */
+  refreshOwnership() {
+    for (const view of this.#shown.values()) view.showDelete();
   }
 
   /** Apply talks from one answer; `replace` means they are the complete list. */

@@ -2,7 +2,9 @@
 
 The board hub (board.py) applies a write to the store and wakes the
 followers; the feed (feed.py) encodes each answer once; waiters.py and
-slowlane.py hold parked polls; wakeup.py writes the shared bytes; and each
-transport (fastpolls.py for plain long polls, conditional.py for ETag
-polls, streams.py for event streams) is a module of its own.
+slowlane.py hold parked polls; wakeup.py writes the shared bytes;
+lifecycle.py holds the steps every transport takes (which transport,
+admit, park, release); and each transport (fastpolls.py for plain long
+polls, conditional.py for ETag polls, streams.py for event streams, the
+handlers' long poll in talkserver.handlers) is a module of its own.
 """

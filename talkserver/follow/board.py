@@ -47,11 +47,9 @@ class Board:
         self._changes = self.metrics.counter("talkserver_changes_total", "Changes made to talks since start.")
         # A shared store learns of changes from other processes too: it
         # calls back whenever it has applied some, and the board wakes then.
-        self._shared = hasattr(store, "on_change")
-        if self._shared:
-            store.on_change = self._wake  # type: ignore[attr-defined]
-        if hasattr(store, "register_metrics"):
-            store.register_metrics(self.metrics)  # type: ignore[attr-defined]
+        # (A local store never calls it: its writes wake through _changed.)
+        store.on_change = self._wake
+        store.register_metrics(self.metrics)
 
     async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> None:
         """Create or replace a talk (``owner``: the browser that now owns it, with --protect-talks)."""
@@ -72,13 +70,11 @@ class Board:
         applied: it waits for this, and is a reset only if still ahead.
         Raises StoreWriteFailed when the database cannot be reached.
         """
-        if self._shared:
-            await self.store.catch_up()  # type: ignore[attr-defined]
+        await self.store.catch_up()
 
     async def reachable(self) -> bool:
         """Whether the store can take writes now (for /healthz)."""
-        ping = getattr(self.store, "ping", None)
-        return True if ping is None else await ping()
+        return await self.store.ping()
 
     async def _changed(self, stamp) -> None:
         """Count a change the store made (``stamp`` None: nothing changed) and wake the polls."""

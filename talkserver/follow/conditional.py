@@ -36,14 +36,15 @@ from typing import Callable
 from tornado.ioloop import IOLoop
 from tornado.web import RequestHandler
 
-from . import wakeup
+from . import lifecycle, wakeup
 from .board import Board
 
 API_MODES = ("changes", "etag")
 JSON_TYPE = "application/json; charset=UTF-8"
 
-# RFC 9110 entity-tag: an optional W/ and a quoted opaque tag; or "*".
-_ENTITY_TAG = re.compile(r'\*|(?:W/)?("[^"]*")')
+# RFC 9110 entity-tag: an optional W/ and a quoted opaque tag.  ("*" is
+# not a tag: it is only ever the whole field value.)
+_ENTITY_TAG = re.compile(r'(?:W/)?("[^"]*")')
 # RFC 7240 preference: the name, then an optional (possibly quoted) value.
 _PREFERENCE = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*"?([^";,]*)"?)?')
 
@@ -60,19 +61,26 @@ ANY = _AnyTag()
 NOT_MODIFIED = object()
 
 
-def etag(head: int) -> str:
-    """The entity tag of the talk list at ``head``."""
-    return f'"{head}"'
+def etag(head: int, epoch: int = 0) -> str:
+    """The entity tag of the talk list at ``head``; after a cut in the
+    board's history (stores.history) it names the epoch too, so no tag from
+    before the cut can match a state after it."""
+    return f'"{head}"' if not epoch else f'"{head}.{epoch}"'
 
 
 def if_none_match(values: list[str]) -> frozenset[str] | _AnyTag | None:
     """The opaque tags an If-None-Match names (weak ones as strong), ANY for
     ``*``; None when there is none, or none that can be read (then the
-    request is answered as if it were not conditional)."""
+    request is answered as if it were not conditional).
+
+    RFC 9110 allows ``*`` only as the whole field value: a ``*`` anywhere
+    else (``x*y``, ``"1", *``) is not a tag and matches nothing.
+    """
+    field = ",".join(value.strip() for value in values).strip()
+    if field == "*":
+        return ANY
     tags = set()
-    for match in _ENTITY_TAG.finditer(",".join(values)):
-        if match.group(1) is None:
-            return ANY
+    for match in _ENTITY_TAG.finditer(field):
         tags.add(match.group(1))
     return frozenset(tags) or None
 
@@ -92,8 +100,11 @@ def requested_wait(values: list[str], cap: float) -> float:
             seconds = (match.group(2) or "").strip()
             if not seconds.isascii() or not seconds.isdigit():
                 return 0
-            # Any number of digits is a wait the cap cuts anyway.
-            return cap if len(seconds) > 9 else min(int(seconds), cap)
+            # A number, leading zeros and all (0001 is 1); one of any
+            # length is a wait the cap cuts anyway, so only the first few
+            # significant digits are ever converted.
+            significant = seconds.lstrip("0")
+            return cap if len(significant) > 9 else min(int(significant or "0"), cap)
     return 0
 
 
@@ -113,7 +124,7 @@ class ConditionalPolls:
         # without it: woken polls share them, and so share framed answers.
         self._tagged: dict[bytes, bytes] = {}
         self._tagged_head: int | None = None
-        self._tag_head: int | None = None
+        self._tag_head: tuple[int, int] | None = None
         self._tag = ""
 
     async def answer(self, handler: RequestHandler) -> None:
@@ -127,29 +138,37 @@ class ConditionalPolls:
             handler.set_header("Etag", tag)
             handler.send_json(self.body())
             return
-        # "*" matches every state, so waiting could only end in a 304 too.
-        wait = 0 if tags is ANY else requested_wait(headers.get_list("Prefer"), self.board.waiters.timeout)
+        # "*" matches every state, so waiting could only end in a 304 too;
+        # and a HEAD is answered at once.
+        if tags is ANY or handler.request.method == "HEAD":
+            wait = 0
+        else:
+            wait = requested_wait(headers.get_list("Prefer"), self.board.waiters.timeout)
         if not wait:
             _not_modified(handler, tag)
             return
-        over_cap = handler.application.limits.hold_poll(handler)
+        lane = lifecycle.admit(handler)
         handler.set_header("Preference-Applied", f"wait={wait:g}")
         handler.set_header("Content-Type", JSON_TYPE)
         # Past the per-address cap a wait goes to the slow lane, as a
         # changesSince poll does: answered every few seconds (304 or the
         # new list), so a crowd behind one address costs one request per
         # client per round, and nobody starves.
-        lane = self.board.slow_lane if over_cap else self.board.waiters
         poll = ConditionalPoll(self, handler, head, tags, wait, lane)
+        if not lifecycle.park(lane, poll, handler.request.connection.stream):
+            return  # the client left while its password was checked
         handler._conditional = poll  # for on_connection_close
-        lane.park(poll)
         if wait < self.board.waiters.timeout:
             self._park_short(poll)
         result = await poll.future
+        # The handler and its poll refer to each other: every end (an
+        # answer, a timeout, a client gone, the drain) passes here, and
+        # breaking the pair lets reference counting free both at once.
+        handler._conditional = poll.handler = None
         if result is None:
             return  # the client went away
         if result is NOT_MODIFIED:
-            _not_modified(handler, etag(poll.cursor))
+            _not_modified(handler, self.tag(poll.cursor))
         elif poll.head_block is None:
             tag, body = result
             handler.set_header("Etag", tag)
@@ -158,9 +177,10 @@ class ConditionalPolls:
             wakeup.finish_written(handler)
 
     def tag(self, head: int) -> str:
-        """``etag(head)``, formatted once per state rather than once per poll."""
-        if self._tag_head != head:
-            self._tag_head, self._tag = head, etag(head)
+        """``etag(head, epoch)``, formatted once per state rather than once per poll."""
+        key = (head, self.board.store.cuts.epoch)
+        if self._tag_head != key:
+            self._tag_head, self._tag = key, etag(*key)
         return self._tag
 
     def tagged_block(self, block: bytes, head: int) -> bytes:

@@ -23,6 +23,10 @@ before.  So the fast path only ever answers 200 with the body the handler
 would send, with the same headers; every refusal, limit and error stays
 in one place.
 
+The connection reads its next request only once the answer has left the
+process (``_finish``): a client that pipelines polls and never reads
+holds one answer here, as Tornado's own ``finish()`` would have it.
+
 What a parked poll keeps is this one small object plus Tornado's
 connection; the handler's request, handler and coroutine are never made,
 which is also most of a waiting client's memory.
@@ -38,7 +42,7 @@ import tornado
 from tornado.httputil import HTTPHeaders, RequestStartLine
 
 from .. import guard
-from . import wakeup
+from . import lifecycle, wakeup
 from ..handlers import API_HEADERS, JSON_TYPE
 from ..validation import BadInput, parse_cursor
 
@@ -85,15 +89,19 @@ class PollDelegate:
         # Tornado's own delegate for this request, once it is passed on.
         self.routed = None
         self.gone = False
+        idle = app.idle
+        if idle.timeout:
+            idle.waiting[request_conn] = idle.tick  # waiting for headers (talkserver.idle)
 
     # -- HTTPMessageDelegate ---------------------------------------------
 
     def headers_received(self, start_line: RequestStartLine, headers: HTTPHeaders):
+        self.app.idle.waiting.pop(self.conn, None)
         cursor = self._plain_poll_cursor(start_line, headers)
         if cursor is not None:
             address = self.conn.context.remote_ip or ""
             # Past the cap the handlers' slow lane (or their 429) takes it.
-            if self.app.limits.hold_poll_under_cap(self, address):
+            if lifecycle.admit_under_cap(self.app, self, address):
                 self.cursor = cursor
                 self.address = address
                 self.target = start_line.path
@@ -116,7 +124,8 @@ class PollDelegate:
             self.deliver(body)
             return
         self.conn.set_close_callback(self.on_close)
-        board.waiters.park(self)
+        if not lifecycle.park(board.waiters, self, self.conn.stream):
+            self.on_close()  # gone already: give the slot back, send nothing
 
     def on_connection_close(self) -> None:
         if self.routed is not None:
@@ -138,19 +147,32 @@ class PollDelegate:
             return
         self.gone = True
         self.app.board.waiters.forget(self)
-        self.app.limits.release(self)
+        lifecycle.release(self.app, self)
 
     def _finish(self) -> None:
-        self.app.limits.release(self)
+        lifecycle.release(self.app, self)
         if self.gone:
             return
         self.gone = True
         stream = self.conn.stream
         self.conn.set_close_callback(None)
-        # The answer is on its way: this lets Tornado read the next request.
-        self.conn.finish()
-        self.app.slow_readers.watch(stream)
-        self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started)
+        self.app.slow_readers.watch(stream)  # (what lifecycle.release does for a handler)
+        self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started, "long_poll")
+        if stream.writing():
+            # Back-pressure: what the socket did not take is queued, so the
+            # next request on this connection is read only once it has
+            # gone (a client that pipelines and never reads then holds one
+            # answer, not one per request).  IOStream.write(b"") resolves
+            # once everything written before it is sent.
+            stream.write(b"").add_done_callback(self._sent)
+        else:
+            # The answer is in the kernel's hands: Tornado may read the next request.
+            self.conn.finish()
+
+    def _sent(self, future) -> None:
+        if future.exception() is None:
+            self.conn.finish()
+        # else the client left: Tornado ends the connection by itself.
 
     # -- which requests are plain polls ----------------------------------
 
@@ -165,7 +187,7 @@ class PollDelegate:
             or "Content-Length" in headers
             or "Transfer-Encoding" in headers
             or "close" in headers.get("Connection", "").lower()
-            or "text/event-stream" in headers.get("Accept", "")
+            or lifecycle.transport_for(headers, True) != lifecycle.LONG_POLL
         ):
             return None
         app = self.app

@@ -4,11 +4,17 @@ Thousands of long polls woken by one change all hold the same cursor, so
 they all get the same answer: it is built and encoded once and the bytes are
 shared.  The cache is keyed by the store's ``head``, which every change
 moves, so a stale answer is never served.
+
+With ``--protect-talks`` each talk is shown with its owner's public tag
+(``owner_tag``, see talkserver.auth): the same for every reader, so the
+answers stay shared.
 """
 
 from __future__ import annotations
 
 import json
+
+from typing import Callable
 
 from ..stores import Changes, Store
 
@@ -26,10 +32,24 @@ def encode_answer(server_time: int, talks: list[dict], reset: bool = False) -> b
 class Feed:
     """Encoded answers for the current state of one store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, owner_tag: Callable[[str], str] | None = None) -> None:
         self.store = store
+        # owner -> public tag (talkserver.auth.Access.owner_tag), or None
+        # when talks are not owned (no --protect-talks).
+        self.owner_tag = owner_tag
         self._head = None
         self._cache: dict[int | None, bytes | None] = {}
+
+    def shown(self, talks: list[dict]) -> list[dict]:
+        """``talks`` as answers show them: with their owner's tag, when talks are owned."""
+        if self.owner_tag is None:
+            return talks
+        owner, tag = self.store.owner, self.owner_tag
+        shown = []
+        for talk in talks:
+            who = None if talk.get("deleted") else owner(talk["title"])
+            shown.append(talk if who is None else dict(talk, owner=tag(who)))
+        return shown
 
     def _fresh(self) -> dict:
         if self._head != self.store.head:
@@ -42,7 +62,7 @@ class Feed:
         cache = self._fresh()
         body = cache.get(None)
         if body is None:
-            body = cache[None] = encode_answer(self.store.head, self.store.all_talks())
+            body = cache[None] = encode_answer(self.store.head, self.shown(self.store.all_talks()))
         return body
 
     def talk_array(self) -> bytes:
@@ -51,7 +71,7 @@ class Feed:
         cache = self._fresh()
         body = cache.get("array")
         if body is None:
-            body = cache["array"] = _encode(self.store.all_talks()).encode("utf-8")
+            body = cache["array"] = _encode(self.shown(self.store.all_talks())).encode("utf-8")
         return body
 
     def since(self, cursor: int) -> bytes | None:
@@ -62,7 +82,7 @@ class Feed:
         changes: Changes = self.store.changes_since(cursor)
         body = None
         if changes.talks or changes.reset:
-            body = encode_answer(changes.server_time, changes.talks, changes.reset)
+            body = encode_answer(changes.server_time, self.shown(changes.talks), changes.reset)
         # Bound the cache: cursors are client-chosen, so one per request
         # could otherwise grow it without limit between two changes.
         if len(cache) < 64:

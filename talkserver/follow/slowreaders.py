@@ -21,17 +21,12 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 
 from ..metrics import Metrics
+from ..tornado_private import unsent_bytes
 
 log = logging.getLogger("talkserver")
 
 UNSENT_BOUND = 64 * 1024
 CHECK_EVERY_MS = 1000
-
-
-def unsent_bytes(stream: IOStream) -> int:
-    """Bytes queued on ``stream`` that the socket has not taken yet."""
-    # IOStream has no public counter; its write buffer knows its length.
-    return len(stream._write_buffer)  # type: ignore[attr-defined]
 
 
 class SlowReaders:

@@ -35,7 +35,8 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.web import HTTPError, RequestHandler
 
-from . import wakeup
+from . import lifecycle, wakeup
+from .. import tornado_private
 from .feed import Feed
 from ..metrics import Metrics
 from .slowreaders import unsent_bytes
@@ -50,11 +51,6 @@ DEFAULT_BUFFER_LIMIT = 1024 * 1024
 # server that went away do not all come back in the same instant.
 RETRY_MS = 2000
 _HEARTBEAT = b": heartbeat\n\n"
-
-
-def wants_stream(request) -> bool:
-    """Whether the request asks for an event stream (what EventSource sends)."""
-    return EVENT_STREAM_TYPE in request.headers.get("Accept", "")
 
 
 def _chunk(data: bytes) -> bytes:
@@ -91,7 +87,7 @@ class EventStream:
         self.io: IOStream = connection.stream
         # Tornado chunks the body of an HTTP/1.1 answer without a length;
         # an HTTP/1.0 one (nginx's default upstream) is ended by the close.
-        self.chunked: bool = getattr(connection, "_chunking_output", False)
+        self.chunked: bool = tornado_private.chunking(connection)
         self.ended: Future = Future()
 
     def write(self, frame: Frame, limit: int) -> bool:
@@ -225,21 +221,28 @@ async def follow(handler: RequestHandler, streams: Streams) -> None:
     finishes as usual.
     """
     cursor = stream_cursor(handler)
+    handler.set_header("Content-Type", EVENT_STREAM_TYPE)
+    # nginx would otherwise buffer the stream (see docs/deploy.md).
+    handler.set_header("X-Accel-Buffering", "no")
+    if handler.request.method == "HEAD":
+        handler.flush()  # GET's headers, no Content-Length; nothing follows
+        return
+    if handler.request.version != "HTTP/1.1":
+        # Without chunking only the close can end the body, so this
+        # connection is not kept alive whatever the client asked.
+        tornado_private.close_when_finished(handler.request.connection)
     # Past the per-address cap a stream is still served, as a poll is in
     # the slow lane: a crowd behind one NAT degrades, it does not starve.
     # A stream costs a change one shared write, so it needs no rounds; it
     # holds a socket, as a slow-lane poll does, and the same hard limit
     # (429 past five times the cap) bounds both.
-    handler.application.limits.hold_poll(handler)
-    handler.set_header("Content-Type", EVENT_STREAM_TYPE)
-    # nginx would otherwise buffer the stream (see docs/deploy.md).
-    handler.set_header("X-Accel-Buffering", "no")
+    lifecycle.admit(handler)
     first = streams.first_frame(cursor)
     handler.flush()  # the status line and headers; the events follow on the socket
     stream = EventStream(handler)
     handler.event_stream = stream
-    if handler.request.connection.stream.closed():
-        return
+    if lifecycle.client_gone(handler.request.connection.stream):
+        return  # it left while its password was checked: never opened
     streams.add(stream, first)
     try:
         await stream.ended

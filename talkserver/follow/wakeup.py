@@ -34,6 +34,10 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.log import app_log
 from tornado.web import RequestHandler
 
+from .. import tornado_private
+# Sends that skip IOStream's Future per write (see tornado_private).
+from ..tornado_private import send_now
+
 # Framed responses shared by the polls of one wake-up; keyed by (head, body)
 # and dropped wholesale when full, since the next change makes them stale.
 # Large bodies are never framed (copied): they go out after their head.
@@ -68,7 +72,7 @@ def answer_head(handler: RequestHandler) -> bytes | None:
     ):
         return None
     lines = ["HTTP/1.1 200 OK"]
-    lines += [f"{name}: {value}" for name, value in handler._headers.get_all() if name != "Content-Length"]
+    lines += [f"{name}: {value}" for name, value in tornado_private.response_headers(handler) if name != "Content-Length"]
     head = ("\r\n".join(lines) + "\r\n").encode("latin1")
     if len(_heads) >= _MAX_HEADS:
         _heads.clear()
@@ -107,27 +111,6 @@ def send_answer(stream: IOStream, head: bytes, body: bytes) -> None:
             _frames.clear()
         _frames[(head, body)] = frame
     _send(stream, frame)
-
-
-def send_now(stream: IOStream, data: bytes) -> int | None:
-    """Send what the socket takes of ``data`` at once, if nothing is queued
-    before it; returns the bytes sent (0 when they must be queued), or None
-    when the client is gone (the stream is then closed).
-
-    A direct send keeps the byte order only with nothing queued, and it
-    skips IOStream's future per write, a good part of a wake-up's cost.
-    """
-    if stream.writing():
-        return 0
-    try:
-        return stream.socket.send(data)
-    except BlockingIOError:
-        return 0
-    except OSError:
-        # EPIPE, ECONNRESET, ...: one client's trouble must not stop the
-        # loop for the others; on_connection_close follows.
-        stream.close(exc_info=True)
-        return None
 
 
 def _send(stream: IOStream, data: bytes, rest: memoryview | None = None) -> bool:
@@ -184,5 +167,5 @@ def finish_written(handler: RequestHandler) -> None:
     """``finish()`` for a handler whose answer ``write_answer`` has sent."""
     # finish() writes the headers unless they count as written; the body
     # went with them, so what it flushes is empty.
-    handler._headers_written = True
+    tornado_private.mark_headers_written(handler)
     handler.finish()

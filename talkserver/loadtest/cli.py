@@ -21,6 +21,8 @@ changes come, whether or not the server has taken the clients' new polls
 back.  ``--pid`` reads the server's memory before the clients connect, once
 they all wait, and every second of the run.  ``--churn SECONDS`` makes each
 client hang up and reconnect about that often, as browsers come and go.
+``--host-header`` sends another ``Host`` than the URL's, for a server behind
+a proxy; a refusal is reported with the server's own reason.
 
 The exit status is 0 for a clean run, 1 when anything was lost, duplicated
 or failed, and 2 for bad arguments or a server that cannot be reached.
@@ -33,15 +35,17 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..cli import raise_open_files_limit
 from .churn import hang_ups
-from .clients import RETRY_BACKOFF, Hub, Poller, ProtocolError, Target, Writer, clock, fetch_talks, talk_path
+from .clients import RETRY_BACKOFF, Hub, Poller, ProtocolError, Refused, Target, Writer, clock, fetch_talks, refusal, talk_path
+from .openfiles import raise_open_files_limit
 from .streams import Streamer
 from .tally import TOKEN, Tally, percentile
 
@@ -94,6 +98,7 @@ class Plan:
     plot_path: str | None
     loop: str = "auto"
     transport: str = "poll"
+    host_header: str | None = None
     clients_per_address: int = 100
     progress: bool = field(default_factory=lambda: sys.stdout.isatty())
 
@@ -132,6 +137,8 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         "report fan-out latency and lost, duplicated or failed deliveries.",
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
+    parser.add_argument("--host-header", metavar="HOST",
+                        help="the Host header to send, for a proxy that routes or checks by name (default: the URL's host:port)")
     parser.add_argument("--clients", type=_positive(int), default=100, help="long-polling clients (default %(default)s)")
     parser.add_argument("--transport", choices=("poll", "sse"), default="poll",
                         help="how clients follow the board: long polls, or server-sent event streams (default %(default)s)")
@@ -165,6 +172,8 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         parser.error(f"--url {args.url}: give an http:// URL such as http://127.0.0.1:8000")
     if url.path not in ("", "/") or url.query:
         parser.error(f"--url {args.url}: give the server's root, without a path")
+    if args.host_header is not None and not re.fullmatch(r"[!-~]+", args.host_header):
+        parser.error(f"--host-header {args.host_header!r}: give a host name such as talks.example.org (ASCII, no spaces)")
     if args.spaced and args.writers != 1:
         parser.error("--spaced measures one change at a time: use it with --writers 1")
     if args.spaced and args.rate:
@@ -184,6 +193,10 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
             import uvloop  # noqa: F401
         except ImportError:
             parser.error("--loop uvloop needs uvloop: pip install 'talkserver[fast]'")
+    for option, path in (("--json", args.json_path), ("--plot", args.plot_path)):
+        # Found out now, not after a run of many minutes.
+        if path and not os.path.isdir(os.path.dirname(path) or "."):
+            parser.error(f"{option} {path}: the directory {os.path.dirname(path)} does not exist")
     if args.plot_path:
         try:
             import matplotlib  # noqa: F401
@@ -195,6 +208,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         interval=args.interval, churn=args.churn,
         drain=args.drain, pid=args.pid, json_path=args.json_path, plot_path=args.plot_path,
         loop=args.loop, clients_per_address=args.clients_per_address, transport=args.transport,
+        host_header=args.host_header,
     )
 
 
@@ -222,7 +236,7 @@ class Run:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.target = Target(plan.host, plan.port, plan.clients_per_address)
+        self.target = Target(plan.host, plan.port, plan.clients_per_address, plan.host_header)
         self.hub = Hub(self.target)
         self.tally = Tally()
         client = Streamer if plan.transport == "sse" else Poller
@@ -231,6 +245,8 @@ class Run:
         self.tag = secrets.token_hex(3)
         self.phase = "connect"
         self.started = clock()
+        # When the run began, for the plot's title and the JSON.
+        self.started_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         self.write_seconds = 0.0
         self.memory: dict | None = None
         self.server_cpu: float | None = None
@@ -247,6 +263,8 @@ class Run:
             await fetch_talks(self.target, timeout=5.0)
         except (OSError, asyncio.TimeoutError) as e:
             raise Unreachable(f"cannot reach {self.plan.url}: {getattr(e, 'strerror', None) or e or 'timed out'}") from None
+        except Refused as e:
+            raise Unreachable(f"{self.plan.url} refused: {e}") from None
         except ProtocolError as e:
             raise Unreachable(f"{self.plan.url} does not answer like a talk server: {e}") from None
         idle = rss_kb(self.plan.pid) if self.plan.pid else None
@@ -398,7 +416,7 @@ class Run:
             else:
                 request = ("DELETE", talk_path(title), None)
             try:
-                status, _, retry_after = await asyncio.wait_for(writer.request(*request), REQUEST_TIMEOUT)
+                status, body, retry_after = await asyncio.wait_for(writer.request(*request), REQUEST_TIMEOUT)
             except (OSError, ConnectionError, asyncio.TimeoutError) as e:
                 writer.close()  # a late answer must not be taken for the next request's
                 self.tally.refuse(cid)
@@ -412,7 +430,8 @@ class Run:
                 continue
             if not 200 <= status < 300:
                 self.tally.refuse(cid)
-                self.hub.error(f"HTTP {status} on {request[0]}")
+                # One error kind per refusal, not per talk: the title is taken out.
+                self.hub.error(f"{request[0]} {refusal(status, body).replace(title, '…')}")
                 return False
             return True
 
@@ -472,6 +491,8 @@ class Run:
         errors = sum(self.hub.errors.values()) + self.tally.bad_answers
         result = {
             "url": self.plan.url,
+            "host_header": self.plan.host_header,
+            "started": self.started_at,
             "mode": "spaced" if self.plan.spaced else "interval" if self.plan.interval else "load",
             "transport": self.plan.transport,
             "clients": self.plan.clients,
@@ -530,8 +551,9 @@ def summary(result: dict) -> str:
         pace = "one change at a time (--spaced)"
     elif result["mode"] == "interval":
         pace = f"a change every {result['interval_s']:g} s by the clock (--interval; at worst {result['schedule_slip_ms']:.0f} ms late)"
+    host = f" as Host: {result['host_header']}" if result.get("host_header") else ""
     rows = [
-        ("server", f"{result['url']}  (client loop: {result['event_loop']})"),
+        ("server", f"{result['url']}{host}  (client loop: {result['event_loop']})"),
         ("clients", f"{result['clients']} ({'event streams' if result['transport'] == 'sse' else 'long polls'})"),
         ("writers", f"{result['writers']} for {result['duration_s']:.1f} s, {pace}"),
         ("changes", f"{result['changes']}"),
@@ -566,8 +588,25 @@ def summary(result: dict) -> str:
     return "\n".join([f"talkserver-load: {verdict}"] + [f"  {name:<{width}}  {value}" for name, value in rows])
 
 
-def plot(latencies_ms, last_client_ms: list[float], path: str) -> None:
-    """Draw the fan-out latency distribution (and per-change last-client times) to a PNG."""
+def plot_title(result: dict) -> str:
+    """What run a plot shows: clients, transport, pace, server and date."""
+    follow = "event streams" if result["transport"] == "sse" else "long polls"
+    if result["mode"] == "spaced":
+        pace = "one change at a time"
+    elif result["mode"] == "interval":
+        pace = f"a change every {result['interval_s']:g} s"
+    else:
+        pace = f"{result['writers']} writers, {result['rate']:g} changes/s" if result["rate"] else f"{result['writers']} writers"
+    host = f" (Host: {result['host_header']})" if result.get("host_header") else ""
+    return (
+        f"talkserver-load: {result['clients']:,} clients on {follow}, {pace}\n"
+        f"{result['url']}{host}, {result['started']}"
+    )
+
+
+def plot(latencies_ms, last_client_ms: list[float], path: str, title: str = "") -> None:
+    """Draw the fan-out latency distribution (and per-change last-client times)
+    to a PNG, under ``title`` (see plot_title)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -582,6 +621,8 @@ def plot(latencies_ms, last_client_ms: list[float], path: str) -> None:
     spread.legend()
     per_change.plot(range(1, len(last_client_ms) + 1), last_client_ms, marker=".", linestyle="none", color="#c44e52")
     per_change.set(title="Time until the last client has it", xlabel="change", ylabel="ms")
+    if title:
+        figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -600,13 +641,18 @@ def main(argv: list[str] | None = None) -> None:
         print("\ntalkserver-load: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     result = run.report()
-    print(summary(result))
+    try:
+        print(summary(result), flush=True)
+    except BrokenPipeError:
+        # Piped into head, say: the reader has what it wanted.  Python's
+        # advice: point stdout at /dev/null so the exit's flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if plan.json_path:
         with open(plan.json_path, "w") as out:
             json.dump(result, out, indent=2)
             out.write("\n")
     if plan.plot_path:
-        plot(run.tally.latencies_ms, run.tally.last_client_ms(), plan.plot_path)
+        plot(run.tally.latencies_ms, run.tally.last_client_ms(), plan.plot_path, plot_title(result))
     raise SystemExit(0 if clean(result) else 1)
 
 

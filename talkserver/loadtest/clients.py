@@ -37,6 +37,10 @@ class ProtocolError(Exception):
     """The server sent something that is not an HTTP/1.1 answer we can frame."""
 
 
+class Refused(ProtocolError):
+    """A talk server (it answered ``{"error": ...}``) refused the request."""
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection: write requests, split the answers.
 
@@ -136,12 +140,14 @@ class Target:
     ``per_address`` to each (0: all from the system's choice).
     """
 
-    def __init__(self, host: str, port: int, per_address: int = 0) -> None:
+    def __init__(self, host: str, port: int, per_address: int = 0, host_header: str | None = None) -> None:
         self.host, self.port = host, port
         self.per_address = per_address if _is_loopback_ipv4(host) else 0
         # "localhost" may resolve to ::1 first, which no 127.x source can reach.
         self._connect_host = "127.0.0.1" if self.per_address and host == "localhost" else host
-        self.host_header = f"{host}:{port}".encode("ascii")
+        # The Host every request names: the URL's, unless a proxy in front
+        # routes or checks by another name (--host-header).
+        self.host_header = (host_header or f"{host}:{port}").encode("ascii")
         self.get_talks = self.request("GET", "/talks")
         self._poll_prefix = b"GET /talks?changesSince="
         self._poll_suffix = b" HTTP/1.1\r\nHost: " + self.host_header + b"\r\n\r\n"
@@ -152,7 +158,7 @@ class Target:
 
     def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
         """Any request, ready to write."""
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        lines = [f"{method} {path} HTTP/1.1", "Host: " + self.host_header.decode("ascii")]
         if body is not None:
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (body or b"")
@@ -266,7 +272,7 @@ class Poller(Follower, Connection):
             hub.waiting -= 1
         hub.answers += 1
         if status != 200:
-            hub.error(f"HTTP {status}")
+            hub.error(refusal(status, body))
             asyncio.get_running_loop().call_later(RETRY_BACKOFF, self._ask)
             return
         found = _SERVER_TIME.search(body)
@@ -380,6 +386,30 @@ class Writer(Connection):
             self.transport.close()
 
 
+def _json_error(body: bytes) -> str | None:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    return answer["error"] if isinstance(answer, dict) and isinstance(answer.get("error"), str) else None
+
+
+def reason(body: bytes, limit: int = 200) -> str:
+    """The server's own words for a refusal: the ``error`` of a JSON answer
+    (talk servers send ``{"error": message}``), else the first line of the
+    text a proxy sent, cut to ``limit`` characters; "" when there is none."""
+    error = _json_error(body)
+    text = (error if error is not None else body.decode("utf-8", "replace")).strip()
+    line = text.split("\n", 1)[0].strip() if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def refusal(status: int, body: bytes) -> str:
+    """An error kind for the results: ``HTTP 429: <the server's message>``."""
+    why = reason(body)
+    return f"HTTP {status}: {why}" if why else f"HTTP {status}"
+
+
 def talk_path(title: str, comments: bool = False) -> str:
     """The URL path of a talk (or of its comments)."""
     path = "/talks/" + quote(title, safe="")
@@ -394,7 +424,9 @@ async def fetch_talks(target: Target, timeout: float = 10.0) -> list[dict]:
     finally:
         writer.close()
     if status != 200:
-        raise ProtocolError(f"GET /talks answered HTTP {status}")
+        why = reason(body)
+        error = Refused if _json_error(body) else ProtocolError
+        raise error(f"GET /talks answered HTTP {status}" + (f": {why}" if why else ""))
     try:
         answer = json.loads(body)
         talks = answer["talks"]

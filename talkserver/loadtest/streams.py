@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .clients import Follower, Hub, Target, clock
+from .clients import Follower, Hub, Target, clock, refusal
 
 
 class Streamer(Follower, asyncio.Protocol):
@@ -71,7 +71,8 @@ class Streamer(Follower, asyncio.Protocol):
             status = int(head[9:12]) if head[9:12].isdigit() else 0
             self.hub.answers += 1
             if status != 200:
-                self.hub.error(f"HTTP {status}")
+                # The refusal's body has usually come with its head.
+                self.hub.error(refusal(status, raw))
                 self.transport.close()  # connection_lost retries after a pause
                 return
             self._chunked = b"\r\ntransfer-encoding: chunked" in head

@@ -5,6 +5,8 @@
     sqlite.py     SQLiteStore: a MemoryStore that commits each change to a file first
     postgres.py   PostgresStore: a MemoryStore that follows a PostgreSQL database's
                   committed log, so many processes and hosts share one board
+    history.py    cuts: stretches of history a database lost (a restore, a failover),
+                  whose cursors get a reset on every server of the board
 
 One contract test suite (tests/test_store.py) runs against every store.
 """

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
+
+from .history import Cuts
 
 
 def wall_clock_ms() -> int:
@@ -81,9 +83,18 @@ class Store(Protocol):
     changes from any process have been applied; talkserver.follow.board awaits
     and wakes accordingly.  Its writes may also raise WriteOutcomeUnknown
     (sent, but no answer in time), besides StoreWriteFailed (not saved).
+
+    The hooks after the rules have defaults here, which a store gets by
+    naming Store as its base (MemoryStore does, so every store here has
+    them): a store of one process has no other writer to catch up with,
+    nothing to ping, and no metrics of its own.
     """
 
     head: int
+    cuts: Cuts  # stretches of history the database lost (stores.history)
+    # Set by the Board: what to call once changes made elsewhere (another
+    # process, another host) have been applied.  A local store never calls it.
+    on_change: Callable[[], None] | None = None
 
     def all_talks(self) -> list[dict]: ...
     def get(self, title: str) -> dict | None: ...
@@ -94,3 +105,16 @@ class Store(Protocol):
     def changes_since(self, cursor: int) -> Changes: ...
     def prune(self, older_than: int) -> int: ...
     def close(self) -> None: ...
+
+    # -- optional hooks, with defaults for a store of one process ----------
+
+    async def catch_up(self) -> None:
+        """Apply every change other writers have committed by now (then call
+        ``on_change``); raises StoreWriteFailed when that cannot be known."""
+
+    async def ping(self) -> bool:
+        """Whether the store can take writes now (for /healthz)."""
+        return True
+
+    def register_metrics(self, metrics) -> None:
+        """Add the store's own gauges and counters to ``metrics`` (a talkserver.metrics.Metrics)."""

@@ -7,10 +7,11 @@ MemoryStore and commits each change to disk first).
 
 from __future__ import annotations
 
-from .contract import Changes, TalkNotFound, next_stamp, wall_clock_ms
+from .contract import Changes, Store, TalkNotFound, next_stamp, wall_clock_ms
+from .history import Cuts
 
 
-class MemoryStore:
+class MemoryStore(Store):
     """The whole state in memory; lost when the process ends.
 
     ``_log`` maps each title to the stamp of its newest change and is kept in
@@ -30,6 +31,9 @@ class MemoryStore:
         # name: a pruned tombstone, or anything from before the store
         # existed (a client that polled a previous, wiped store).
         self.pruned_through = self.head
+        # Stretches of history the database lost (stores.history); a
+        # memory store never loses any, the durable ones fill this in.
+        self.cuts = Cuts()
 
     # -- reading ---------------------------------------------------------
 
@@ -49,10 +53,11 @@ class MemoryStore:
         """The changes stamped after ``cursor``, newest first.
 
         A cursor from the future (the data was wiped, or the client talked
-        to another server), or from before the store's history (pruned, or
-        from before the store was created), gets a reset.
+        to another server), from before the store's history (pruned, or
+        from before the store was created), or from a stretch of history
+        the database lost (a cut, stores.history), gets a reset.
         """
-        if cursor > self.head or cursor < self.pruned_through:
+        if cursor > self.head or cursor < self.pruned_through or (self.cuts and self.cuts.lost(cursor)):
             return Changes(self.head, self.all_talks(), reset=True)
         changed = []
         for title, stamp in reversed(self._log.items()):
@@ -115,6 +120,7 @@ class MemoryStore:
         ]
         for title in doomed:
             self.pruned_through = max(self.pruned_through, self._log.pop(title))
+        self.cuts.forget_through(self.pruned_through)
         return len(doomed)
 
     def close(self) -> None:

@@ -29,8 +29,13 @@ write that was sent and got no answer in time, or lost its connection on
 the way, may have committed, and raises WriteOutcomeUnknown (answered 504).
 Reads and polls go on from memory meanwhile, and the follower reconnects
 once a second through the (possibly multi-host) URL, logging one line per
-change of the database's state.  docs/storage.md describes the schema, the
-choices and each fault.
+change of the database's state.
+
+Every answer (a catch-up's or a write's) also carries the board's epoch and
+a witness, which tell a database that went back in time (a restore, a
+failover that lost commits); a catch-up round then marks the cut for every
+server and reloads the board (stores.history).  docs/storage.md describes
+the schema, the choices and each fault.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ import asyncio
 import json
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+from . import history
 from .contract import NotTheOwner, StoreOpenError, StoreWriteFailed, TalkNotFound, WriteOutcomeUnknown
 from .memory import MemoryStore
 
@@ -136,52 +142,78 @@ MIGRATIONS: list[list[str]] = [
             RETURN stamp;
         END $$""",
     ],
-    # Version 2: one round trip per write, and pruning in one statement.
-    # The version 1 functions stay, so servers of the previous version
-    # keep working on a migrated database during a rolling upgrade.
+    # Version 2: cuts, stretches of history the database lost (stores.history).
+    history.PG_MIGRATION,
+    # Version 3: one round trip per write, and pruning in one statement.
+    # Every answer also carries what tells a database that went back in
+    # time (stores.history): the board's epoch, and the witness, the
+    # database's stamp of the title the asking process changed last.  The
+    # version 1 functions stay, so servers of the previous versions keep
+    # working on a migrated database during a rolling upgrade.
     [
+        # A database that a pre-release of this version took to "version 2"
+        # with these functions and no cuts table gets the table here.
+        *history.PG_MIGRATION,
         # The head, and every change after the cursor ``since`` with its
         # talk's state, in stamp order; one query, so one snapshot.
         # Tombstones pruned after ``since`` took deletes with them that the
         # reader has not applied: then it gets the whole log (``reload``).
-        """CREATE FUNCTION talkserver_changes(since bigint)
-        RETURNS TABLE (db_head bigint, db_pruned_through bigint, reload boolean, changes text) LANGUAGE sql AS $$
+        """CREATE FUNCTION talkserver_changes(since bigint, witness_title text)
+        RETURNS TABLE (db_head bigint, db_pruned_through bigint, reload boolean, changes text,
+                       epoch bigint, witness bigint) LANGUAGE sql AS $$
         SELECT h.stamp, h.pruned_through, h.pruned_through > since,
           (SELECT coalesce(json_agg(json_build_array(c.title, c.stamp, t.presenter, t.summary, t.owner,
                (SELECT coalesce(json_agg(json_build_array(m.author, m.message) ORDER BY m.id), '[]')
                 FROM comments m WHERE m.title = c.title)) ORDER BY c.stamp), '[]')
            FROM change_log c LEFT JOIN talks t ON t.title = c.title
-           WHERE c.stamp > CASE WHEN h.pruned_through > since THEN -1 ELSE since END)::text
+           WHERE c.stamp > CASE WHEN h.pruned_through > since THEN -1 ELSE since END)::text,
+          """ + history.PG_CATCH_UP_COLUMNS.replace("$2", "witness_title") + """
         FROM head h
         $$""",
         # Each write, and then the catch-up from the writer's head through
         # its own stamp.  The catch-up's snapshot is taken after the head
         # lock was granted, so every smaller stamp has committed and is in it.
-        """CREATE FUNCTION talkserver_put(t text, p text, s text, o text, now_ms bigint, since bigint)
-        RETURNS TABLE (written bigint, db_head bigint, db_pruned_through bigint, reload boolean, changes text)
+        # The witness is read before the write, which may change that title.
+        """CREATE FUNCTION talkserver_put(t text, p text, s text, o text, now_ms bigint, since bigint,
+                                          witness_title text)
+        RETURNS TABLE (written bigint, db_head bigint, db_pruned_through bigint, reload boolean, changes text,
+                       epoch bigint, witness bigint)
         LANGUAGE plpgsql AS $$
+        DECLARE
+            seen bigint := (SELECT l.stamp FROM change_log l WHERE l.title = witness_title);
         BEGIN
             written := talkserver_put(t, p, s, o, now_ms);
-            RETURN QUERY SELECT written, c.* FROM talkserver_changes(since) c;
+            RETURN QUERY SELECT written, c.db_head, c.db_pruned_through, c.reload, c.changes, c.epoch, seen
+                FROM talkserver_changes(since, NULL) c;
         END $$""",
-        """CREATE FUNCTION talkserver_delete(t text, o text, now_ms bigint, since bigint)
-        RETURNS TABLE (written bigint, db_head bigint, db_pruned_through bigint, reload boolean, changes text)
+        """CREATE FUNCTION talkserver_delete(t text, o text, now_ms bigint, since bigint, witness_title text)
+        RETURNS TABLE (written bigint, db_head bigint, db_pruned_through bigint, reload boolean, changes text,
+                       epoch bigint, witness bigint)
         LANGUAGE plpgsql AS $$
+        DECLARE
+            seen bigint := (SELECT l.stamp FROM change_log l WHERE l.title = witness_title);
         BEGIN
             written := talkserver_delete(t, o, now_ms);
-            RETURN QUERY SELECT written, c.* FROM talkserver_changes(since) c;
+            RETURN QUERY SELECT written, c.db_head, c.db_pruned_through, c.reload, c.changes, c.epoch, seen
+                FROM talkserver_changes(since, NULL) c;
         END $$""",
-        """CREATE FUNCTION talkserver_comment(t text, a text, m text, now_ms bigint, since bigint)
-        RETURNS TABLE (written bigint, db_head bigint, db_pruned_through bigint, reload boolean, changes text)
+        """CREATE FUNCTION talkserver_comment(t text, a text, m text, now_ms bigint, since bigint,
+                                              witness_title text)
+        RETURNS TABLE (written bigint, db_head bigint, db_pruned_through bigint, reload boolean, changes text,
+                       epoch bigint, witness bigint)
         LANGUAGE plpgsql AS $$
+        DECLARE
+            seen bigint := (SELECT l.stamp FROM change_log l WHERE l.title = witness_title);
         BEGIN
             written := talkserver_comment(t, a, m, now_ms);
-            RETURN QUERY SELECT written, c.* FROM talkserver_changes(since) c;
+            RETURN QUERY SELECT written, c.db_head, c.db_pruned_through, c.reload, c.changes, c.epoch, seen
+                FROM talkserver_changes(since, NULL) c;
         END $$""",
         # Forget tombstones stamped before ``older_than``: one statement, so
         # the head lock (which keeps it between writes) is held for no
-        # longer than the DELETE, never across a round trip.
-        """CREATE FUNCTION talkserver_prune(older_than bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+        # longer than the DELETE, never across a round trip.  (OR REPLACE:
+        # the pre-release "version 2" had the same function.)
+        """CREATE OR REPLACE FUNCTION talkserver_prune(older_than bigint) RETURNS bigint LANGUAGE plpgsql AS $$
         DECLARE
             gone bigint;
             newest bigint;
@@ -203,7 +235,9 @@ MIGRATIONS: list[list[str]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_CATCH_UP = "SELECT * FROM talkserver_changes($1)"
+# The head, the changes after $1, the epoch and the witness (the stamp of
+# the title $2); see talkserver_changes above.
+_CATCH_UP = "SELECT * FROM talkserver_changes($1, $2)"
 
 # Seconds a database call may take (--db-timeout): the connection, the
 # statement and its answer together.
@@ -314,6 +348,16 @@ def _host_of(conn) -> str | None:
     return str(address) if address else None
 
 
+class _Asked(NamedTuple):
+    """What a process had applied when it asked the database; its answer is checked against it."""
+
+    applied: int  # answers applied by then (PostgresStore._applied)
+    head: int
+    epoch: int
+    title: str | None  # the title it changed last, whose stamp in the database is the witness
+    stamp: int | None  # and that change's stamp
+
+
 class PostgresStore(MemoryStore):
     """A MemoryStore that follows the committed change log of a PostgreSQL database.
 
@@ -350,6 +394,13 @@ class PostgresStore(MemoryStore):
         self._down_reason = ""
         self._follower: asyncio.Task | None = None
         self._closed = False
+        # Until the first catch-up nothing was applied, so nothing can be lost.
+        self._loaded = False
+        # A catch-up round is settling a cut (_settle_cut): other answers wait.
+        self._settling = False
+        # An answer showed that the database lost what this process applied;
+        # the next round settles it, and answers wait till then.
+        self._loss_seen = False
 
     @classmethod
     async def open(cls, url: str, *, clock=None, catch_up_every: float = 1.0, follow: bool = True,
@@ -421,7 +472,7 @@ class PostgresStore(MemoryStore):
         Raises NotTheOwner if ``owner`` is given and the talk has another.
         """
         return await self._write(
-            "SELECT * FROM talkserver_put($1, $2, $3, $4, $5, $6)", title, presenter, summary, owner
+            "SELECT * FROM talkserver_put($1, $2, $3, $4, $5, $6, $7)", title, presenter, summary, owner
         )
 
     async def delete(self, title: str, owner: str | None = None) -> int | None:
@@ -431,13 +482,13 @@ class PostgresStore(MemoryStore):
         has another owner.
         """
         try:
-            return await self._write("SELECT * FROM talkserver_delete($1, $2, $3, $4)", title, owner)
+            return await self._write("SELECT * FROM talkserver_delete($1, $2, $3, $4, $5)", title, owner)
         except TalkNotFound:
             return None
 
     async def add_comment(self, title: str, author: str, message: str) -> int:
         """Append a comment; raises TalkNotFound if there is no such talk."""
-        return await self._write("SELECT * FROM talkserver_comment($1, $2, $3, $4, $5)", title, author, message)
+        return await self._write("SELECT * FROM talkserver_comment($1, $2, $3, $4, $5, $6)", title, author, message)
 
     async def prune(self, older_than: int) -> int:
         """Forget tombstones stamped before ``older_than``; returns how many.
@@ -469,9 +520,9 @@ class PostgresStore(MemoryStore):
                 f"the database is unreachable ({self._down_reason}); trying again every {RETRY_EVERY:g} s"
             )
         now = None if self._given_clock is None else self._given_clock()
-        asked_at = self._applied
+        asked = self._asking()
         try:
-            stamp, *changes = await self._call(call, *args, now, self.head)
+            stamp, *answer = await self._call(call, *args, now, asked.head, asked.title)
         except asyncpg.NoDataFoundError:
             # Rolled back: the talk is not there, perhaps deleted by another
             # process; this one should show that too before it answers.
@@ -482,8 +533,13 @@ class PostgresStore(MemoryStore):
             raise NotTheOwner(args[0]) from None
         except Exception as e:
             self._raise_for_write(e)
-        if self._apply(*changes, asked_at=asked_at) and self.on_change is not None:
+        if self._apply(*answer, asked=asked) and self.on_change is not None:
             self.on_change()
+        if self.head < stamp:
+            # Not applied: the answer showed a cut, which a catch-up round
+            # settles (as it may be doing now); the write is answered once
+            # its change is in memory, as always.
+            await self._apply_after_commit()
         return stamp
 
     def _raise_for_write(self, e: BaseException) -> None:
@@ -502,10 +558,14 @@ class PostgresStore(MemoryStore):
             log.info("committed, but could not read the change back yet: %s", e)
 
     async def _call(self, query: str, *args):
-        """Run one statement on a connection of the pool; its first row, within ``self.timeout`` in all.
+        """Run one statement on a connection of the pool; its first row, within ``self.timeout`` in all."""
+        return await self._on_connection(lambda conn: conn.fetchrow(query, *args))
+
+    async def _on_connection(self, work: Callable[..., Awaitable]):
+        """Await ``work(conn)`` on a connection of the pool, within ``self.timeout`` in all; return its result.
 
         Raises _NotSent when no connection could be had in time (nothing
-        reached the database), _NoAnswer when the statement got no answer in
+        reached the database), _NoAnswer when the work got no answer in
         time, else the driver's error.  Whether it was answered tells whether
         the database is reachable.
         """
@@ -523,7 +583,7 @@ class PostgresStore(MemoryStore):
         # Read now: a connection that breaks later is no longer asyncpg's to tell.
         host = _host_of(conn)
         try:
-            row = await _within(conn, conn.fetchrow(query, *args), deadline - loop.time(), self.timeout)
+            result = await _within(conn, work(conn), deadline - loop.time(), self.timeout)
         except Exception as e:
             if _unreachable(e) and not _rolled_back(e):
                 self._set_reachable(False, e, started)
@@ -532,7 +592,7 @@ class PostgresStore(MemoryStore):
             await self._pool.release(conn)
         self._reached(host)
         self._set_reachable(True, None, started)
-        return row
+        return result
 
     # -- following the database ------------------------------------------------
 
@@ -556,35 +616,65 @@ class PostgresStore(MemoryStore):
         try:
             while self._next_round is not None:
                 this_round, self._next_round = self._next_round, None
-                asked_at = self._applied
+                asked = self._asking()
                 try:
-                    answer = await self._call(_CATCH_UP, self.head)
+                    answer = await self._call(_CATCH_UP, asked.head, asked.title)
+                    # No row: the head row is gone (a wiped table), a cut too.
+                    applied = None if answer is None else self._apply(*answer, asked=asked)
+                    if applied is None:
+                        applied = await self._settle_cut()
                 except Exception as e:
                     if not _unreachable(e):
                         log.exception("catch-up failed")
                     this_round.set_exception(StoreWriteFailed(_failure(e)))
                     continue
-                applied = self._apply(*answer, asked_at=asked_at)
                 this_round.set_result(None)
                 if applied and self.on_change is not None:
                     self.on_change()
         finally:
             self._catching_up = False
 
-    def _apply(self, head: int, pruned_through: int, reload: bool, changes: str, *, asked_at: int) -> bool:
-        """Apply one answer of talkserver_changes; returns whether anything changed in memory.
+    def _asking(self) -> "_Asked":
+        """What this process has applied now, against which an answer asked for now is checked."""
+        return _Asked(self._applied, self.head, self.cuts.epoch, *history.newest_change(self._log))
+
+    def _apply(self, head: int, pruned_through: int, reload: bool, changes: str, epoch: int, witness: int | None,
+               *, asked: "_Asked") -> bool | None:
+        """Apply one answer of talkserver_changes (a catch-up's or a write's); returns whether memory changed.
 
         One statement is one snapshot: the head and the rows after the
         cursor come from the same moment, so they are a gap-free prefix.
         Writes and catch-ups run side by side, so an answer may come from a
-        snapshot older than one already applied (``asked_at`` is the count
-        of applied answers when it was asked for): then it is old news.
+        snapshot older than one already applied (``asked.applied`` is the
+        count of applied answers when it was asked for): then it is old news.
+
+        Returns None, applying nothing, when the answer shows a cut for a
+        catch-up round to settle (``_settle_cut``): the database no longer
+        holds what this process had applied when it asked (its head, epoch
+        or witness went back, stores.history; after a restore a write's
+        stamp is the clock, so its head alone may look ahead of ours while
+        the witness is gone), or it has cuts this process does not know; or
+        a round is settling one now.
         """
-        stale = asked_at != self._applied
+        if self._settling or self._loss_seen:
+            return None
+        if self._loaded and history.lost_history(
+            applied_head=asked.head, known_epoch=asked.epoch, newest_stamp=asked.stamp,
+            db_head=head, db_pruned_through=pruned_through, db_epoch=epoch, witness=witness,
+        ):
+            # Kept for the settling round: the next answer may no longer
+            # show it (a write of the witness's own title hides it).
+            self._loss_seen = True
+            return None
+        if epoch != self.cuts.epoch:
+            return None
+        return self._merge(head, pruned_through, reload, changes, stale=asked.applied != self._applied)
+
+    def _merge(self, head: int, pruned_through: int, reload: bool, changes: str, *, stale: bool) -> bool:
+        """Put one checked answer into memory (see _apply); returns whether anything changed."""
+        self._loaded = True
         if head < self.head and stale:
             return False
-        # head < self.head from an answer that is not stale: the database
-        # went back in time (a restore, a failover that lost commits).
         if head == self.head and pruned_through <= self.pruned_through:
             return False
         self._applied += 1
@@ -607,11 +697,75 @@ class PostgresStore(MemoryStore):
                 }
             self._log.pop(title, None)
             self._log[title] = stamp
-        if pruned_through > self.pruned_through:
+        if reload:
+            # A reload after a cut may find less pruned than we had.
+            self.pruned_through = pruned_through
+        elif pruned_through > self.pruned_through:
             MemoryStore.prune(self, pruned_through + 1)
             self.pruned_through = pruned_through
         self.head = head
         return True
+
+    async def _settle_cut(self) -> bool:
+        """Settle what an answer showed (see _apply), in a catch-up round; returns whether memory changed.
+
+        On one connection, the catch-up is asked again from where this
+        process is now.  A database that no longer holds what it applied is
+        a cut: marked once for every server (history.mark_cut) unless another
+        server's mark covers it already, and the board is reloaded whole.  A
+        cut elsewhere in history (a server that lost what this one never
+        applied) only needs knowing.  Other answers wait meanwhile
+        (``_settling``): a write's change is applied by the next round.
+        """
+        self._settling = True
+        seen, self._loss_seen = self._loss_seen, False
+        try:
+            asked = self._asking()
+
+            async def settle(conn):
+                row = await conn.fetchrow(_CATCH_UP, asked.head, asked.title)
+                lost = seen or row is None or (self._loaded and history.lost_history(
+                    applied_head=asked.head, known_epoch=asked.epoch, newest_stamp=asked.stamp,
+                    db_head=row["db_head"], db_pruned_through=row["db_pruned_through"], db_epoch=row["epoch"],
+                    witness=row["witness"],
+                ))
+                if not lost and row["epoch"] == asked.epoch:
+                    return row, lost, None, None  # settled meanwhile, or old news
+                cuts = await history.pg_cuts(conn)
+                covering = next((c for c in cuts if c.holds(asked.head)), None) if self._loaded else None
+                if lost and covering is None:
+                    covering = await history.mark_cut(
+                        conn, applied_head=asked.head, log=self._log, known=self.cuts, clock_sql=_DB_CLOCK_MS
+                    )
+                    cuts = await history.pg_cuts(conn)
+                if lost or covering is not None:
+                    row = await conn.fetchrow(_CATCH_UP, -1, None)
+                return row, lost, covering, cuts
+
+            try:
+                row, lost, covering, cuts = await self._on_connection(settle)
+            except BaseException:
+                self._loss_seen = self._loss_seen or seen  # the next round tries again
+                raise
+        finally:
+            self._settling = False
+        if cuts is not None:
+            self.cuts.replace(cuts)
+            self.cuts.noticed = max(cuts, key=lambda c: c.epoch, default=None)
+            if covering is not None:
+                log.warning(
+                    "history cut %d: the database lost the changes after %d that this process had applied up to %d"
+                    " (restored from an older dump? failed over to a standby that lost commits?); reloading the"
+                    " board from the database; cursors in that stretch get the whole board with reset",
+                    covering.epoch, covering.survived, asked.head,
+                )
+            elif lost:
+                log.warning("the database's head went back, but it holds everything this process applied; reloading")
+            elif self._loaded:
+                log.info("the board's history was cut elsewhere (%s); nothing this process applied was lost",
+                         _describe(self.cuts.noticed))
+        head, pruned_through, reload, changes = tuple(row)[:4]
+        return self._merge(head, pruned_through, reload, changes, stale=False)
 
     async def _follow(self) -> None:
         """LISTEN for changes on a connection of its own; while the database is away, try again every second."""
@@ -674,7 +828,9 @@ class PostgresStore(MemoryStore):
         if host is None:
             return
         if self.primary is None:
-            log.info("following PostgreSQL at %s", host)
+            # Debug only: the first log line is the one naming the port
+            # bound (the listening line names the store; /healthz the host).
+            log.debug("following PostgreSQL at %s", host)
         elif host != self.primary:
             log.warning("the PostgreSQL primary is now %s (was %s)", host, self.primary)
         self.primary = host
@@ -787,6 +943,10 @@ class PostgresStore(MemoryStore):
             await asyncio.wait_for(self._pool.close(), 5)
         except asyncio.TimeoutError:
             self._pool.terminate()
+
+
+def _describe(cut: history.Cut | None) -> str:
+    return "none" if cut is None else f"cut {cut.epoch}: cursors after {cut.survived} up to {cut.cut_through}"
 
 
 def _one_line(e: BaseException | None) -> str:

@@ -35,7 +35,8 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from .contract import StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
+from . import history
+from .contract import Changes, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
 from .memory import MemoryStore
 
 log = logging.getLogger("talkserver")
@@ -61,6 +62,8 @@ MIGRATIONS: list[list[str]] = [
     ],
     # --protect-talks: the owner is stored with the talk, so it survives restarts.
     ["ALTER TABLE talks ADD COLUMN owner TEXT"],
+    # Stretches of stamps a restored (older) copy of the file never had.
+    history.SQLITE_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -108,6 +111,32 @@ class SQLiteStore(MemoryStore):
             # out, so it is stored before anyone can see it; and, as in
             # MemoryStore, cursors from before it get a reset.
             self._transaction([(_SET_META, ("head", self.head)), (_SET_META, ("pruned_through", self.head))])
+        self.cuts.replace(history.sqlite_cuts(db.execute("SELECT survived, cut_through FROM cuts")))
+        self.cuts.forget_through(self.pruned_through)
+        # An existing file may be an older copy of the board (restored from
+        # a backup): clients may hold stamps past its head that it never
+        # had.  The first write records the stretch up to its own stamp.
+        self._opened_head: int | None = self.head if "head" in meta else None
+        self._warned = False
+
+    def changes_since(self, cursor: int) -> Changes:
+        """As MemoryStore; the first cursor this file never handed out is logged (a restored file?)."""
+        changes = super().changes_since(cursor)
+        if changes.reset and not self._warned and cursor > self.pruned_through:
+            cut = self.cuts.lost(cursor)
+            if cut is not None or cursor > self.head:
+                # Once per process: clients can send any cursor they like.
+                self._warned = True
+                where = (
+                    f"between {cut.survived} and {cut.cut_through + 1}" if cut is not None
+                    else f"after this database's newest, {self.head}"
+                )
+                log.warning(
+                    "%s: history cut? a client holds stamp %d, %s, which this file never had"
+                    " (restored from an older copy?); such clients get the whole board with reset",
+                    self.path, cursor, where,
+                )
+        return changes
 
     # -- writing: commit first, then the same change in memory -------------
 
@@ -153,6 +182,8 @@ class SQLiteStore(MemoryStore):
                 (older_than,),
             ),
             (f"DELETE FROM change_log WHERE {tombstone}", (older_than,)),
+            # Cuts wholly older than pruned history tell nothing more.
+            ("DELETE FROM cuts WHERE cut_through < (SELECT value FROM meta WHERE key = 'pruned_through')", ()),
         ])
         return super().prune(older_than)
 
@@ -168,8 +199,18 @@ class SQLiteStore(MemoryStore):
             self._lock = None
 
     def _commit_change(self, title: str, statements: list[tuple[str, tuple]]) -> None:
-        """Commit ``statements`` with the change-log row and head of the next stamp."""
+        """Commit ``statements`` with the change-log row and head of the next stamp.
+
+        The first change after opening also records the stamps between the
+        file's head and its own as a cut (see stores.history).
+        """
         stamp = next_stamp(self._wall_clock(), self.head)
+        cut = None
+        if self._opened_head is not None and stamp - 1 > self._opened_head:
+            cut = history.Cut(0, self._opened_head, stamp - 1)
+            statements = statements + [
+                ("INSERT INTO cuts (survived, cut_through) VALUES (?, ?)", (cut.survived, cut.cut_through)),
+            ]
         self._transaction(statements + [
             (
                 "INSERT INTO change_log (title, stamp) VALUES (?, ?)"
@@ -179,6 +220,9 @@ class SQLiteStore(MemoryStore):
             (_SET_META, ("head", stamp)),
         ])
         self._committed = stamp
+        self._opened_head = None
+        if cut is not None:
+            self.cuts.add(cut)
 
     def _transaction(self, statements: list[tuple[str, tuple]]) -> None:
         """Run ``statements`` as one committed transaction, or raise StoreWriteFailed."""

@@ -139,7 +139,8 @@ def server(tmp_path: Path, server_args) -> Server:
 
 @pytest.fixture
 def open_page(browser: Browser, server: Server):
-    """Open the page as a new person; returns the Playwright Page once it is Live.
+    """Open the page as a new person; returns the Playwright Page once it is Live
+    (or at once, with ``live=False``).
 
     Each page records the dialogs it was shown (``page.dialogs``), and the
     test fails if a page threw an uncaught error or broke its
@@ -148,7 +149,7 @@ def open_page(browser: Browser, server: Server):
     contexts = []
     pages = []
 
-    def open_page(width: int = 1100, height: int = 800, before_load=None) -> Page:
+    def open_page(width: int = 1100, height: int = 800, before_load=None, live: bool = True) -> Page:
         context = browser.new_context(viewport={"width": width, "height": height})
         contexts.append(context)
         page = context.new_page()
@@ -164,7 +165,8 @@ def open_page(browser: Browser, server: Server):
         if before_load is not None:
             before_load(page)  # e.g. page.route(...) for the page's very first requests
         page.goto(server.url)
-        expect(page.get_by_role("status")).to_have_text("Live")
+        if live:
+            expect(page.get_by_role("status")).to_have_text("Live")
         pages.append(page)
         return page
 

@@ -37,6 +37,12 @@ def talk(page: Page, title: str):
     return page.get_by_role("article", name=title, exact=True)
 
 
+def delete(page: Page, title: str) -> None:
+    """Delete a talk as a person does: "Delete talk", then "Delete" in the dialog that asks."""
+    talk(page, title).get_by_role("button", name="Delete talk").click()
+    page.get_by_role("dialog", name="Delete this talk?").get_by_role("button", name="Delete", exact=True).click()
+
+
 def comment(page: Page, title: str, message: str) -> None:
     article = talk(page, title)
     article.get_by_label("Comment", exact=True).fill(message)
@@ -89,7 +95,7 @@ def test_a_talk_deleted_in_one_page_disappears_from_the_other(open_page):
     propose(ada, "Long-lived")
     expect(talk(grace, "Short-lived")).to_be_visible()
 
-    talk(grace, "Short-lived").get_by_role("button", name="Delete talk").click()
+    delete(grace, "Short-lived")
 
     expect(talk(ada, "Short-lived")).to_have_count(0)
     expect(talk(grace, "Short-lived")).to_have_count(0)
@@ -102,7 +108,7 @@ def test_a_deleted_talk_with_an_unsent_comment_stays_until_dismissed(open_page):
     propose(ada, "Doomed")
     talk(grace, "Doomed").get_by_label("Comment", exact=True).fill("my unsent thoughts")
 
-    talk(ada, "Doomed").get_by_role("button", name="Delete talk").click()
+    delete(ada, "Doomed")
 
     kept = talk(grace, "Doomed")
     expect(kept.get_by_text("This talk was deleted")).to_be_visible()
@@ -313,10 +319,17 @@ def test_the_page_can_be_used_by_keyboard_alone(open_page):
     page.keyboard.type("Typed, not clicked")
     page.keyboard.press("Enter")
     expect(article.get_by_role("listitem")).to_have_text(["Keyboard Kim: Typed, not clicked"])
+    # The button is disabled until the POST is answered, which may come after the feed.
+    expect(article.get_by_role("button", name="Add comment")).to_be_enabled()
     page.keyboard.press("Tab")
     expect(article.get_by_role("button", name="Add comment")).to_be_focused()
     page.keyboard.press("Tab")
     expect(article.get_by_role("button", name="Delete talk")).to_be_focused()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name="Delete this talk?")
+    expect(dialog.get_by_role("button", name="Keep it")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(dialog.get_by_role("button", name="Delete", exact=True)).to_be_focused()
     page.keyboard.press("Enter")
     expect(article).to_have_count(0)
 

@@ -1,0 +1,148 @@
+"""The in-repo Node.js peer (benchmarks/peers/node/server.js) answers the
+protocol the benchmarks compare talkserver on, and talkserver-load runs clean
+against it.  ``make test`` installs Debian's nodejs when it is missing."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from .harness import free_port
+from .test_loadtest import load_json
+
+PEER = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "node" / "server.js"
+
+
+@contextmanager
+def node_peer(poll_timeout_ms=1000, heartbeat_ms=15000):
+    """The peer on a free port; yields its URL."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is missing: `make test` installs Debian's nodejs package (as root)")
+    port = free_port()
+    env = dict(os.environ, POLL_TIMEOUT_MS=str(poll_timeout_ms), HEARTBEAT_MS=str(heartbeat_ms))
+    process = subprocess.Popen([node, str(PEER), str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()
+                assert time.monotonic() < deadline, "the peer did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def call(url, method="GET", body=None):
+    """(status, parsed JSON body or None)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            raw = answer.read()
+            return answer.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+TALK = {"presenter": "Ada", "summary": "Engines"}
+
+
+def test_the_peer_answers_reads_writes_and_errors_as_the_protocol_says():
+    with node_peer() as url:
+        status, empty = call(url + "/talks")
+        assert status == 200 and empty["talks"] == [] and isinstance(empty["serverTime"], int)
+
+        assert call(url + "/talks/Two%20words", "PUT", TALK) == (204, None)
+        assert call(url + "/talks/Two%20words/comments", "POST", {"author": "Bob", "message": "Nice"}) == (204, None)
+        talk = {"title": "Two words", **TALK, "comments": [{"author": "Bob", "message": "Nice"}]}
+        assert call(url + "/talks/Two%20words") == (200, talk)
+        status, board = call(url + "/talks")
+        assert board["talks"] == [talk] and board["serverTime"] > empty["serverTime"]
+
+        assert call(url + "/talks/Two%20words", "DELETE") == (204, None)
+        status, since = call(f"{url}/talks?changesSince={board['serverTime']}")
+        assert since["talks"] == [{"title": "Two words", "deleted": True}]
+        status, future = call(f"{url}/talks?changesSince={since['serverTime'] + 10**6}")
+        assert future == {"serverTime": since["serverTime"], "talks": [], "reset": True}
+
+        for request, code in [
+            (("/talks?changesSince=yesterday",), 400),
+            (("/talks/T", "PUT", {"presenter": "Ada"}), 400),
+            (("/talks/Gone/comments", "POST", {"author": "Bob", "message": "?"}), 404),
+            (("/talks/Gone",), 404),
+            (("/nowhere",), 404),
+        ]:
+            status, answer = call(url + request[0], *request[1:])
+            assert status == code and answer["error"]
+
+
+def test_a_long_poll_waits_for_the_next_change_or_answers_empty_at_its_timeout():
+    with node_peer(poll_timeout_ms=1000) as url:
+        _, board = call(url + "/talks")
+        cursor = board["serverTime"]
+        answers = []
+        waiting = threading.Thread(target=lambda: answers.append(call(f"{url}/talks?changesSince={cursor}")))
+        waiting.start()
+        time.sleep(0.2)  # (not a timing assert: the poll is answered by the change either way)
+        call(url + "/talks/Woken", "PUT", TALK)
+        waiting.join(timeout=30)
+
+        status, woken = answers[0]
+        assert status == 200 and [t["title"] for t in woken["talks"]] == ["Woken"]
+        status, quiet = call(f"{url}/talks?changesSince={woken['serverTime']}")
+        assert (status, quiet) == (200, {"serverTime": woken["serverTime"], "talks": []})
+
+
+def test_an_event_stream_starts_with_the_board_and_sends_each_change():
+    with node_peer(heartbeat_ms=200) as url:
+        call(url + "/talks/First", "PUT", TALK)
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"GET /talks HTTP/1.1\r\nHost: peer\r\nAccept: text/event-stream\r\n\r\n")
+            received = b""
+
+            def until(marker: bytes) -> None:
+                nonlocal received
+                while marker not in received:
+                    chunk = sock.recv(65536)
+                    assert chunk, "the stream ended"
+                    received += chunk
+
+            until(b'"title":"First"')
+            call(url + "/talks/Second", "PUT", TALK)
+            until(b'"title":"Second"')
+            until(b": heartbeat")
+
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0] and b"text/event-stream" in head.lower()
+    events = [json.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: ")]
+    assert [t["title"] for t in events[0]["talks"]] == ["First"]
+    assert [t["title"] for t in events[1]["talks"]] == ["Second"]
+    assert events[1]["serverTime"] > events[0]["serverTime"]
+
+
+@pytest.mark.parametrize("transport, pace", [("poll", ["--writers", "2"]), ("sse", ["--interval", "0.1"])])
+def test_talkserver_load_runs_clean_against_the_peer(tmp_path, transport, pace):
+    with node_peer(poll_timeout_ms=5000) as url:
+        done, result = load_json(
+            tmp_path, "--url", url, "--transport", transport, "--clients", 50, "--duration", 2, *pace,
+        )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result["changes"] > 0 and result["deliveries"] == result["changes"] * 50
+    assert (result["lost"], result["duplicates"], result["errors"]) == (0, 0, 0)
