@@ -50,11 +50,11 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -
             time.sleep(0.1)
 
 
-def start(who: str, port: int, workdir: str, extra: list[str]) -> subprocess.Popen:
+def start(who: str, port: int, workdir: str, extra: list[str], peer: Path = NODE_PEER) -> subprocess.Popen:
     if who == "talkserver":
         command = [sys.executable, "-m", "talkserver", f"--port={port}", f"--db={workdir}/talks.db", *extra]
     else:
-        command = ["node", str(NODE_PEER), str(port)]
+        command = ["node", str(peer), str(port)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, process)
     return process
@@ -62,7 +62,7 @@ def start(who: str, port: int, workdir: str, extra: list[str]) -> subprocess.Pop
 
 def one_run(who: str, port: int, args, tag: str) -> dict:
     workdir = tempfile.mkdtemp(prefix="fanout-")
-    server = start(who, port, workdir, args.server_arg)
+    server = start(who, port, workdir, args.server_arg, args.node_peer)
     spy = None
     try:
         if args.profile and who == "talkserver":
@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--label", default="fanout", help="prefix of the files in --out")
     parser.add_argument("--profile", action="store_true", help="record the talkserver runs with py-spy")
     parser.add_argument("--only", choices=("talkserver", "node"), help="run one server only")
+    parser.add_argument("--node-peer", type=Path, default=NODE_PEER,
+                        help="the Node peer's server.js (default: the repository's own, benchmarks/peers/node)")
     parser.add_argument("--server-arg", action="append", default=[], help="an extra talkserver option (repeatable)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
