@@ -30,7 +30,7 @@ from .options import Refused, options, parse
 from .shutdown import drain
 from .stores import (
     MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
-    is_postgres_url, wall_clock_ms,
+    WriteOutcomeUnknown, is_postgres_url, wall_clock_ms,
 )
 from .stores.postgres import redact
 from .workers import Worker, fork_workers, tag_log_lines
@@ -63,7 +63,7 @@ def open_store(path: str, sync: str = "normal") -> Store:
 async def open_shared_store(url: str, follow: bool = True) -> Store:
     """The PostgreSQL store named by ``--db``; ``Refused`` if it cannot be used."""
     try:
-        return await PostgresStore.open(url, follow=follow)
+        return await PostgresStore.open(url, follow=follow, timeout=options.db_timeout)
     except StoreOpenError as e:
         raise Refused(str(e)) from None
 
@@ -83,7 +83,7 @@ async def prune_tombstones(store: Store, retention_days: float) -> None:
         pruned = store.prune(wall_clock_ms() - round(retention_days * 86_400_000))
         if inspect.isawaitable(pruned):
             pruned = await pruned
-    except StoreWriteFailed as e:
+    except (StoreWriteFailed, WriteOutcomeUnknown) as e:
         log.warning("could not prune old tombstones: %s", e)
         return
     if pruned:

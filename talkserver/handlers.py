@@ -22,7 +22,7 @@ from .follow import lifecycle, streams, wakeup
 from .follow.board import Board
 from . import tornado_private
 from .auth import NOT_THE_OWNER
-from .stores import NotTheOwner, StoreWriteFailed
+from .stores import NotTheOwner, PostgresStore, StoreWriteFailed, WriteOutcomeUnknown
 from .stores import TalkNotFound
 from .validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
@@ -134,6 +134,10 @@ class ApiHandler(RequestHandler):
             # nothing was changed and the same write may succeed later.
             self.set_status(503)
             message = f"the change could not be saved: {exc}"
+        elif isinstance(exc, WriteOutcomeUnknown):
+            # Not 503: that would say "not saved", and it may have been.
+            self.set_status(504)
+            message = f"the change may or may not have been saved: {exc}; reload the talks to see whether it was"
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(json.dumps({"error": message}))
 
@@ -148,6 +152,11 @@ class ApiHandler(RequestHandler):
             # Known trouble with a known cause (the store says which): one line.
             request = self.request
             app_log.warning("%s %s (%s): the change could not be saved: %s",
+                            request.method, request.uri, request.remote_ip, value)
+            return
+        if isinstance(value, WriteOutcomeUnknown):
+            request = self.request
+            app_log.warning("%s %s (%s): the change may or may not have been saved: %s",
                             request.method, request.uri, request.remote_ip, value)
             return
         super().log_exception(typ, value, tb)
@@ -393,8 +402,10 @@ class HealthHandler(ApiHandler):
     """``GET /healthz``: 200 while this process serves and reaches its store, else 503.
 
     For load balancers' health checks, so it asks for no password and
-    tells nothing but ``{"ok": ...}``, and the newest cut in the board's
-    history when there was one (stores.history; stamps are public anyway).
+    tells nothing but ``{"ok": ...}``, with PostgreSQL whether the database
+    answers and which host of --db is primary, and the newest cut in the
+    board's history when there was one (stores.history; stamps are public
+    anyway).
     """
 
     def prepare(self) -> None:
@@ -405,6 +416,9 @@ class HealthHandler(ApiHandler):
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
         health: dict = {"ok": ok}
+        if isinstance(self.board.store, PostgresStore):
+            # Which host of a multi-host --db is primary (docs/deploy.md).
+            health["database"] = self.board.store.health()
         if self.board.store.cuts.noticed is not None:
             health["historyCut"] = self.board.store.cuts.noticed.describe()
         self.finish(json.dumps(health))

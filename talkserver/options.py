@@ -47,7 +47,7 @@ from .follow import streams
 from .follow.conditional import API_MODES
 from .guard import parse_allowed_hosts
 from .stores import SYNC_MODES
-from .stores.postgres import URL_SCHEMES
+from .stores.postgres import DEFAULT_TIMEOUT, URL_SCHEMES
 
 PROGRAM = "talkserver"
 
@@ -207,6 +207,9 @@ define("gc", "tuned", group="serving", metavar="tuned|python", check=one_of(coll
 define("db", "talks.db", group="storage", metavar="PATH|URL", check=check_db,
        help="an SQLite file (relative to the working directory), :memory: to keep nothing, or "
             "postgresql://user:pass@host:port/dbname to share one board between processes and hosts")
+define("db_timeout", DEFAULT_TIMEOUT, group="storage", metavar="SECONDS", check=above_zero,
+       help="seconds a PostgreSQL call may take; a write with no answer by then gets 504 (outcome unknown) "
+            "or 503 (not saved)")
 define("sync", "normal", group="storage", metavar="normal|full", check=one_of(SYNC_MODES),
        help="normal: every answered write survives a crash of the server; full: also a power loss, but slower")
 define("retention", 7.0, group="storage", metavar="DAYS",

@@ -146,3 +146,35 @@ def test_cuts_a_restore_took_away_are_written_back_by_a_server_that_knows_them(
     newcomer = stores()
     assert newcomer.changes_since(lost).reset
     assert titles(newcomer) == ["Kept"]
+
+
+@pytest.mark.parametrize("written", ["After", "Lost"])
+def test_a_write_that_meets_a_restore_first_finds_the_cut_though_its_stamp_is_ahead(
+    postgres_cluster, database, stores, clock, written
+):
+    a = stores()
+    a.put("Kept", "Ann", "s")
+    clock.now += 10
+    gone = a.put("Gone", "Bo", "s")
+    clock.now += 10
+    lost = a.put("Lost", "Bo", "s")
+    # A restore: "Gone", "Lost" and the head that stamped them are gone.
+    sql(postgres_cluster, database,
+        f"DELETE FROM talks WHERE title IN ('Gone', 'Lost'); DELETE FROM change_log WHERE title IN ('Gone', 'Lost');"
+        f" UPDATE head SET stamp = {gone - 1}")
+    clock.now += 1000
+
+    # The first the process hears of it is its own write, stamped by the
+    # clock: the database's head in that answer is ahead of the process's.
+    # Rewriting the witness's own title must not hide the loss either.
+    stamp = a.put(written, "Cy", "after the restore")
+
+    assert stamp > lost
+    assert sorted(titles(a)) == sorted({"Kept", written})
+    assert a.get(written)["presenter"] == "Cy"
+    assert a.cuts.epoch == 1 and a.cuts.lost(lost) == Cut(1, gone - 1, lost)
+    for cursor in (gone, lost):
+        reset = a.changes_since(cursor)
+        assert reset.reset and {t["title"] for t in reset.talks} == {"Kept", written}
+    newcomer = stores()
+    assert titles(newcomer) == titles(a) and newcomer.changes_since(gone).reset

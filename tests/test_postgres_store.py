@@ -7,7 +7,7 @@ that do not LISTEN, so each test says exactly when a process catches up.
 import pytest
 
 from talkserver.stores import NotTheOwner
-from talkserver.stores.postgres import SCHEMA_VERSION, StoreOpenError
+from talkserver.stores.postgres import MIGRATIONS, SCHEMA_VERSION, StoreOpenError
 
 from .postgres import BlockingStore
 
@@ -114,3 +114,97 @@ def test_a_process_that_has_not_seen_the_owner_yet_still_cannot_take_the_talk(tw
         b.delete("x", owner="")
     assert b.get("x")["presenter"] == "p"  # and b has caught up meanwhile
     assert b.delete("x", owner="browser-1") is not None
+
+
+def test_a_database_made_by_schema_version_1_is_migrated_and_keeps_its_board(database, postgres_cluster):
+    name = database.rsplit("/", 1)[1]
+    # The board as a version 1 talkserver left it: its schema, a talk, a comment.
+    statements = [*MIGRATIONS[0], "CREATE TABLE talkserver_schema (version integer NOT NULL)",
+                  "INSERT INTO talkserver_schema (version) VALUES (1)",
+                  "INSERT INTO head (stamp, pruned_through) VALUES (1000, 1000)",
+                  "SELECT talkserver_put('old', 'Ada', 'kept', NULL, 2000)",
+                  "SELECT talkserver_comment('old', 'Bo', 'still here', 3000)"]
+    for statement in statements:
+        postgres_cluster.psql(statement, name)
+
+    store = BlockingStore(database)
+    try:
+        kept = store.get("old")
+        head = store.head
+        stamp = store.put("new", "Cy", "after the migration")
+        # A version 1 server still running during a rolling upgrade writes as before.
+        postgres_cluster.psql("SELECT talkserver_put('from v1', 'Di', 's', NULL, NULL)", name)
+        store.catch_up()
+        titles = {t["title"] for t in store.all_talks()}
+    finally:
+        store.close()
+    version = postgres_cluster.psql("SELECT max(version) FROM talkserver_schema", name)
+    assert version == str(SCHEMA_VERSION) == "3"
+    assert kept == {"title": "old", "presenter": "Ada", "summary": "kept",
+                    "comments": [{"author": "Bo", "message": "still here"}]}
+    assert head == 3000 and stamp > head
+    assert titles == {"old", "new", "from v1"}
+
+
+def _version_1_board(postgres_cluster, name):
+    for statement in [*MIGRATIONS[0], "CREATE TABLE talkserver_schema (version integer NOT NULL)",
+                      "INSERT INTO head (stamp, pruned_through) VALUES (1000, 1000)",
+                      "SELECT talkserver_put('old', 'Ada', 'kept', NULL, 2000)"]:
+        postgres_cluster.psql(statement, name)
+
+
+def test_a_database_at_version_2_with_a_cut_is_migrated_and_keeps_the_cut(database, postgres_cluster):
+    name = database.rsplit("/", 1)[1]
+    # Version 2 as released: cuts (stores.history), one recorded.
+    _version_1_board(postgres_cluster, name)
+    for statement in [*MIGRATIONS[1], "INSERT INTO talkserver_schema (version) VALUES (2)",
+                      "INSERT INTO talkserver_cuts (epoch, survived, cut_through) VALUES (1, 1500, 1800)"]:
+        postgres_cluster.psql(statement, name)
+
+    store = BlockingStore(database)
+    try:
+        stamp = store.put("new", "Cy", "after the migration")
+        assert store.cuts.epoch == 1 and store.changes_since(1600).reset
+        assert {t["title"] for t in store.all_talks()} == {"old", "new"} and stamp > 2000
+    finally:
+        store.close()
+    assert postgres_cluster.psql("SELECT max(version) FROM talkserver_schema", name) == str(SCHEMA_VERSION)
+
+
+def test_a_database_a_pre_release_took_to_version_2_without_cuts_is_migrated(database, postgres_cluster):
+    name = database.rsplit("/", 1)[1]
+    # Before the merge with the cut work, a build numbered its one-round-trip
+    # functions version 2: such a database has them, and no cuts table.
+    _version_1_board(postgres_cluster, name)
+    for statement in [
+        "CREATE FUNCTION talkserver_changes(since bigint) RETURNS TABLE (db_head bigint, db_pruned_through bigint,"
+        " reload boolean, changes text) LANGUAGE sql AS $$ SELECT stamp, pruned_through, false, '[]' FROM head $$",
+        MIGRATIONS[2][-1].replace("CREATE OR REPLACE FUNCTION", "CREATE FUNCTION"),
+        "INSERT INTO talkserver_schema (version) VALUES (2)",
+    ]:
+        postgres_cluster.psql(statement, name)
+
+    store = BlockingStore(database)
+    try:
+        store.put("new", "Cy", "after the migration")
+        titles = {t["title"] for t in store.all_talks()}
+    finally:
+        store.close()
+    assert titles == {"old", "new"}
+    assert postgres_cluster.psql("SELECT count(*) FROM talkserver_cuts", name) == "0"
+    # A server of that build, still running during the upgrade, can still catch up.
+    assert postgres_cluster.psql("SELECT count(*) FROM talkserver_changes(0)", name) == "1"
+    assert postgres_cluster.psql("SELECT max(version) FROM talkserver_schema", name) == str(SCHEMA_VERSION)
+
+
+def test_a_prune_is_one_statement_that_leaves_live_talks_alone(two, clock):
+    a, b = two
+    a.put("gone", "p", "s")
+    a.put("kept", "p", "s")
+    a.delete("gone")
+    clock.now += 10_000
+    assert a.prune(older_than=clock.now) == 1
+    assert a.prune(older_than=clock.now) == 0
+    b.catch_up()
+    assert {t["title"] for t in b.all_talks()} == {"kept"}
+    assert "kept" in b._log and "gone" not in b._log

@@ -14,7 +14,15 @@ export class RequestError extends Error {
     this.status = status;
     this.retryAfter = retryAfter;
   }
+
+  /** A write answered 504 may or may not have been saved (docs/protocol.md): say neither. */
+  get outcomeUnknown() {
+    return this.status === 504;
+  }
 }
+
+/** Fired on `window` when a write's outcome is unknown: the page re-reads the board. */
+export const REREAD_EVENT = "talkserver:reread";
 
 // Retry-After in seconds (the HTTP-date form is not used by talkserver).
 function retryAfter(response) {
@@ -68,7 +76,12 @@ export async function send(method, path, body) {
     options.headers = { "Content-Type": "application/json" };
     options.body = JSON.stringify(body);
   }
-  await request(path, options);
+  try {
+    await request(path, options);
+  } catch (error) {
+    if (error.outcomeUnknown) window.dispatchEvent(new Event(REREAD_EVENT));
+    throw error;
+  }
 }
 
 /** Propose a talk, or replace the one with the same title. */

@@ -1,7 +1,7 @@
 // The skill-sharing page: wires the name field, the new-talk form, the
 // talk list and the connection status to the server.  See docs/client.md.
 
-import { addComment, deleteTalk, proposeTalk } from "./api.js";
+import { addComment, deleteTalk, proposeTalk, REREAD_EVENT } from "./api.js";
 import { Follower } from "./follow.js";
 import { TalkList } from "./talks.js";
 
@@ -118,7 +118,9 @@ talkForm.addEventListener("submit", async (event) => {
     if (fields.summary.value === summary) fields.summary.value = "";
   } catch (error) {
     // The typed title and summary stay, ready for another try.
-    showTalkError(`Your talk was not proposed: ${error.message}`);
+    showTalkError(error.outcomeUnknown
+      ? "The server could not tell whether your talk was proposed; the list shows it if it was."
+      : `Your talk was not proposed: ${error.message}`);
   } finally {
     button.disabled = false;
   }
@@ -156,4 +158,6 @@ const status = {
 const follower = new Follower((list, replace) => talks.apply(list, replace), status);
 retryButton.addEventListener("click", () => follower.retryNow());
 window.addEventListener("online", () => follower.retryNow());
+// A write whose outcome is unknown: ask the server now rather than after a back-off.
+window.addEventListener(REREAD_EVENT, () => follower.retryNow());
 follower.run();

@@ -136,7 +136,9 @@ class TalkView {
       // Keep anything typed while the comment was on its way.
       if (this.input.value === message) this.input.value = "";
     } catch (error) {
-      showError(this.error, `Your comment was not added: ${error.message}`);
+      showError(this.error, error.outcomeUnknown
+        ? "The server could not tell whether your comment was added; the list shows it if it was."
+        : `Your comment was not added: ${error.message}`);
     } finally {
       this.addButton.disabled = this.gone;
     }
@@ -149,7 +151,9 @@ class TalkView {
       await this.actions.remove(this.title);
       showError(this.error, "");
     } catch (error) {
-      showError(this.error, `The talk was not deleted: ${error.message}`);
+      showError(this.error, error.outcomeUnknown
+        ? "The server could not tell whether the talk was deleted; the list shows it once it knows."
+        : `The talk was not deleted: ${error.message}`);
     } finally {
       this.deleteButton.disabled = false;
     }

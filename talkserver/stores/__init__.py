@@ -11,7 +11,10 @@
 One contract test suite (tests/test_store.py) runs against every store.
 """
 
-from .contract import Changes, NotTheOwner, Store, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
+from .contract import (
+    Changes, NotTheOwner, Store, StoreOpenError, StoreWriteFailed, TalkNotFound, WriteOutcomeUnknown,
+    next_stamp, wall_clock_ms,
+)
 from .memory import MemoryStore
 from .postgres import PostgresStore, is_postgres_url
 from .sqlite import SYNC_MODES, SQLiteStore
@@ -27,6 +30,7 @@ __all__ = [
     "StoreWriteFailed",
     "SYNC_MODES",
     "TalkNotFound",
+    "WriteOutcomeUnknown",
     "is_postgres_url",
     "next_stamp",
     "wall_clock_ms",

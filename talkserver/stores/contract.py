@@ -47,6 +47,11 @@ class StoreWriteFailed(Exception):
     """A change could not be committed; nothing was changed (answered 503)."""
 
 
+class WriteOutcomeUnknown(Exception):
+    """A change was sent to the database but no answer came in time: it may
+    or may not have been committed (answered 504; the client should re-read)."""
+
+
 class NotTheOwner(Exception):
     """--protect-talks: the talk belongs to another browser (answered 403)."""
 
@@ -76,7 +81,8 @@ class Store(Protocol):
     A shared store (stores.postgres) has the same methods, but its writes,
     ``prune`` and ``close`` are coroutines, and it calls ``on_change`` when
     changes from any process have been applied; talkserver.follow.board awaits
-    and wakes accordingly.
+    and wakes accordingly.  Its writes may also raise WriteOutcomeUnknown
+    (sent, but no answer in time), besides StoreWriteFailed (not saved).
 
     The hooks after the rules have defaults here, which a store gets by
     naming Store as its base (MemoryStore does, so every store here has

@@ -16,9 +16,9 @@ Cuts are kept in the database next to the board and numbered; the number of
 the newest is the board's *epoch* (ETags carry it), so every server of the
 board, running now or started later, answers every cursor the same way.
 
-- **PostgreSQL** (stores.postgres): each catch-up also reads the epoch and
-  the database's stamp of the newest title this server applied (the
-  *witness*).  ``lost_history`` tells from those whether the database no
+- **PostgreSQL** (stores.postgres): each catch-up, and each write's
+  answer, also reads the epoch and the database's stamp of the newest
+  title this server applied (the *witness*).  ``lost_history`` tells from those whether the database no
   longer holds what this server applied; ``mark_cut`` then records the cut
   under the head lock, once for all servers, and moves the head past it.
   Every server reloads the board when a cut covers what it applied.
@@ -125,12 +125,14 @@ def sqlite_cuts(rows: Iterable[tuple[int, int]]) -> list[Cut]:
 
 # -- PostgreSQL ----------------------------------------------------------------
 
+# IF NOT EXISTS: stores.postgres runs it again in its version 3, for a
+# database a pre-release took to "version 2" without it.
 PG_MIGRATION = [
-    "CREATE TABLE talkserver_cuts (epoch bigint PRIMARY KEY, survived bigint NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS talkserver_cuts (epoch bigint PRIMARY KEY, survived bigint NOT NULL,"
     " cut_through bigint NOT NULL, noticed_at timestamptz NOT NULL DEFAULT now())",
 ]
 
-# Added to the catch-up statement: the board's epoch, and the database's
+# Added to the catch-up function: the board's epoch, and the database's
 # stamp of the title ($2) this server changed last (NULL when it has none).
 PG_CATCH_UP_COLUMNS = (
     "(SELECT coalesce(max(epoch), 0) FROM talkserver_cuts) AS epoch,"

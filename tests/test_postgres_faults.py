@@ -1,0 +1,283 @@
+"""PostgreSQL faults under running servers: a frozen database, a stop and start, a failover.
+
+Real ``python -m talkserver`` processes on real PostgreSQL clusters of the
+test's own (started by tests/postgres.py), which the tests freeze with
+SIGSTOP, stop, kill and promote.
+"""
+
+import asyncio
+import itertools
+import os
+import re
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from .harness import ServerProcess, free_port, send
+from .postgres import Cluster
+
+# Short, so the tests do not wait long; the default is 5 s.
+DB_TIMEOUT = 2
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster of this test's own, to freeze, stop and start under running servers."""
+    cluster = Cluster()
+    yield cluster
+    cluster.destroy()
+
+
+def started(*options):
+    return ServerProcess("--poll-timeout=10", f"--db-timeout={DB_TIMEOUT}", "--logging=warning", *options)
+
+
+def talk(title):
+    return "/talks/" + quote(title, safe="")
+
+
+async def put(server, title, timeout=30):
+    return await send(server.port, "PUT", talk(title), {"presenter": "p", "summary": "s"}, timeout=timeout)
+
+
+async def board(server):
+    return {t["title"] for t in (await send(server.port, "GET", "/talks")).json()["talks"]}
+
+
+async def until(condition, timeout=60.0):
+    """Wait for ``condition()`` (a coroutine function) to be true; fail after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+def processes(cluster):
+    """The pids of a cluster: the postmaster and all of its children."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True).stdout
+    return [postmaster, *(int(p) for p in out.split())]
+
+
+def stopped(pid):
+    """Whether ``pid`` is stopped by a signal (state T in /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def log_records(text):
+    """The server's log as records; a line that starts no record (a traceback's) fails the test."""
+    lines = text.splitlines()
+    strays = [line for line in lines if not re.match(r"\[[DIWEC] \d{6} ", line)]
+    assert not strays, "lines that are no log record:\n" + "\n".join(strays[:40])
+    return lines
+
+
+# -- a frozen database ------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_a_write_to_a_frozen_database_is_answered_in_time_and_never_falsely_refused(own_cluster):
+    database = own_cluster.new_database()
+    with started(f"--db={database}") as a, started(f"--db={database}") as b:
+        for k in range(4):  # connections open and statements prepared, as on a server that has run a while
+            assert (await put((a, b)[k % 2], f"before {k}")).status == 204
+        await until(lambda: _same_boards(a, b))
+        cursor = (await send(b.port, "GET", "/talks")).json()["serverTime"]
+        before = await board(a)
+        frozen = processes(own_cluster)
+
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            titles = [f"frozen {k}" for k in range(4)]
+            writes = [asyncio.ensure_future(put((a, b)[k % 2], title)) for k, title in enumerate(titles)]
+            # Meanwhile: reads and polls are answered from memory.
+            reads = [await send(s.port, "GET", "/talks") for s in (a, b)]
+            old_poll = await send(b.port, "GET", f"/talks?changesSince={cursor - 1}")
+            answers = await asyncio.gather(*writes)
+            health = await send(a.port, "GET", "/healthz", timeout=3 * DB_TIMEOUT)
+            still_frozen = all(stopped(pid) for pid in frozen)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+
+        # Writes go on, and every server ends with the same board.
+        async def writable():
+            return all([(await put(s, f"after {s.port}")).status == 204 for s in (a, b)])
+
+        await until(writable)
+        await until(lambda: _same_boards(a, b))
+        after = await board(a)
+        log = a.log() + b.log()
+
+    assert still_frozen, "the writes were answered only after PostgreSQL went on"
+    assert [r.status for r in reads] == [200, 200]
+    assert {t["title"] for t in reads[0].json()["talks"]} == before
+    assert old_poll.status == 200 and "reset" not in old_poll.json()
+    assert health.status == 503 and health.json()["database"]["reachable"] is False
+    for title, answer in zip(titles, answers):
+        assert answer.status in (503, 504), (title, answer)
+        error = answer.json()["error"]
+        if answer.status == 503:
+            # Certainly not saved, so on no server.
+            assert error.startswith("the change could not be saved: the database is unreachable")
+            assert title not in after
+        else:
+            assert error.startswith("the change may or may not have been saved: the database is unreachable")
+            assert "reload" in error
+    assert {f"after {a.port}", f"after {b.port}"} <= after
+    assert f"no answer within {DB_TIMEOUT} s" in log
+
+
+async def _same_boards(*servers):
+    boards = [await board(s) for s in servers]
+    return all(b == boards[0] for b in boards)
+
+
+# -- operators' log lines ------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_postgresql_stopped_and_started_gives_one_line_per_state_change_and_no_traceback(own_cluster):
+    loop = asyncio.get_running_loop()
+    with started(f"--db={own_cluster.new_database()}") as server:
+        assert (await put(server, "first")).status == 204
+        cursor = (await send(server.port, "GET", "/talks")).json()["serverTime"]
+        stop = asyncio.Event()
+
+        async def busy():
+            # Writes, and polls whose cursor needs a catch-up, all through the outage.
+            for k in itertools.count():
+                if stop.is_set():
+                    return
+                await put(server, f"busy {k}")
+                await send(server.port, "GET", f"/talks?changesSince={cursor + 10**9}")
+                await asyncio.sleep(0.1)
+
+        traffic = asyncio.ensure_future(busy())
+        await loop.run_in_executor(None, own_cluster.stop)
+        await asyncio.sleep(3.5)  # several rounds of trying again
+        await loop.run_in_executor(None, own_cluster.start)
+        await until(lambda: _writable(server))
+        stop.set()
+        await traffic
+        health = (await send(server.port, "GET", "/healthz")).json()
+        records = log_records(server.log())
+
+    store_lines = [line for line in records if "PostgreSQL is" in line]
+    assert len(store_lines) == 2, store_lines
+    assert "PostgreSQL is unreachable (" in store_lines[0] and "trying again every 1 s" in store_lines[0]
+    assert "PostgreSQL is reachable again after " in store_lines[1]
+    assert health == {"ok": True, "database": {"reachable": True, "primary": f"127.0.0.1:{own_cluster.port}"}}
+
+
+async def _writable(server):
+    return (await put(server, "probe")).status == 204
+
+
+# -- failover to a standby ---------------------------------------------------------
+
+
+class Standby(Cluster):
+    """A streaming-replication standby of ``primary``, made with pg_basebackup -R and started."""
+
+    def __init__(self, primary: Cluster) -> None:
+        self.durable = False
+        self.bin, self.owner = primary.bin, primary.owner
+        self.dir = Path(tempfile.mkdtemp(prefix="talkserver-pg-standby-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self._names = itertools.count()
+        if self.owner is not None:
+            os.chown(self.dir, *self.owner)
+        self._run("pg_basebackup", "-D", str(self.data), "-R", "-X", "stream", "--no-sync",
+                  "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")
+        self.start()
+
+    def promote(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote")
+
+
+@pytest.fixture
+def primary_and_standby():
+    primary = Cluster()
+    standby = None
+    try:
+        standby = Standby(primary)
+        yield primary, standby
+    finally:
+        if standby is not None:
+            standby.destroy()
+        primary.destroy()
+
+
+@pytest.mark.gen_test(timeout=240)
+async def test_servers_on_a_multi_host_url_take_writes_again_after_the_standby_is_promoted(primary_and_standby):
+    primary, standby = primary_and_standby
+    name = primary.new_database().rsplit("/", 1)[1]
+    # Synchronous: a commit is acknowledged once the standby has it, so
+    # every acknowledged write reached the standby.
+    await until(lambda: _replicating(primary))
+    primary.psql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+    primary.psql("SELECT pg_reload_conf()")
+    await until(lambda: _replicating(primary, "sync"))
+    url = (f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/{name}"
+           "?target_session_attrs=read-write")
+
+    with started(f"--db={url}") as a, started(f"--db={url}") as b:
+        acknowledged, unknown = set(), set()
+        stop = asyncio.Event()
+
+        async def writer(number):
+            for k in itertools.count():
+                if stop.is_set():
+                    return
+                title = f"w{number} #{k}"
+                answer = await put((a, b)[k % 2], title)
+                if answer.status == 204:
+                    acknowledged.add(title)
+                elif answer.status == 504:
+                    unknown.add(title)
+                else:
+                    await asyncio.sleep(0.1)
+
+        writing = [asyncio.ensure_future(writer(n)) for n in range(4)]
+        await until(lambda: _more_than(acknowledged, 20))
+        for pid in processes(primary):
+            os.kill(pid, signal.SIGKILL)
+        killed_at = len(acknowledged)
+        await asyncio.get_running_loop().run_in_executor(None, standby.promote)
+        # Writes go on through both servers, with no restart.
+        await until(lambda: _more_than(acknowledged, killed_at + 20))
+        stop.set()
+        await asyncio.gather(*writing)
+        await until(lambda: _same_boards(a, b))
+        healths = [(await send(s.port, "GET", "/healthz")).json() for s in (a, b)]
+        boards = [await board(s) for s in (a, b)]
+        with started(f"--db={url}") as c:  # one that knows only what the database has
+            late = await board(c)
+        logs = [log_records(s.log()) for s in (a, b)]
+
+    in_database = set(standby.psql("SELECT title FROM talks", name).splitlines())
+    assert acknowledged <= in_database
+    assert boards == [late, late] and acknowledged <= late
+    assert late <= acknowledged | unknown
+    new_primary = f"127.0.0.1:{standby.port}"
+    assert healths == [{"ok": True, "database": {"reachable": True, "primary": new_primary}}] * 2
+    for records in logs:
+        assert any(f"the PostgreSQL primary is now {new_primary} (was 127.0.0.1:{primary.port})" in line
+                   for line in records)
+
+
+async def _replicating(primary, state="async"):
+    return primary.psql("SELECT sync_state FROM pg_stat_replication WHERE state = 'streaming'") == state
+
+
+async def _more_than(titles, count):
+    return len(titles) > count
