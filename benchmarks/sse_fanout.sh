@@ -7,11 +7,13 @@ r=${1:?round number}
 #   CLIENTS=50 DURATION=2 sh benchmarks/sse_fanout.sh 1
 CLIENTS=${CLIENTS:-10000}
 DURATION=${DURATION:-20}
+# NODE_PEER (default the repository's own) sets another Node reference's server.js.
+NODE_PEER=${NODE_PEER:-benchmarks/peers/node/server.js}
 mkdir -p bench
 for who in talkserver-sse node-sse talkserver-poll; do
   case $who in
     talkserver-*) .venv/bin/talkserver --port=18610 --db=:memory: 2>/dev/null & P=$!; PORT=18610 ;;
-    node-*) node benchmarks/peers/node/server.js 18611 & P=$!; PORT=18611 ;;
+    node-*) node "$NODE_PEER" 18611 & P=$!; PORT=18611 ;;
   esac
   case $who in *-sse) T=sse ;; *) T=poll ;; esac
   sleep 2
