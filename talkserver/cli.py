@@ -13,7 +13,6 @@ import asyncio
 import errno
 import inspect
 import logging
-import resource
 import signal
 import socket
 import sys
@@ -33,21 +32,10 @@ from .stores import (
     WriteOutcomeUnknown, is_postgres_url, wall_clock_ms,
 )
 from .stores.postgres import redact
+from .openfiles import raise_open_files_limit
 from .workers import Worker, fork_workers, tag_log_lines
 
 log = logging.getLogger("talkserver")
-
-
-def raise_open_files_limit() -> int:
-    """Raise the soft open-files limit to the hard one: each long poll holds a socket."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def open_store(path: str, sync: str = "normal") -> Store:

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 from .churn import hang_ups
 from .clients import RETRY_BACKOFF, Hub, Poller, ProtocolError, Refused, Target, Writer, clock, fetch_talks, refusal, talk_path
-from .openfiles import raise_open_files_limit
+from ..openfiles import raise_open_files_limit
 from .streams import Streamer
 from .tally import TOKEN, Tally, percentile
 

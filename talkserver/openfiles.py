@@ -1,8 +1,8 @@
-"""The open-files limit: each client the load tester holds is a socket.
+"""The open-files limit: every waiting browser, and every client the load tester holds, is a socket.
 
-The server raises its own limit the same way (talkserver.cli); these few
-lines are repeated there on purpose, so that the load tester, a client,
-imports nothing from the server it measures.
+Shared by the server (talkserver.cli) and the load tester
+(talkserver.loadtest), so it imports nothing: the load tester, a client,
+loads no part of the server it measures by using it.
 """
 
 from __future__ import annotations
