@@ -1,4 +1,4 @@
-"""Fixtures shared by the tests: a server on a fresh store of each kind.
+"""Fixtures shared by the tests: a server on a fresh store of each kind, ports, clients, passwords.
 
 The PostgreSQL store runs in a throwaway cluster started once per session
 (tests/postgres.py), with a new database per test.  pytest-tornado serves the ``app`` fixture on a free port and gives
@@ -10,6 +10,7 @@ timeout path can be tested without waiting 90 seconds.
 """
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 # Helpers whose asserts should explain themselves like the tests' own.
 pytest.register_assert_rewrite("tests.consistency")
@@ -18,24 +19,45 @@ from talkserver import make_app  # noqa: E402
 from talkserver.stores.sqlite import SQLiteStore
 from talkserver.stores import MemoryStore, PostgresStore
 
+from .harness import FrozenClock, stop_leftovers, write_passwords
 from .postgres import BlockingStore, Cluster
 
 POLL_TIMEOUT = 1.0
+# The group password of ``password_file`` (not ASCII, to check the decoding too).
+PASSWORD = "s3cret ünïcode"
 
 
-class FakeClock:
-    """A wall clock the test sets by hand (it may stand still or go back)."""
-
-    def __init__(self, now=1_000_000):
-        self.now = now
-
-    def __call__(self):
-        return self.now
+@pytest.fixture(autouse=True)
+def no_server_left_running():
+    """Whatever way a test ends, no talkserver subprocess it started outlives it."""
+    yield
+    stop_leftovers()
 
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    """A wall clock the test sets by hand (it may stand still or go back)."""
+    return FrozenClock(1_000_000)
+
+
+@pytest.fixture
+def port(http_server, http_port):
+    """The port of the live server pytest-tornado runs for ``app``."""
+    return http_port
+
+
+@pytest.fixture
+def pool(io_loop, http_server):
+    """An HTTP client that can hold many long polls at once."""
+    client = AsyncHTTPClient(force_instance=True, max_clients=200)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def password_file(tmp_path):
+    """A password file with one name, ``ada``, whose password is PASSWORD."""
+    return write_passwords(tmp_path / "passwords", {"ada": PASSWORD})
 
 
 STORE_KINDS = ["memory", "sqlite", "postgres"]
@@ -67,6 +89,18 @@ def new_store(kind, tmp_path, clock=None, *, request=None):
         return BlockingStore(url, clock)
     io_loop = request.getfixturevalue("io_loop")
     return io_loop.run_sync(lambda: PostgresStore.open(url, clock=clock, catch_up_every=0.2))
+
+
+@pytest.fixture(params=STORE_KINDS)
+def each_store(request, tmp_path):
+    """A new store of each kind in turn; tests marked ``frozen_clock`` get one on a clock that never moves.
+
+    A module whose tests must hold on every store overrides ``store`` with it.
+    """
+    clock = FrozenClock() if request.node.get_closest_marker("frozen_clock") else None
+    store = new_store(request.param, tmp_path, clock, request=request)
+    yield store
+    close_store(store, request)
 
 
 def close_store(store, request=None):
