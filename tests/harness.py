@@ -28,6 +28,7 @@ import re
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -298,6 +299,12 @@ def stop_leftovers() -> int:
 
 
 # -- raw HTTP --------------------------------------------------------------------
+
+
+def reset_connection(writer: asyncio.StreamWriter) -> None:
+    """Hang up with a TCP reset (SO_LINGER 0), as a crashed browser or a vanished network does."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def exchange(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, object]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
-import struct
 import weakref
 
 import pytest
@@ -26,6 +24,8 @@ from talkserver.handlers import TalksHandler
 from talkserver.metrics import Metrics
 from talkserver.stores import MemoryStore
 from talkserver.follow.waiters import Waiters
+
+from .harness import reset_connection as reset, until
 
 POLLS = 20
 
@@ -62,12 +62,6 @@ class Recorder:
         return sum(1 for ref in self.streams if ref() is not None)
 
 
-def reset(writer) -> None:
-    """Hang up with a TCP reset, as a client whose network vanished does."""
-    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 @pytest.fixture
 def no_collector():
     gc.collect()
@@ -98,14 +92,6 @@ async def open_polls(port: int, cursor: int, count: int = POLLS):
         writer.write(f"GET /talks?changesSince={cursor} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
         connections.append((reader, writer))
     return connections
-
-
-async def until(condition, timeout: float = 30.0) -> None:
-    """Wait, on the event loop, until ``condition()`` holds (or fail)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
 
 
 async def read_answer(reader) -> bytes:

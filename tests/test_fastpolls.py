@@ -38,15 +38,13 @@ import tornado.netutil
 
 from talkserver import collector
 from talkserver.app import make_app
-from talkserver.auth import hash_password, write_password_file
 from talkserver.follow.fastpolls import PollDelegate
 from talkserver.handlers import TalksHandler
 from talkserver.shutdown import drain
 from talkserver.stores import MemoryStore
 
-from .harness import Answer
-from .test_auth import basic
-from .test_collector import reset, until
+from .conftest import PASSWORD
+from .harness import Answer, basic, reset_connection as reset, until
 
 # Every store here stamps on a clock that never moves, so two servers given
 # the same changes have the same serverTimes and their answers can be
@@ -493,13 +491,6 @@ async def test_with_keep_alive_off_a_fast_answer_says_connection_close_as_the_ha
 # -- 3. passwords ------------------------------------------------------------
 
 
-@pytest.fixture
-def password_file(tmp_path):
-    path = tmp_path / "passwords"
-    write_password_file(path, {"ada": hash_password("s3cret")})
-    return str(path)
-
-
 @pytest.mark.gen_test(timeout=20)
 async def test_a_poll_without_credentials_gets_401_from_a_handler(serve, paths, password_file):
     server = serve(password_file=password_file)
@@ -517,9 +508,9 @@ async def test_credentials_are_checked_once_by_a_handler_then_their_polls_take_t
     server = serve(password_file=password_file)
     client = await server.connect()
 
-    client.send("/talks?changesSince=0", headers=basic("ada", "s3cret"))
+    client.send("/talks?changesSince=0", headers=basic("ada", PASSWORD))
     first = await client.reply()
-    client.send(f"/talks?changesSince={START}", headers=basic("ada", "s3cret"))
+    client.send(f"/talks?changesSince={START}", headers=basic("ada", PASSWORD))
     await parked(server, 1)
 
     assert first.status == 200 and first.json()["reset"] is True
@@ -533,7 +524,7 @@ async def test_credentials_are_checked_once_by_a_handler_then_their_polls_take_t
 async def test_a_wrong_password_is_never_let_through_by_the_fast_path(serve, paths, password_file):
     server = serve(password_file=password_file)
     right = await server.connect()
-    right.send("/talks?changesSince=0", headers=basic("ada", "s3cret"))
+    right.send("/talks?changesSince=0", headers=basic("ada", PASSWORD))
     assert (await right.reply()).status == 200
 
     wrong = [await (await server.poll(START, headers=basic("ada", "guess"))).reply() for _ in range(2)]

@@ -2,8 +2,6 @@
 
 import asyncio
 import json
-import socket
-import struct
 
 import pytest
 
@@ -11,7 +9,7 @@ from talkserver.follow import feed as feed_module
 from .conftest import POLL_TIMEOUT
 from . import consistency
 from .follower import Follower, Servers
-from .harness import WAIT, metric, until
+from .harness import WAIT, metric, reset_connection, until
 
 
 @pytest.fixture(autouse=True)
@@ -100,12 +98,6 @@ async def open_poll(port, cursor):
     return writer
 
 
-def close_abruptly(writer):
-    """Close with a reset (SO_LINGER 0), as a crashed browser or a dropped network does."""
-    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 @pytest.mark.gen_test(timeout=90)
 async def test_pollers_that_disconnect_are_dropped_at_once(http_client, base_url, board, http_port):
     polls = [await open_poll(http_port, board.store.head) for _ in range(500)]
@@ -114,7 +106,7 @@ async def test_pollers_that_disconnect_are_dropped_at_once(http_client, base_url
     assert metric(metrics, "talkserver_waiting_clients") == 500
 
     for writer in polls:
-        close_abruptly(writer)
+        reset_connection(writer)
     await until(lambda: len(board.waiters) == 0)
     metrics = (await http_client.fetch(base_url + "/metrics")).body.decode()
     assert metric(metrics, "talkserver_waiting_clients") == 0

@@ -5,15 +5,13 @@ events a browser's EventSource would get.
 """
 
 import asyncio
-import re
 
 import pytest
 
 from talkserver import make_app
-from talkserver.auth import hash_password, write_password_file
 
-from .conftest import POLL_TIMEOUT
-from .harness import ServerProcess, send
+from .conftest import PASSWORD, POLL_TIMEOUT
+from .harness import ServerProcess, basic, metric, metrics_page, send, until, until_metric
 from .sse import StreamClient
 
 HEARTBEAT = 0.3
@@ -21,37 +19,26 @@ STREAM_BUFFER = 64 * 1024
 TALK = {"presenter": "Ada", "summary": "Engines"}
 
 
+@pytest.fixture(autouse=True)
+def store(each_store):
+    """Every test here runs on each kind of store."""
+    return each_store
+
+
 @pytest.fixture
-def settings(request, tmp_path):
+def settings(request, password_file):
     """Extra make_app() settings, chosen by indirect parametrization: "cap" or "password"."""
     kind = getattr(request, "param", None)
     if kind == "cap":
         return {"max_polls_per_ip": 2}
     if kind == "password":
-        path = tmp_path / "passwords"
-        write_password_file(path, {"ada": hash_password("secret")})
-        return {"password_file": str(path)}
+        return {"password_file": password_file}
     return {}
 
 
 @pytest.fixture
 def app(store, settings):
     return make_app(store, poll_timeout=POLL_TIMEOUT, heartbeat=HEARTBEAT, stream_buffer=STREAM_BUFFER, **settings)
-
-
-@pytest.fixture
-def port(http_server, http_port):
-    """The port of the live server pytest-tornado runs for ``app``."""
-    return http_port
-
-
-async def until(condition, timeout=15.0):
-    """Wait for ``condition()`` to hold."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 async def open_stream(port, board, path="/talks", **kwargs):
@@ -259,7 +246,7 @@ async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every
     # up fast once the slow client's socket buffers are full.
     message = "x" * 2000
     n = 0
-    while "talkserver_streams_dropped_total 1" not in board.metrics.render():
+    while metric(board.metrics.render(), "talkserver_streams_dropped_total", 0.0) < 1:
         n += 1
         assert n < 1000, "the slow client was never dropped"
         await board.add_comment("Big", "Bob", f"{n} {message}")
@@ -349,12 +336,12 @@ async def test_metrics_count_open_streams_and_events_sent(port, board):
         await client.event()
         await client.event()
 
-    metrics = (await send(port, "GET", "/metrics")).body.decode()
+    metrics = await metrics_page(port)
 
-    assert re.search(r"^talkserver_streams_open 3$", metrics, re.M)
+    assert metric(metrics, "talkserver_streams_open") == 3
     # Three first events (the board) and the change to each of three.
-    assert re.search(r"^talkserver_stream_events_total 6$", metrics, re.M)
-    assert re.search(r"^talkserver_streams_dropped_total 0$", metrics, re.M)
+    assert metric(metrics, "talkserver_stream_events_total") == 6
+    assert metric(metrics, "talkserver_streams_dropped_total", 0.0) == 0
     for client in clients:
         client.close()
 
@@ -363,7 +350,7 @@ async def test_metrics_count_open_streams_and_events_sent(port, board):
 @pytest.mark.parametrize("settings", ["password"], indirect=True)
 async def test_a_stream_needs_the_password_when_one_is_set(port, board):
     refused = await StreamClient.open(port)
-    allowed = await StreamClient.open(port, headers={"Authorization": "Basic YWRhOnNlY3JldA=="})  # ada:secret
+    allowed = await StreamClient.open(port, headers=basic("ada", PASSWORD))
     first = await allowed.event()
 
     assert refused.status == 401
@@ -376,23 +363,17 @@ async def test_a_stream_needs_the_password_when_one_is_set(port, board):
 # -- the talkserver command ----------------------------------------------------------
 
 
-async def open_streams(server) -> str:
-    metrics = (await send(server.port, "GET", "/metrics")).body.decode()
-    return re.search(r"^talkserver_streams_open (\S+)$", metrics, re.M).group(1)
-
-
 @pytest.mark.gen_test(timeout=60)
 async def test_sigterm_ends_every_stream_cleanly_and_exits_0():
     with ServerProcess("--db=:memory:") as server:
         clients = [await StreamClient.open(server.port) for _ in range(2)]
         for client in clients:
             await client.event()
-        while await open_streams(server) != "2":
-            await asyncio.sleep(0.05)
+        await until_metric(server.port, "talkserver_streams_open", 2)
 
         server.terminate()
-        ended = await asyncio.gather(*(client.ended(timeout=10) for client in clients))
-        code = await asyncio.get_running_loop().run_in_executor(None, server.stop)
+        ended = await asyncio.gather(*(client.ended(timeout=30) for client in clients))
+        code = await server.stopped()
 
         assert ended == [True, True]
         assert code == 0
