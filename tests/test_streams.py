@@ -19,9 +19,9 @@ STREAM_BUFFER = 64 * 1024
 TALK = {"presenter": "Ada", "summary": "Engines"}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def store(each_store):
-    """Every test here runs on each kind of store."""
+    """Every test here with an in-process server runs it on each kind of store."""
     return each_store
 
 

@@ -17,9 +17,9 @@ from tornado.tcpclient import TCPClient
 from .harness import metric, send, until
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def store(each_store):
-    """Every test here runs on each kind of store."""
+    """Every test here with an in-process server runs it on each kind of store."""
     return each_store
 
 
