@@ -100,7 +100,7 @@ async def read_answer(reader) -> bytes:
     return await asyncio.wait_for(reader.readexactly(length), 30)
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_answered_polls_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
     handlers = Recorder(monkeypatch)
@@ -118,7 +118,7 @@ async def test_answered_polls_are_freed_without_the_collector(server, monkeypatc
         writer.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_polls_whose_clients_leave_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
     handlers = Recorder(monkeypatch)
@@ -134,7 +134,7 @@ async def test_polls_whose_clients_leave_are_freed_without_the_collector(server,
     assert not gc.isenabled()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_timed_out_polls_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
     handlers = Recorder(monkeypatch)
@@ -150,7 +150,7 @@ async def test_timed_out_polls_are_freed_without_the_collector(server, monkeypat
         writer.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_refused_polls_are_freed_without_the_collector(server, monkeypatch):
     """An error answer raises an HTTPError; its traceback must not keep the handler."""
     app, port = server
@@ -165,7 +165,7 @@ async def test_refused_polls_are_freed_without_the_collector(server, monkeypatch
     writer.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_connections_reset_while_their_polls_wait_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
     handlers = Recorder(monkeypatch)
@@ -181,7 +181,7 @@ async def test_connections_reset_while_their_polls_wait_are_freed_without_the_co
     assert not gc.isenabled()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_connections_reset_between_requests_are_freed_without_the_collector(server, monkeypatch):
     """After an answer the connection waits for its next request; a reset then ends it in IOStream."""
     app, port = server

@@ -75,7 +75,7 @@ def conditional_request(current, wait=90):
 # -- plain GET --------------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_plain_get_answers_the_array_of_talks_tagged_with_the_server_time(pool, base_url, board):
     await board.put("Unicycling", "Ann", "One wheel")
 
@@ -90,7 +90,7 @@ async def test_a_plain_get_answers_the_array_of_talks_tagged_with_the_server_tim
 
 
 @pytest.mark.parametrize("api", ["changes"])
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_the_default_mode_answers_the_object_with_the_same_tag(pool, base_url, board):
     await board.put("Unicycling", "Ann", "One wheel")
 
@@ -103,7 +103,7 @@ async def test_the_default_mode_answers_the_object_with_the_same_tag(pool, base_
     assert response.headers["ETag"] == f'"{board.store.head}"'
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_changes_since_keeps_working_in_etag_mode(pool, base_url, board):
     cursor = board.store.head
     await board.put("a", "Ann", "s")
@@ -119,7 +119,7 @@ async def test_changes_since_keeps_working_in_etag_mode(pool, base_url, board):
 # -- conditions answered at once ---------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_the_current_tag_without_prefer_gets_304_at_once_with_no_body(pool, base_url, board):
     await board.put("a", "Ann", "s")
 
@@ -133,7 +133,7 @@ async def test_the_current_tag_without_prefer_gets_304_at_once_with_no_body(pool
     assert len(board.waiters) == 0
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stale_tag_gets_the_whole_list_at_once_even_when_asked_to_wait(pool, base_url, board):
     stale = tag(board)
     await board.put("a", "Ann", "s")
@@ -146,7 +146,7 @@ async def test_a_stale_tag_gets_the_whole_list_at_once_even_when_asked_to_wait(p
     assert "Preference-Applied" not in response.headers
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_tag_from_the_future_gets_the_whole_list_at_once(pool, base_url, board):
     await board.put("a", "Ann", "s")
 
@@ -156,14 +156,14 @@ async def test_a_tag_from_the_future_gets_the_whole_list_at_once(pool, base_url,
     assert [t["title"] for t in json.loads(response.body)] == ["a"]
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_weak_tag_matches_like_the_strong_one(pool, base_url, board):
     response = await get(pool, base_url, **{"If-None-Match": f"W/{tag(board)}"})
 
     assert response.code == 304
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_list_of_tags_matches_when_any_of_them_names_the_current_list(pool, base_url, board):
     await board.put("a", "Ann", "s")
 
@@ -174,7 +174,7 @@ async def test_a_list_of_tags_matches_when_any_of_them_names_the_current_list(po
     assert stale.code == 200
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_star_gets_304_at_once_without_waiting(pool, base_url, board):
     response = await get(pool, base_url, **{"If-None-Match": "*", "Prefer": "wait=90"})
 
@@ -182,7 +182,7 @@ async def test_a_star_gets_304_at_once_without_waiting(pool, base_url, board):
     assert "Preference-Applied" not in response.headers
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_an_unreadable_if_none_match_is_ignored(pool, base_url, board):
     response = await get(pool, base_url, **{"If-None-Match": str(board.store.head)})  # no quotes
 
@@ -191,7 +191,7 @@ async def test_an_unreadable_if_none_match_is_ignored(pool, base_url, board):
 
 
 @pytest.mark.parametrize("prefer", ["wait=abc", "wait=", "wait=-1", "wait=0", "respond-async", "wait=1.5"])
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_prefer_without_a_whole_positive_wait_gets_304_at_once(pool, base_url, board, prefer):
     response = await get(pool, base_url, **{"If-None-Match": tag(board), "Prefer": prefer})
 
@@ -199,7 +199,7 @@ async def test_a_prefer_without_a_whole_positive_wait_gets_304_at_once(pool, bas
     assert "Preference-Applied" not in response.headers
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_changes_since_poll_is_never_answered_304(pool, base_url, board):
     await board.put("a", "Ann", "s")
 
@@ -214,7 +214,7 @@ async def test_a_changes_since_poll_is_never_answered_304(pool, base_url, board)
 # -- waiting ------------------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_waiting_poll_gets_the_whole_list_and_its_new_tag_when_a_talk_changes(pool, base_url, board):
     await board.put("old", "Ann", "s")
     poll = asyncio.ensure_future(get(pool, base_url, **{"If-None-Match": tag(board), "Prefer": "wait=90"}))
@@ -230,7 +230,7 @@ async def test_a_waiting_poll_gets_the_whole_list_and_its_new_tag_when_a_talk_ch
     assert len(board.waiters) == 0
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_wait_longer_than_the_poll_timeout_ends_with_304_at_the_poll_timeout(pool, base_url, board):
     current = tag(board)
     poll = asyncio.ensure_future(get(pool, base_url, **{"If-None-Match": current, "Prefer": "wait=90"}))
@@ -246,7 +246,7 @@ async def test_a_wait_longer_than_the_poll_timeout_ends_with_304_at_the_poll_tim
 
 
 @pytest.mark.parametrize("poll_timeout", [60.0])
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_wait_shorter_than_the_poll_timeout_is_honoured(pool, base_url, board, app):
     poll = asyncio.ensure_future(get(pool, base_url, **{"If-None-Match": tag(board), "Prefer": "wait=1"}))
     await until(lambda: len(board.waiters) == 1)
@@ -259,7 +259,7 @@ async def test_a_wait_shorter_than_the_poll_timeout_is_honoured(pool, base_url, 
 
 
 @pytest.mark.parametrize("poll_timeout", [60.0])
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_short_wait_woken_by_a_change_is_answered_once(port, board, app):
     stream = await TCPClient().connect("127.0.0.1", port)
     await stream.write(conditional_request(tag(board), wait=2))
@@ -278,7 +278,7 @@ async def test_a_short_wait_woken_by_a_change_is_answered_once(port, board, app)
     stream.close()
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_the_first_wait_among_several_preferences_counts(pool, base_url, board):
     poll = asyncio.ensure_future(
         get(pool, base_url, **{"If-None-Match": tag(board), "Prefer": 'respond-async, WAIT="1"; x=y, wait=99'})
@@ -290,7 +290,7 @@ async def test_the_first_wait_among_several_preferences_counts(pool, base_url, b
 
 
 @pytest.mark.frozen_clock
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_that_also_names_the_next_state_waits_past_it(pool, base_url, board):
     head = board.store.head
     poll = asyncio.ensure_future(get(pool, base_url, **{"If-None-Match": f'"{head}", "{head + 1}"', "Prefer": "wait=90"}))
@@ -310,7 +310,7 @@ async def test_a_poll_that_also_names_the_next_state_waits_past_it(pool, base_ur
     assert [t["title"] for t in json.loads(response.body)] == ["a", "b"]
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_whose_client_goes_away_is_forgotten(port, board):
     stream = await TCPClient().connect("127.0.0.1", port)
     await stream.write(conditional_request(tag(board)))
@@ -322,7 +322,7 @@ async def test_a_poll_whose_client_goes_away_is_forgotten(port, board):
 
 
 @pytest.mark.parametrize("poll_timeout", [60.0])
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_short_wait_whose_client_goes_away_is_forgotten_with_its_deadline(port, board, app):
     stream = await TCPClient().connect("127.0.0.1", port)
     await stream.write(conditional_request(tag(board), wait=30))
@@ -337,7 +337,7 @@ async def test_a_short_wait_whose_client_goes_away_is_forgotten_with_its_deadlin
 # -- shared answers on kept-alive connections -----------------------------------
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_woken_polls_on_kept_alive_connections_get_one_shared_answer_and_poll_on(port, board, monkeypatch):
     current = tag(board)
     streams = [await TCPClient().connect("127.0.0.1", port) for _ in range(20)]
@@ -366,7 +366,7 @@ async def test_woken_polls_on_kept_alive_connections_get_one_shared_answer_and_p
         stream.close()
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_that_times_out_on_a_kept_alive_connection_gets_a_bodiless_304(port, board):
     stream = await TCPClient().connect("127.0.0.1", port)
     await stream.write(conditional_request(tag(board)))
@@ -385,7 +385,7 @@ async def test_a_poll_that_times_out_on_a_kept_alive_connection_gets_a_bodiless_
 
 
 @pytest.mark.parametrize("limits", [{"max_polls_per_ip": 2, "slow_lane_interval": 0.5}])
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_waiting_conditional_polls_past_the_per_address_cap_wait_in_the_slow_lane(pool, base_url, board):
     current = tag(board)
     waiting = [asyncio.ensure_future(get(pool, base_url, **{"If-None-Match": current, "Prefer": "wait=90"})) for _ in range(2)]

@@ -90,7 +90,7 @@ async def test_slow_readers_of_a_large_answer_share_one_copy_of_it():
                 s.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_client_that_leaves_an_answer_unread_past_the_send_timeout_is_disconnected():
     with ServerProcess("--db=:memory:", "--send-timeout=2") as server:
         await fill_board(server.port, 1200, 5000)
@@ -110,7 +110,7 @@ async def test_a_client_that_leaves_an_answer_unread_past_the_send_timeout_is_di
 # -- aborted writes -------------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_writes_whose_client_left_mid_body_are_not_in_flight_and_do_not_hold_up_a_stop():
     with ServerProcess("--db=:memory:") as server:
         body = json.dumps(TALK).encode()
@@ -132,7 +132,7 @@ async def test_writes_whose_client_left_mid_body_are_not_in_flight_and_do_not_ho
 # -- out of file descriptors ------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_out_of_descriptors_the_server_backs_off_logs_briefly_counts_and_recovers():
     with ServerProcess("--db=:memory:", open_files=40) as server:
         # Given more clients than the server has descriptors for
@@ -158,7 +158,7 @@ async def test_out_of_descriptors_the_server_backs_off_logs_briefly_counts_and_r
 # -- the database file removed or replaced ------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("how", ["removed", "replaced"])
 async def test_writes_are_refused_with_503_once_the_database_file_is_gone(how):
     with ServerProcess() as server:

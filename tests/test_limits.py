@@ -59,7 +59,7 @@ def poll(http_client, base_url, cursor):
 # -- long polls per address -------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_past_the_cap_waits_in_the_slow_lane_and_gets_the_change_in_its_round(http_client, base_url, board):
     # Given three polls waiting, the cap of this address
     cursor = board.store.head
@@ -80,7 +80,7 @@ async def test_a_poll_past_the_cap_waits_in_the_slow_lane_and_gets_the_change_in
     assert len(board.slow_lane) == 0
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_slow_lane_poll_with_nothing_new_gets_an_empty_answer_after_its_round(http_client, base_url, board):
     cursor = board.store.head
     waiting = [poll(http_client, base_url, cursor) for _ in range(3)]
@@ -121,7 +121,7 @@ async def test_a_client_over_the_cap_that_polls_again_at_once_gets_one_answer_a_
     await holder
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("limits", [dict(max_polls_per_ip=3, slow_lane_interval=30)])
 async def test_a_poll_past_five_times_the_cap_gets_429_with_retry_after(limits, http_server, http_port, board, app):
     cursor = board.store.head
@@ -139,7 +139,7 @@ async def test_a_poll_past_five_times_the_cap_gets_429_with_retry_after(limits, 
     assert {a.status for a in await asyncio.gather(*held)} == {200}
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_answered_polls_give_their_place_back(http_client, base_url, board, app):
     for _ in range(2):
         cursor = board.store.head
@@ -150,7 +150,7 @@ async def test_answered_polls_give_their_place_back(http_client, base_url, board
     assert app.limits.polls_held("127.0.0.1") == 0
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_whose_client_went_away_gives_its_place_back(http_server, http_port, board, app):
     port = http_port
     request = f"GET /talks?changesSince={board.store.head} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
@@ -171,7 +171,7 @@ async def test_a_poll_whose_client_went_away_gives_its_place_back(http_server, h
 # -- write rate per address -------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_writes_past_the_burst_get_429_and_change_nothing(http_client, base_url, board):
     first = [
         await http_client.fetch(f"{base_url}/talks/T{i}", method="PUT", body=TALK, raise_error=False)
@@ -187,7 +187,7 @@ async def test_writes_past_the_burst_get_429_and_change_nothing(http_client, bas
     assert sorted(t["title"] for t in board.store.all_talks()) == ["T0", "T1"]
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_reads_are_not_rate_limited(http_client, base_url, board):
     for _ in range(2):
         await http_client.fetch(f"{base_url}/talks/T", method="PUT", body=TALK)
@@ -197,7 +197,7 @@ async def test_reads_are_not_rate_limited(http_client, base_url, board):
 
 
 @pytest.mark.parametrize("limits", [dict(write_rate=2, write_burst=1, limit_local_writes=True)])
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_the_write_rate_refills_over_time(limits, http_client, base_url, board, write_clock):
     first = await http_client.fetch(f"{base_url}/talks/T0", method="PUT", body=TALK, raise_error=False)
     refused = await http_client.fetch(f"{base_url}/talks/T1", method="PUT", body=TALK, raise_error=False)
@@ -244,7 +244,7 @@ def test_clients_on_this_machine_are_not_write_limited_unless_asked():
 
 
 @pytest.mark.parametrize("limits", [dict(write_rate=0.5, write_burst=2)])
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_local_script_can_write_faster_than_the_write_rate(limits, http_client, base_url, board):
     for n in range(10):
         response = await http_client.fetch(f"{base_url}/talks/t{n}", method="PUT", body=TALK, raise_error=False)
@@ -262,7 +262,7 @@ def test_each_address_has_its_own_bucket():
 
 
 @pytest.mark.parametrize("limits", [dict(max_comments=2)])
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_comment_past_the_cap_gets_409_and_changes_nothing(limits, http_client, base_url, board):
     await board.put("T", "Ada", "s")
     url = f"{base_url}/talks/T/comments"
@@ -279,7 +279,7 @@ async def test_a_comment_past_the_cap_gets_409_and_changes_nothing(limits, http_
 
 
 @pytest.mark.parametrize("limits", [{}])
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_make_app_without_limits_lets_one_address_write_and_poll_freely(limits, http_client, base_url, board):
     codes = [
         (await http_client.fetch(f"{base_url}/talks/T{i}", method="PUT", body=TALK, raise_error=False)).code
@@ -305,7 +305,7 @@ async def head_of(port):
     return (await send(port, "GET", "/talks")).json()["serverTime"]
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_300_polls_from_one_address_all_see_a_change_and_other_addresses_are_still_served():
     with ServerProcess("--poll-timeout=60") as server:
         await three_hundred_polls_from_one_address(server)
@@ -333,7 +333,7 @@ async def three_hundred_polls_from_one_address(server):
     assert all([t["title"] for t in a.json()["talks"]] == ["Wake"] for a in answered)
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_2000_idle_connections_do_not_stop_the_server_and_are_closed_after_the_timeout():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
@@ -360,7 +360,7 @@ async def test_2000_idle_connections_do_not_stop_the_server_and_are_closed_after
         assert server.stop() == 0
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.gen_test(timeout=120)
 async def test_without_xheaders_the_proxy_headers_are_ignored():
     with ServerProcess("--write-rate=0.01", "--write-burst=1", "--limit-local-writes") as server:
         one = await send(server.port, "PUT", "/talks/A", TALK, {"X-Real-Ip": "10.0.0.1"})
@@ -369,7 +369,7 @@ async def test_without_xheaders_the_proxy_headers_are_ignored():
         assert server.stop() == 0
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.gen_test(timeout=120)
 async def test_with_xheaders_each_client_behind_the_proxy_has_its_own_limit():
     with ServerProcess("--xheaders", "--write-rate=0.01", "--write-burst=1", "--limit-local-writes") as server:
         one = await send(server.port, "PUT", "/talks/A", TALK, {"X-Real-Ip": "10.0.0.1"})

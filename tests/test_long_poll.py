@@ -23,7 +23,7 @@ async def get_json(client, url, **kwargs):
     return response, json.loads(response.body)
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_with_changes_answers_at_once(pool, base_url, board):
     cursor = board.store.head
     await board.put("a", "Ann", "s")
@@ -35,7 +35,7 @@ async def test_a_poll_with_changes_answers_at_once(pool, base_url, board):
     }
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_waiting_poll_is_answered_with_the_change_that_wakes_it(pool, base_url, board):
     cursor = board.store.head
     poll = asyncio.ensure_future(get_json(pool, f"{base_url}/talks?changesSince={cursor}"))
@@ -49,7 +49,7 @@ async def test_a_waiting_poll_is_answered_with_the_change_that_wakes_it(pool, ba
     assert len(board.waiters) == 0
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_delete_wakes_pollers_with_a_tombstone(pool, base_url, board):
     await board.put("a", "Ann", "s")
     cursor = board.store.head
@@ -60,7 +60,7 @@ async def test_a_delete_wakes_pollers_with_a_tombstone(pool, base_url, board):
     assert answer["talks"] == [{"title": "a", "deleted": True}]
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_with_nothing_new_times_out_with_an_empty_list(pool, base_url, board):
     cursor = board.store.head
     loop = asyncio.get_running_loop()
@@ -73,7 +73,7 @@ async def test_a_poll_with_nothing_new_times_out_with_an_empty_list(pool, base_u
     assert len(board.waiters) == 0
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_cursor_from_the_future_answers_at_once_with_everything(pool, base_url, board):
     await board.put("a", "Ann", "s")
     _, answer = await get_json(pool, f"{base_url}/talks?changesSince={board.store.head + 3_600_000}")
@@ -83,7 +83,7 @@ async def test_a_cursor_from_the_future_answers_at_once_with_everything(pool, ba
 
 
 @pytest.mark.parametrize("cursor", ["abc", "12.5", "1e9", "", "0x10", "--5", "9" * 40])
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_cursor_that_is_not_an_integer_is_400(pool, base_url, board, cursor):
     response, answer = await get_json(pool, f"{base_url}/talks?changesSince={cursor}")
     assert response.code == 400
@@ -98,7 +98,7 @@ async def open_poll(port, cursor):
     return writer
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_pollers_that_disconnect_are_dropped_at_once(http_client, base_url, board, http_port):
     polls = [await open_poll(http_port, board.store.head) for _ in range(500)]
     await until(lambda: len(board.waiters) == 500)
@@ -114,7 +114,7 @@ async def test_pollers_that_disconnect_are_dropped_at_once(http_client, base_url
     assert board.waiters._parked == {}
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_pollers_closing_politely_are_dropped_too(http_server, board, http_port):
     writers = [await open_poll(http_port, board.store.head) for _ in range(20)]
     await until(lambda: len(board.waiters) == 20)
@@ -123,7 +123,7 @@ async def test_pollers_closing_politely_are_dropped_too(http_server, board, http
     await until(lambda: len(board.waiters) == 0)
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_waking_many_waiters_encodes_the_answer_once(pool, base_url, board, monkeypatch):
     cursor = board.store.head
     polls = [asyncio.ensure_future(get_json(pool, f"{base_url}/talks?changesSince={cursor}")) for _ in range(40)]
@@ -141,7 +141,7 @@ async def test_waking_many_waiters_encodes_the_answer_once(pool, base_url, board
 
 
 @pytest.mark.frozen_clock
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_same_millisecond_burst_is_seen_whole_and_once(pool, base_url, board):
     """Changes landing in the millisecond of an answer are not lost (the book's bug)."""
     follower = Follower(Servers(base_url), pool)

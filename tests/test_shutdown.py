@@ -36,7 +36,7 @@ def stored_titles(server):
         store.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_sigterm_answers_200_waiting_polls_at_once_with_no_changes_and_exits_0():
     with ServerProcess("--poll-timeout=120") as server:
         await send(server.port, "PUT", "/talks/Before", TALK)
@@ -55,7 +55,7 @@ async def test_sigterm_answers_200_waiting_polls_at_once_with_no_changes_and_exi
         assert "stopped: answered 200 waiting polls; 1 talks in the store" in server.log()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
     with ServerProcess() as server:
         body = b'{"presenter": "Ada", "summary": "sent in two halves"}'
@@ -80,7 +80,7 @@ async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
         assert stored_titles(server) == {"Late"}
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_writes_acknowledged_during_sigterm_are_all_in_the_store():
     with ServerProcess("--write-rate=0") as server:
         acknowledged, attempted = [], []

@@ -57,7 +57,7 @@ def titles(block):
 # -- opening a stream --------------------------------------------------------
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_is_200_text_event_stream_and_its_first_event_holds_the_board(port, board):
     await board.put("One", "Ada", "first")
     await board.put("Two", "Bob", "second")
@@ -74,7 +74,7 @@ async def test_a_stream_is_200_text_event_stream_and_its_first_event_holds_the_b
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_begins_with_a_retry_hint_of_one_to_three_seconds(port, board):
     client = await StreamClient.open(port)
 
@@ -84,7 +84,7 @@ async def test_a_stream_begins_with_a_retry_hint_of_one_to_three_seconds(port, b
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_the_first_event_after_changes_since_holds_only_the_later_changes(port, board):
     await board.put("Old", "Ada", "s")
     cursor = board.store.head
@@ -98,7 +98,7 @@ async def test_the_first_event_after_changes_since_holds_only_the_later_changes(
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_at_the_newest_cursor_gets_no_event_until_something_changes(port, board):
     await board.put("Old", "Ada", "s")
     cursor = board.store.head
@@ -113,7 +113,7 @@ async def test_a_stream_at_the_newest_cursor_gets_no_event_until_something_chang
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_malformed_last_event_id_is_answered_400_with_a_json_error(port, board):
     client = await StreamClient.open(port, headers={"Last-Event-ID": "yesterday"})
 
@@ -126,7 +126,7 @@ async def test_a_malformed_last_event_id_is_answered_400_with_a_json_error(port,
 # -- live events ---------------------------------------------------------------
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_each_change_is_one_event_whose_id_is_its_server_time_and_ids_increase(port, board):
     client = await open_stream(port, board)
     await client.event()  # the (empty) board
@@ -143,7 +143,7 @@ async def test_each_change_is_one_event_whose_id_is_its_server_time_and_ids_incr
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board):
     client = await open_stream(port, board)
     await client.event()
@@ -157,7 +157,7 @@ async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board):
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_deleted_talk_arrives_as_a_tombstone(port, board):
     await board.put("Doomed", "Ada", "s")
     client = await open_stream(port, board)
@@ -170,7 +170,7 @@ async def test_a_deleted_talk_arrives_as_a_tombstone(port, board):
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_cursor_from_the_future_gets_the_whole_board_as_a_reset(port, board):
     await board.put("Kept", "Ada", "s")
 
@@ -181,7 +181,7 @@ async def test_a_cursor_from_the_future_gets_the_whole_board_as_a_reset(port, bo
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_an_idle_stream_gets_a_heartbeat_comment(port, board):
     client = await open_stream(port, board)
     await client.event()
@@ -193,7 +193,7 @@ async def test_an_idle_stream_gets_a_heartbeat_comment(port, board):
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events(port, board):
     client = await open_stream(port, board, http10=True)
     await client.event()
@@ -209,7 +209,7 @@ async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events
 # -- reconnecting ----------------------------------------------------------------
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_reconnect_with_last_event_id_gets_exactly_the_missed_changes_beating_a_stale_query(port, board):
     await board.put("Seen", "Ada", "s")
     stale = board.store.head
@@ -264,7 +264,7 @@ async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every
     reader.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board):
     client = await open_stream(port, board)
     last_id = (await client.event()).id
@@ -281,7 +281,7 @@ async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board)
     again.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("settings", ["cap"], indirect=True)
 async def test_streams_past_the_per_address_cap_are_served_up_to_five_times_it(port, board, app):
     # The cap is 2: streams 3 to 10 from one address are past it, but served.
@@ -303,7 +303,7 @@ async def test_streams_past_the_per_address_cap_are_served_up_to_five_times_it(p
         client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("settings", ["cap"], indirect=True)
 async def test_a_stream_that_ends_gives_its_slot_back(port, board, app):
     first = await open_stream(port, board, source="127.0.0.7")
@@ -318,7 +318,7 @@ async def test_a_stream_that_ends_gives_its_slot_back(port, board, app):
     third.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_whose_client_leaves_is_forgotten(port, board):
     client = await open_stream(port, board)
 
@@ -328,7 +328,7 @@ async def test_a_stream_whose_client_leaves_is_forgotten(port, board):
     await board.put("Nobody listens", "Ada", "s")  # and nothing fails
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_metrics_count_open_streams_and_events_sent(port, board):
     clients = [await open_stream(port, board) for _ in range(3)]
     await board.put("Counted", "Ada", "s")
@@ -346,7 +346,7 @@ async def test_metrics_count_open_streams_and_events_sent(port, board):
         client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("settings", ["password"], indirect=True)
 async def test_a_stream_needs_the_password_when_one_is_set(port, board):
     refused = await StreamClient.open(port)
@@ -363,7 +363,7 @@ async def test_a_stream_needs_the_password_when_one_is_set(port, board):
 # -- the talkserver command ----------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_sigterm_ends_every_stream_cleanly_and_exits_0():
     with ServerProcess("--db=:memory:") as server:
         clients = [await StreamClient.open(server.port) for _ in range(2)]
@@ -380,7 +380,7 @@ async def test_sigterm_ends_every_stream_cleanly_and_exits_0():
         assert "ended 2 event streams" in server.log()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_the_heartbeat_option_sets_the_seconds_between_comments():
     with ServerProcess("--db=:memory:", "--heartbeat=0.5") as server:
         client = await StreamClient.open(server.port)

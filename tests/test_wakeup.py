@@ -55,7 +55,7 @@ async def park(port, board, cursor, count=1, **kwargs):
     return streams
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_woken_poll_gets_a_complete_answer_and_its_connection_serves_on(board, port):
     (stream,) = await park(port, board, board.store.head)
 
@@ -79,7 +79,7 @@ async def test_a_woken_poll_gets_a_complete_answer_and_its_connection_serves_on(
     stream.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_the_next_poll_on_the_same_connection_waits_and_is_woken_again(board, port):
     (stream,) = await park(port, board, board.store.head)
     await board.put("First", "Kim", "One")
@@ -97,7 +97,7 @@ async def test_the_next_poll_on_the_same_connection_waits_and_is_woken_again(boa
     stream.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_many_woken_polls_all_get_the_same_answer(board, port):
     cursor = board.store.head
     streams = await park(port, board, cursor, count=60)
@@ -112,7 +112,7 @@ async def test_many_woken_polls_all_get_the_same_answer(board, port):
         stream.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_asking_to_close_gets_connection_close_and_is_closed(board, port):
     (stream,) = await park(port, board, board.store.head, headers="Connection: close\r\n")
 
@@ -124,7 +124,7 @@ async def test_a_poll_asking_to_close_gets_connection_close_and_is_closed(board,
     assert await stream.read_until_close() == b""  # and the server hangs up
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_an_http_1_0_poll_gets_a_whole_answer_and_then_the_close(board, port):
     (stream,) = await park(port, board, board.store.head, version="HTTP/1.0")
 
@@ -135,7 +135,7 @@ async def test_an_http_1_0_poll_gets_a_whole_answer_and_then_the_close(board, po
     assert await stream.read_until_close() == b""  # and the server hangs up
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_that_times_out_gets_an_empty_answer_and_keeps_its_connection(board, port):
     (stream,) = await park(port, board, board.store.head)
 
@@ -148,7 +148,7 @@ async def test_a_poll_that_times_out_gets_an_empty_answer_and_keeps_its_connecti
     stream.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_client_gone_before_the_wake_does_not_stop_the_others(board, port, caplog):
     streams = await park(port, board, board.store.head, count=5)
     # Reset one connection so the server's write to it fails, before the
@@ -166,7 +166,7 @@ async def test_a_client_gone_before_the_wake_does_not_stop_the_others(board, por
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_every_woken_poll_is_logged_and_counted_once(board, port, caplog):
     streams = await park(port, board, board.store.head, count=3)
 
@@ -184,7 +184,7 @@ async def test_every_woken_poll_is_logged_and_counted_once(board, port, caplog):
     assert metric(board.metrics.render(), "talkserver_requests_total", code="200") == 4
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_waking_leaves_the_garbage_collector_as_it_was(board, port):
     await park(port, board, board.store.head, count=2)
     assert gc.isenabled()
@@ -192,7 +192,7 @@ async def test_waking_leaves_the_garbage_collector_as_it_was(board, port):
     assert gc.isenabled()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_large_answer_arrives_whole_on_every_connection(board, port):
     await board.put("Long", "Gus", "x" * 4000 + "é" * 500)
     for n in range(39):
