@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -184,14 +185,15 @@ class ServerProcess:
     ``kill()`` sends SIGKILL, as a crash would.  ``open_files`` sets the
     process's open-files limit, soft and hard, so the server cannot raise
     it.  ``command`` replaces ``python -m talkserver`` with another server
-    program that logs its port the same way (tests/load_server.py).
+    program, and ``bound`` the pattern of the log line that names the port
+    it bound (see ``running``).
 
     Use it as a context manager: the process is killed when the block
     ends, however it ends.
     """
 
     def __init__(self, *options: str, cwd: Path | None = None, open_files: int | None = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, bound: re.Pattern = None) -> None:
         self._own_dir = tempfile.TemporaryDirectory() if cwd is None else None
         self.cwd = Path(self._own_dir.name) if cwd is None else cwd
         # A file, not a pipe: a pipe nobody reads fills up with the access
@@ -207,15 +209,15 @@ class ServerProcess:
         )
         _running.add(self)
         try:
-            self.port = self._bound_port(_workers(options), time.monotonic() + WAIT)
+            self.port = self._bound_port(bound or _BOUND, _workers(options), time.monotonic() + WAIT)
         except BaseException:
             self.close()
             raise
         self.base = f"http://127.0.0.1:{self.port}"
 
-    def _bound_port(self, workers: int, deadline: float) -> int:
+    def _bound_port(self, bound: re.Pattern, workers: int, deadline: float) -> int:
         while True:
-            ports = _BOUND.findall(self.log())
+            ports = bound.findall(self.log())
             if len(ports) >= workers:
                 return int(ports[0])
             if self.process.poll() is not None:
@@ -296,6 +298,54 @@ def stop_leftovers() -> int:
     for server in list(_running):
         server.close()
     return len(left)
+
+
+@contextmanager
+def running(*command: str):
+    """Run another server program on a port it picks (``PORT`` in ``command`` becomes 0); yield (url, pid).
+
+    The program must print a URL with the port it bound (``http://HOST:PORT/``)
+    on its standard output or error, as tests/load_server.py and
+    ``python -u -m http.server`` do.
+    """
+    argv = [part.replace("PORT", "0") for part in command]
+    with ServerProcess(command=argv, bound=_ANY_URL) as server:
+        yield server.base, server.process.pid
+
+
+_ANY_URL = re.compile(r"http://[^\s/]+:(\d+)/")
+
+
+@contextmanager
+def refused_port():
+    """A port of 127.0.0.1 that refuses connections for as long as the block runs.
+
+    The socket is bound but not listening: nothing else can take the port,
+    and a connection to it is refused.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+def load_server(mode: str = "plain"):
+    """tests/load_server.py: a server as it is, or breaking the protocol (``mode``); see ``running``."""
+    return running(sys.executable, str(Path(__file__).with_name("load_server.py")), "PORT", mode)
+
+
+def load(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run talkserver-load with ``args``; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "talkserver.loadtest", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def load_json(tmp_path: Path, *args) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run talkserver-load with ``args`` and ``--json``; returns (CompletedProcess, its JSON result)."""
+    out = tmp_path / "out.json"
+    done = load(*args, "--json", out)
+    return done, json.loads(out.read_text())
 
 
 # -- raw HTTP --------------------------------------------------------------------

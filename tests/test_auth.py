@@ -1,6 +1,5 @@
 """Access control (group password, talk ownership), security headers, the start-up warning."""
 
-import asyncio
 import json
 import os
 import stat

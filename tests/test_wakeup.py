@@ -5,7 +5,6 @@ these tests speak HTTP/1.1 over plain sockets, as browsers do: the answer
 must be complete and well framed, and the connection must go on serving.
 """
 
-import asyncio
 import gc
 import json
 import logging
