@@ -157,7 +157,13 @@ async def _settled(client: AsyncHTTPClient, bases: list[str]) -> dict:
         answers[:] = [json.loads((await client.fetch(base + "/talks", request_timeout=WAIT)).body) for base in bases]
         return all(a == answers[0] for a in answers)
 
-    await until(agree, WAIT, lambda: f"the servers did not agree: serverTimes {[a['serverTime'] for a in answers]}")
+    def disagreement() -> str:
+        boards = [{t["title"]: t for t in a["talks"]} for a in answers]
+        differ = sorted({title for b in boards for title in b if any(b.get(title) != o.get(title) for o in boards)})
+        return (f"the servers did not agree: serverTimes {[a['serverTime'] for a in answers]},"
+                f" talks that differ: {differ[:10]}")
+
+    await until(agree, WAIT, disagreement)
     return answers[0]
 
 

@@ -144,7 +144,9 @@ async def test_answered_polls_give_their_place_back(http_client, base_url, board
     for _ in range(2):
         cursor = board.store.head
         waiting = [poll(http_client, base_url, cursor) for _ in range(3)]
-        await until(lambda: len(board.waiters) == 3)
+        await until(lambda: len(board.waiters) == 3, message=lambda: (
+            f"only {len(board.waiters)} of 3 polls wait: answered polls did not give their places back"
+            f" ({app.limits.polls_held('127.0.0.1')} held)"))
         await board.put("Again", "Ada", "s")
         assert [a.code for a in await asyncio.gather(*waiting)] == [200, 200, 200]
     assert app.limits.polls_held("127.0.0.1") == 0
@@ -164,7 +166,8 @@ async def test_a_poll_whose_client_went_away_gives_its_place_back(http_server, h
     for writer in connections:
         writer.close()
 
-    await until(lambda: app.limits.polls_held("127.0.0.1") == 0)
+    await until(lambda: app.limits.polls_held("127.0.0.1") == 0, message=lambda: (
+        f"polls whose clients left still hold {app.limits.polls_held('127.0.0.1')} places"))
     assert len(board.waiters) == 0
 
 

@@ -310,7 +310,8 @@ async def test_a_stream_that_ends_gives_its_slot_back(port, board, app):
     second = await open_stream(port, board, source="127.0.0.7")
 
     first.close()
-    await until(lambda: app.limits.polls_held("127.0.0.7") == 1)
+    await until(lambda: app.limits.polls_held("127.0.0.7") == 1, message=lambda: (
+        f"a stream that ended did not give its place back: {app.limits.polls_held('127.0.0.7')} held, not 1"))
     third = await StreamClient.open(port, source="127.0.0.7")
 
     assert third.status == 200
