@@ -21,7 +21,7 @@ from tornado.httpclient import AsyncHTTPClient
 from talkserver import make_app
 from talkserver.stores import PostgresStore
 
-from .conftest import POLL_TIMEOUT, STORE_KINDS, close_store, new_store
+from .conftest import STORE_KINDS, close_store, new_store
 from .follower import Follower, Servers
 from .harness import WAIT, send, until
 from .sse import StreamClient
