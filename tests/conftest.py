@@ -19,7 +19,7 @@ from talkserver import make_app  # noqa: E402
 from talkserver.stores.sqlite import SQLiteStore
 from talkserver.stores import MemoryStore, PostgresStore
 
-from .harness import FrozenClock, stop_leftovers, write_passwords
+from .harness import FrozenClock, running_servers, stop_leftovers, write_passwords
 from .postgres import BlockingStore, Cluster
 
 POLL_TIMEOUT = 1.0
@@ -29,9 +29,11 @@ PASSWORD = "s3cret ünïcode"
 
 @pytest.fixture(autouse=True)
 def no_server_left_running():
-    """Whatever way a test ends, no talkserver subprocess it started outlives it."""
+    """Whatever way a test ends, no talkserver subprocess it started outlives it
+    (those of module- or session-wide fixtures, started before it, are kept)."""
+    before = running_servers()
     yield
-    stop_leftovers()
+    stop_leftovers(kept=before)
 
 
 @pytest.fixture

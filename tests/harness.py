@@ -292,10 +292,15 @@ def _workers(options) -> int:
     return count
 
 
-def stop_leftovers() -> int:
-    """Kill every ServerProcess a test left running (a test that failed early); returns how many."""
-    left = [server for server in _running if server.process.poll() is None]
-    for server in list(_running):
+def running_servers() -> set["ServerProcess"]:
+    """The ServerProcesses started and not yet closed."""
+    return set(_running)
+
+
+def stop_leftovers(kept: set["ServerProcess"] = frozenset()) -> int:
+    """Kill every ServerProcess but ``kept`` that is still open (a test that failed early); returns how many ran."""
+    left = [server for server in _running - kept if server.process.poll() is None]
+    for server in _running - kept:
         server.close()
     return len(left)
 
