@@ -1,19 +1,22 @@
 """Fixtures shared by the tests: a server on a fresh store of each kind, ports, clients, passwords.
 
 The PostgreSQL store runs in a throwaway cluster started once per session
-(tests/postgres.py), with a new database per test.  pytest-tornado serves the ``app`` fixture on a free port and gives
-``http_client`` and ``base_url`` for it.  Both store kinds must follow
-the same rules, so the tests of the rules run on each.  pytest-tornado looks ``app`` up
-by name at run time, so a module that wants each store kind overrides
-``store`` with an autouse fixture parametrized over STORE_KINDS.  The poll timeout is short so the
-timeout path can be tested without waiting 90 seconds.
+(tests/postgres.py), with a new database per test.  pytest-tornado serves
+the ``app`` fixture on a port of its own and gives ``http_client`` and
+``base_url`` for it.  Every store kind must follow the same rules, so the
+tests of the rules run on each: a module overrides ``store`` with
+``each_store`` (autouse when some of its tests reach the server only
+through ``http_client``, since pytest-tornado looks ``app`` up by name at
+run time).  The poll timeout is short so the timeout path can be tested
+without waiting 90 seconds.  The helpers themselves live in
+tests/harness.py (docs/testing.md).
 """
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 # Helpers whose asserts should explain themselves like the tests' own.
-pytest.register_assert_rewrite("tests.consistency")
+pytest.register_assert_rewrite("tests.consistency", "tests.follower", "tests.harness")
 
 from talkserver import make_app  # noqa: E402
 from talkserver.stores.sqlite import SQLiteStore

@@ -42,9 +42,9 @@ async def fill_board(port: int, talks: int, summary_size: int) -> int:
     """Propose ``talks`` talks; returns the size of the whole board's answer."""
     summary = "x" * summary_size
     for i in range(talks):
-        answer = await send(port, "PUT", f"/talks/T{i}", {"presenter": "Ada", "summary": summary}, timeout=10)
+        answer = await send(port, "PUT", f"/talks/T{i}", {"presenter": "Ada", "summary": summary})
         assert answer.status == 204
-    return len((await send(port, "GET", "/talks", timeout=30)).body)
+    return len((await send(port, "GET", "/talks")).body)
 
 
 # -- slow readers -------------------------------------------------------------
@@ -63,7 +63,7 @@ async def test_slow_readers_of_a_large_answer_share_one_copy_of_it():
         for i in range(40):
             extra = b"Connection: close\r\n" if i % 2 else b""
             readers.append(non_reader(server.port, b"GET /talks HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra + b"\r\n"))
-        await send(server.port, "GET", "/talks/T0", timeout=30)  # all 40 have been answered by now
+        await send(server.port, "GET", "/talks/T0")  # all 40 have been answered by now
         grown = rss_bytes(server.process.pid) - before
 
         # Then the server holds far less than a copy per client (240 MB)
@@ -85,7 +85,7 @@ async def test_a_client_that_leaves_an_answer_unread_past_the_send_timeout_is_di
         await until_metric(server.port, "talkserver_slow_readers_closed_total", 2)
 
         # Then those two were closed and the reader is served as usual
-        reader = await send(server.port, "GET", "/talks", timeout=10)
+        reader = await send(server.port, "GET", "/talks")
         assert len(reader.json()["talks"]) == 1200
         for s in stuck:
             s.close()
