@@ -117,7 +117,7 @@ class Report:
 
 
 async def run(bases: list[str], writes: int = 400, writers: int = 8, followers: int = 20,
-              timeout: float = 3 * WAIT) -> Report:
+              timeout: float = 2 * WAIT) -> Report:
     """Write ``writes`` acknowledged writes to ``bases`` while followers follow; bring them to the end state."""
     client = AsyncHTTPClient(force_instance=True, max_clients=followers + writers + 10)
     servers, ledger = Servers(bases), Ledger()
@@ -136,7 +136,7 @@ async def run(bases: list[str], writes: int = 400, writers: int = 8, followers: 
         # Every server must come to the same final state...
         final = await _settled(client, bases)
         # ...and every follower to that state, through any server.
-        await until(lambda: all(r.server_time == final["serverTime"] for r in readers), timeout, lambda: (
+        await until(lambda: all(r.server_time == final["serverTime"] for r in readers), WAIT, lambda: (
             f"followers still behind the board's serverTime {final['serverTime']}: "
             + ", ".join(f"{r.number} at {r.server_time}" for r in readers if r.server_time != final["serverTime"])
         ))

@@ -40,7 +40,7 @@ async def head(port):
 # -- two servers, one board --------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=240)
+@pytest.mark.gen_test(timeout=300)
 async def test_two_servers_alternating_polls_and_writes_give_every_follower_the_same_board(database):
     with started(f"--db={database}") as a, started(f"--db={database}") as b:
         report = await consistency.run([a.base, b.base], writes=400, writers=8, followers=20)
@@ -128,7 +128,7 @@ async def test_changes_arrive_after_the_listening_connection_is_killed(database,
 # -- --processes ---------------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=240)
+@pytest.mark.gen_test(timeout=300)
 async def test_processes_2_on_one_port_give_every_follower_the_same_board(database):
     with started(f"--db={database}", "--processes=2") as server:
         report = await consistency.run([server.base], writes=400, writers=8, followers=20)
