@@ -98,6 +98,9 @@ def writer(kind, database, board, io_loop):
     io_loop.run_sync(other.close)
 
 
+NOT_HERE = "a change written elsewhere did not reach this server (LISTEN/NOTIFY, catch-up)"
+
+
 def titles(answer: dict) -> list[str]:
     return [t["title"] for t in answer["talks"]]
 
@@ -111,7 +114,7 @@ async def test_a_waiting_long_poll_gets_a_change_written_elsewhere(port, board, 
     await writer.put("Juggling", "Kim", "Three balls")
     answer = (await poll).json()
 
-    assert titles(answer) == ["Juggling"]
+    assert titles(answer) == ["Juggling"], "a change written elsewhere did not wake the waiting poll"
     assert answer["serverTime"] > cursor
     assert answer["talks"][0] == {"title": "Juggling", "presenter": "Kim", "summary": "Three balls", "comments": []}
 
@@ -126,9 +129,17 @@ async def test_an_event_stream_gets_each_change_written_elsewhere_once_and_in_or
     await writer.add_comment("a", "Bo", "hi")
     await writer.delete("a")
     events = []
-    while len(events) < 3 and (not events or events[-1].json()["talks"] != [{"title": "a", "deleted": True}]):
-        events.append(await client.event())
-    client.close()
+
+    async def read_until_the_delete():
+        while len(events) < 3 and (not events or events[-1].json()["talks"] != [{"title": "a", "deleted": True}]):
+            events.append(await client.event())
+
+    try:
+        await asyncio.wait_for(read_until_the_delete(), WAIT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"the stream got {len(events)} events for 3 changes written elsewhere") from None
+    finally:
+        client.close()
 
     ids = [int(first.id)] + [int(e.id) for e in events]
     assert ids == sorted(set(ids)), f"event ids {ids} repeat or go back"
@@ -146,7 +157,7 @@ async def test_an_event_stream_gets_each_change_written_elsewhere_once_and_in_or
 @pytest.mark.gen_test(timeout=120)
 async def test_a_stream_resumed_with_last_event_id_gets_exactly_what_was_written_elsewhere_meanwhile(port, board, writer):
     await writer.put("Seen", "Ada", "s")
-    await until(lambda: board.store.get("Seen") is not None)
+    await until(lambda: board.store.get("Seen") is not None, message=NOT_HERE)
     client = await StreamClient.open(port)
     last_id = (await client.event()).id
     client.close()
@@ -154,7 +165,7 @@ async def test_a_stream_resumed_with_last_event_id_gets_exactly_what_was_written
 
     await writer.put("Missed 1", "Bob", "s")
     await writer.put("Missed 2", "Bob", "s")
-    await until(lambda: board.store.get("Missed 2") is not None)
+    await until(lambda: board.store.get("Missed 2") is not None, message=NOT_HERE)
     again = await StreamClient.open(port, headers={"Last-Event-ID": last_id})
     first = await again.event()
     again.close()
@@ -174,7 +185,7 @@ async def test_a_conditional_poll_gets_the_whole_list_when_a_change_is_written_e
     await writer.put("Knitting", "Bo", "Socks")
     answer = await poll
 
-    assert answer.status == 200
+    assert answer.status == 200, "a change written elsewhere did not end the conditional poll"
     assert answer.headers["etag"] != tag
     assert titles(answer.json()) == ["Knitting"]
 
@@ -191,7 +202,8 @@ async def test_a_slow_lane_poll_gets_a_change_written_elsewhere_in_its_round(por
     await writer.put("Origami", "Di", "Cranes")
     both = await asyncio.gather(holder, over)
 
-    assert [titles(a.json()) for a in both] == [["Origami"], ["Origami"]]
+    assert [titles(a.json()) for a in both] == [["Origami"], ["Origami"]], (
+        "a change written elsewhere did not reach the waiting and the slow-lane poll")
     assert len(board.slow_lane) == 0
 
 
@@ -214,7 +226,7 @@ async def test_a_follower_sees_every_change_written_elsewhere_exactly_once(http_
             else:
                 await writer.put(title, "Ann", f"version {n}")
                 existing.add(title)
-        await until(lambda: board.store.head == writer.head)  # this server has applied every write
+        await until(lambda: board.store.head == writer.head, message=NOT_HERE)  # this server has applied every write
         final = json.loads((await client.fetch(base_url + "/talks", request_timeout=WAIT)).body)
         await until(lambda: follower.server_time == final["serverTime"])
     finally:
