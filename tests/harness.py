@@ -139,7 +139,7 @@ async def metric_of(port: int, name: str, default: float | None = None, **labels
     return metric(await metrics_page(port), name, default, **labels)
 
 
-async def until_metric(port: int, name: str, wanted: float, timeout: float = WAIT, **labels: str) -> None:
+async def metric_reaches(port: int, name: str, wanted: float, timeout: float = WAIT, **labels: str) -> None:
     """Wait until the server on ``port`` reports ``name`` (absent counts as 0) equal to ``wanted``."""
     seen = []
 

@@ -17,7 +17,7 @@ from talkserver.follow.conditional import if_none_match, requested_wait, ANY
 
 from .book_client import BookClient
 from .conftest import POLL_TIMEOUT
-from .harness import WAIT, ServerProcess, run_talkserver, send, until, until_metric
+from .harness import WAIT, ServerProcess, run_talkserver, send, until, metric_reaches
 
 
 @pytest.fixture
@@ -414,7 +414,7 @@ async def test_sigterm_answers_waiting_conditional_polls_with_304_at_once():
             asyncio.ensure_future(send(server.port, "GET", "/talks", headers={"If-None-Match": current, "Prefer": "wait=90"}))
             for _ in range(20)
         ]
-        await until_metric(server.port, "talkserver_waiting_clients", 20)
+        await metric_reaches(server.port, "talkserver_waiting_clients", 20)
 
         server.terminate()
         answers = await asyncio.gather(*polls)  # each send gives up after WAIT, not the 90 s asked for

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ServerProcess, metric_of, send, until, until_metric
+from .harness import ServerProcess, metric_of, send, until, metric_reaches
 
 TALK = {"presenter": "Ada", "summary": "Engines"}
 
@@ -82,7 +82,7 @@ async def test_a_client_that_leaves_an_answer_unread_past_the_send_timeout_is_di
         stuck = [non_reader(server.port, b"GET /talks HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") for _ in range(2)]
 
         # When the send timeout has passed
-        await until_metric(server.port, "talkserver_slow_readers_closed_total", 2)
+        await metric_reaches(server.port, "talkserver_slow_readers_closed_total", 2)
 
         # Then those two were closed and the reader is served as usual
         reader = await send(server.port, "GET", "/talks")
@@ -107,7 +107,7 @@ async def test_writes_whose_client_left_mid_body_are_not_in_flight_and_do_not_ho
             s.close()
 
         # Then none is left in flight, nothing was stored, and a stop does not wait for them
-        await until_metric(server.port, "talkserver_writes_in_flight", 0)
+        await metric_reaches(server.port, "talkserver_writes_in_flight", 0)
         assert (await send(server.port, "GET", "/talks")).json()["talks"] == []
         assert server.stop() == 0
         assert "still unfinished" not in server.log()

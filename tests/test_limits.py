@@ -16,7 +16,7 @@ from talkserver.follow.slowlane import SlowLane
 from talkserver.limits import Limits, TokenBucket
 
 from .conftest import POLL_TIMEOUT
-from .harness import WAIT, FrozenClock, ServerProcess, send, until, until_metric
+from .harness import WAIT, FrozenClock, ServerProcess, send, until, metric_reaches
 
 TALK = json.dumps({"presenter": "Ada", "summary": "Engines"})
 COMMENT = json.dumps({"author": "Bob", "message": "Nice"})
@@ -319,7 +319,7 @@ async def three_hundred_polls_from_one_address(server):
     # Given 300 pages behind one address, 100 over the default cap of 200
     cursor = await head_of(server.port)
     polls = [asyncio.ensure_future(send(server.port, "GET", f"/talks?changesSince={cursor}", timeout=60)) for _ in range(300)]
-    await until_metric(server.port, "talkserver_slow_lane_clients", 100)
+    await metric_reaches(server.port, "talkserver_slow_lane_clients", 100)
 
     # Another address: its reads and polls are served as usual.
     other = await send(server.port, "GET", "/talks", source="127.0.0.2")

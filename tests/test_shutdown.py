@@ -12,7 +12,7 @@ import pytest
 
 from talkserver.stores.sqlite import SQLiteStore
 
-from .harness import WAIT, ServerProcess, parse_answer, send, until, until_metric
+from .harness import WAIT, ServerProcess, parse_answer, send, until, metric_reaches
 
 TALK = {"presenter": "Ada", "summary": "Engines"}
 
@@ -36,7 +36,7 @@ async def test_sigterm_answers_200_waiting_polls_at_once_with_no_changes_and_exi
         await send(server.port, "PUT", "/talks/Before", TALK)
         cursor = (await send(server.port, "GET", "/talks")).json()["serverTime"]
         polls = [asyncio.ensure_future(send(server.port, "GET", f"/talks?changesSince={cursor}")) for _ in range(200)]
-        await until_metric(server.port, "talkserver_waiting_clients", 200)
+        await metric_reaches(server.port, "talkserver_waiting_clients", 200)
 
         server.terminate()
         answers = await asyncio.gather(*polls)  # each send gives up after WAIT, well before the 120 s poll timeout
@@ -58,7 +58,7 @@ async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
             f"PUT /talks/Late HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body[:half]
         )
-        await until_metric(server.port, "talkserver_writes_in_flight", 1)
+        await metric_reaches(server.port, "talkserver_writes_in_flight", 1)
 
         server.terminate()
         await until(lambda: "stopping: answering waiting polls, finishing writes" in server.log())

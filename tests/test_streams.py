@@ -11,7 +11,7 @@ import pytest
 from talkserver import make_app
 
 from .conftest import PASSWORD, POLL_TIMEOUT
-from .harness import ServerProcess, basic, metric, metrics_page, send, until, until_metric
+from .harness import ServerProcess, basic, metric, metrics_page, send, until, metric_reaches
 from .sse import StreamClient
 
 HEARTBEAT = 0.3
@@ -370,7 +370,7 @@ async def test_sigterm_ends_every_stream_cleanly_and_exits_0():
         clients = [await StreamClient.open(server.port) for _ in range(2)]
         for client in clients:
             await client.event()
-        await until_metric(server.port, "talkserver_streams_open", 2)
+        await metric_reaches(server.port, "talkserver_streams_open", 2)
 
         server.terminate()
         ended = await asyncio.gather(*(client.ended(timeout=30) for client in clients))
