@@ -38,7 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
+import tornado.netutil
+
 from talkserver.auth import hash_password, write_password_file
+from talkserver.collector import HTTPServer
 
 # The one overall timeout a test waits for a condition.  Generous: the
 # suite must pass on a machine whose cores other processes keep busy.
@@ -148,6 +151,22 @@ async def metric_reaches(port: int, name: str, wanted: float, timeout: float = W
         return seen[0] == wanted
 
     await until(reached, timeout, lambda: f"{name} is {seen[0] if seen else '?'}, not {wanted}")
+
+
+# -- a real server in this process -----------------------------------------------
+
+
+def serve_app(app, **http_options) -> tuple[HTTPServer, int]:
+    """Serve ``app`` in this process as the talkserver command does (its HTTPServer), on a
+    port of 127.0.0.1 the kernel picks; returns (server, port).  ``server.stop()`` ends it.
+
+    Tests whose server is the ``app`` fixture get it from pytest-tornado
+    (``http_server``, ``port``) instead.
+    """
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(app, **http_options)
+    server.add_sockets([sock])
+    return server, sock.getsockname()[1]
 
 
 # -- a real server in a subprocess ------------------------------------------------

@@ -15,7 +15,6 @@ import gc
 import weakref
 
 import pytest
-import tornado.netutil
 
 from talkserver import collector
 from talkserver.app import make_app
@@ -25,7 +24,7 @@ from talkserver.metrics import Metrics
 from talkserver.stores import MemoryStore
 from talkserver.follow.waiters import Waiters
 
-from .harness import reset_connection as reset, until
+from .harness import reset_connection as reset, serve_app, until
 
 POLLS = 20
 
@@ -77,10 +76,8 @@ def no_collector():
 @pytest.fixture(params=["fast path", "handlers"])
 def server(request, io_loop, no_collector):
     app = make_app(MemoryStore(), poll_timeout=1.0, fast_polls=request.param == "fast path")
-    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    http = collector.HTTPServer(app)
-    http.add_sockets([sock])
-    yield app, sock.getsockname()[1]
+    http, port = serve_app(app)
+    yield app, port
     http.stop()
 
 

@@ -34,7 +34,6 @@ import re
 from dataclasses import dataclass, field
 
 import pytest
-import tornado.netutil
 
 from talkserver import collector
 from talkserver.app import make_app
@@ -44,7 +43,7 @@ from talkserver.shutdown import drain
 from talkserver.stores import MemoryStore
 
 from .conftest import PASSWORD
-from .harness import Answer, basic, reset_connection as reset, until
+from .harness import Answer, basic, reset_connection as reset, serve_app, until
 
 # Every store here stamps on a clock that never moves, so two servers given
 # the same changes have the same serverTimes and their answers can be
@@ -92,10 +91,8 @@ def serve(io_loop):
     def start(*, fast_polls=True, xheaders=False, poll_timeout=30.0, http_options=None, **settings) -> Server:
         store = MemoryStore(clock=lambda: FROZEN_MS)
         app = make_app(store, poll_timeout=poll_timeout, fast_polls=fast_polls, **settings)
-        [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        http = collector.HTTPServer(app, xheaders=xheaders, **(http_options or {}))
-        http.add_sockets([sock])
-        server = Server(app, http, sock.getsockname()[1])
+        http, port = serve_app(app, xheaders=xheaders, **(http_options or {}))
+        server = Server(app, http, port)
         servers.append(server)
         return server
 
