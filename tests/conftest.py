@@ -96,14 +96,30 @@ def new_store(kind, tmp_path, clock=None, *, request=None):
     return io_loop.run_sync(lambda: PostgresStore.open(url, clock=clock, catch_up_every=0.2))
 
 
-@pytest.fixture(params=STORE_KINDS)
-def each_store(request, tmp_path):
+@pytest.fixture
+def store_kind(request):
+    """The kind of ``each_store``: each of STORE_KINDS for a test that names it (see below), else memory."""
+    return getattr(request, "param", "memory")
+
+
+def pytest_generate_tests(metafunc):
+    # Only here does pytest see which tests need each_store (it looks the
+    # ``app`` of pytest-tornado's server up at run time): those get every kind.
+    if "each_store" in metafunc.fixturenames:
+        metafunc.parametrize("store_kind", STORE_KINDS, indirect=True)
+
+
+@pytest.fixture
+def each_store(request, tmp_path, store_kind):
     """A new store of each kind in turn; tests marked ``frozen_clock`` get one on a clock that never moves.
 
-    A module whose tests must hold on every store overrides ``store`` with it.
+    A module whose tests must hold on every store overrides ``store`` with
+    it; a test of such a module that names neither ``store``, ``board`` nor
+    ``app`` (it reaches the server only through ``http_client``) runs on
+    memory only.
     """
     clock = FrozenClock() if request.node.get_closest_marker("frozen_clock") else None
-    store = new_store(request.param, tmp_path, clock, request=request)
+    store = new_store(store_kind, tmp_path, clock, request=request)
     yield store
     close_store(store, request)
 

@@ -97,6 +97,12 @@ def test_talkserver_passwd_refuses_bad_names_and_empty_passwords(tmp_path):
 
 
 @pytest.fixture
+def store(each_store):
+    """Every test here with an in-process server runs it on each kind of store."""
+    return each_store
+
+
+@pytest.fixture
 def access():
     """Settings for the server under test; each section of this module picks its own."""
     return {}
