@@ -1,41 +1,68 @@
-"""Fixtures shared by the tests: a server on a fresh store of each kind.
+"""Fixtures shared by the tests: a server on a fresh store of each kind, ports, clients, passwords.
 
 The PostgreSQL store runs in a throwaway cluster started once per session
-(tests/postgres.py), with a new database per test.  pytest-tornado serves the ``app`` fixture on a free port and gives
-``http_client`` and ``base_url`` for it.  Both store kinds must follow
-the same rules, so the tests of the rules run on each.  pytest-tornado looks ``app`` up
-by name at run time, so a module that wants each store kind overrides
-``store`` with an autouse fixture parametrized over STORE_KINDS.  The poll timeout is short so the
-timeout path can be tested without waiting 90 seconds.
+(tests/postgres.py), with a new database per test.  pytest-tornado serves
+the ``app`` fixture on a port of its own and gives ``http_client`` and
+``base_url`` for it.  Every store kind must follow the same rules, so the
+tests of the rules run on each: a module overrides ``store`` with
+``each_store`` (autouse when some of its tests reach the server only
+through ``http_client``, since pytest-tornado looks ``app`` up by name at
+run time).  The poll timeout is short so the timeout path can be tested
+without waiting 90 seconds.  The helpers themselves live in
+tests/harness.py (docs/testing.md).
 """
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 # Helpers whose asserts should explain themselves like the tests' own.
-pytest.register_assert_rewrite("tests.consistency")
+pytest.register_assert_rewrite("tests.consistency", "tests.follower", "tests.harness")
 
 from talkserver import make_app  # noqa: E402
 from talkserver.stores.sqlite import SQLiteStore
 from talkserver.stores import MemoryStore, PostgresStore
 
+from .harness import FrozenClock, running_servers, stop_leftovers, write_passwords
 from .postgres import BlockingStore, Cluster
 
 POLL_TIMEOUT = 1.0
+# The group password of ``password_file`` (not ASCII, to check the decoding too).
+PASSWORD = "s3cret ünïcode"
 
 
-class FakeClock:
-    """A wall clock the test sets by hand (it may stand still or go back)."""
-
-    def __init__(self, now=1_000_000):
-        self.now = now
-
-    def __call__(self):
-        return self.now
+@pytest.fixture(autouse=True)
+def no_server_left_running():
+    """Whatever way a test ends, no talkserver subprocess it started outlives it
+    (those of module- or session-wide fixtures, started before it, are kept)."""
+    before = running_servers()
+    yield
+    stop_leftovers(kept=before)
 
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    """A wall clock the test sets by hand (it may stand still or go back)."""
+    return FrozenClock(1_000_000)
+
+
+@pytest.fixture
+def port(http_server, http_port):
+    """The port of the live server pytest-tornado runs for ``app``."""
+    return http_port
+
+
+@pytest.fixture
+def pool(io_loop, http_server):
+    """An HTTP client that can hold many long polls at once."""
+    client = AsyncHTTPClient(force_instance=True, max_clients=200)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def password_file(tmp_path):
+    """A password file with one name, ``ada``, whose password is PASSWORD."""
+    return write_passwords(tmp_path / "passwords", {"ada": PASSWORD})
 
 
 STORE_KINDS = ["memory", "sqlite", "postgres"]
@@ -67,6 +94,34 @@ def new_store(kind, tmp_path, clock=None, *, request=None):
         return BlockingStore(url, clock)
     io_loop = request.getfixturevalue("io_loop")
     return io_loop.run_sync(lambda: PostgresStore.open(url, clock=clock, catch_up_every=0.2))
+
+
+@pytest.fixture
+def store_kind(request):
+    """The kind of ``each_store``: each of STORE_KINDS for a test that names it (see below), else memory."""
+    return getattr(request, "param", "memory")
+
+
+def pytest_generate_tests(metafunc):
+    # Only here does pytest see which tests need each_store (it looks the
+    # ``app`` of pytest-tornado's server up at run time): those get every kind.
+    if "each_store" in metafunc.fixturenames:
+        metafunc.parametrize("store_kind", STORE_KINDS, indirect=True)
+
+
+@pytest.fixture
+def each_store(request, tmp_path, store_kind):
+    """A new store of each kind in turn; tests marked ``frozen_clock`` get one on a clock that never moves.
+
+    A module whose tests must hold on every store overrides ``store`` with
+    it; a test of such a module that names neither ``store``, ``board`` nor
+    ``app`` (it reaches the server only through ``http_client``) runs on
+    memory only.
+    """
+    clock = FrozenClock() if request.node.get_closest_marker("frozen_clock") else None
+    store = new_store(store_kind, tmp_path, clock, request=request)
+    yield store
+    close_store(store, request)
 
 
 def close_store(store, request=None):

@@ -15,6 +15,7 @@ import asyncio
 import sys
 
 import tornado.httpserver
+import tornado.netutil
 
 from talkserver import make_app
 from talkserver.follow.feed import encode_answer
@@ -46,7 +47,10 @@ def break_feed(app, mode: str) -> None:
 async def serve(port: int, mode: str) -> None:
     app = make_app(poll_timeout=10)
     break_feed(app, mode)
-    tornado.httpserver.HTTPServer(app).listen(port, "127.0.0.1")
+    sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
+    tornado.httpserver.HTTPServer(app).add_sockets(sockets)
+    # As talkserver does: the port bound (PORT 0 picks a free one), for whoever started us.
+    print(f"talkserver listening on http://127.0.0.1:{sockets[0].getsockname()[1]}/", flush=True)
     await asyncio.Event().wait()
 
 

@@ -1,7 +1,10 @@
 """A throwaway PostgreSQL cluster for the tests, and fresh databases in it.
 
 The cluster lives in a temporary directory, listens on a free port of
-127.0.0.1 and is stopped (and removed) when the test session ends.  The
+127.0.0.1 and is stopped (and removed) when the test session ends.
+PostgreSQL cannot bind port 0, so the cluster asks the kernel for a port
+that is free now and, should another process take it before PostgreSQL
+binds it, starts again on another one.  The
 server binaries are Debian's (``/usr/lib/postgresql/*/bin``, which
 ``make test`` installs when missing).  PostgreSQL refuses to run as root,
 so under root the cluster runs as the ``postgres`` system user (or
@@ -23,11 +26,11 @@ import itertools
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-from .harness import free_port
 
 
 def _bin_dir() -> Path:
@@ -39,6 +42,13 @@ def _bin_dir() -> Path:
     if on_path:
         return Path(on_path).parent
     raise RuntimeError("PostgreSQL is not installed: run `make test` (it installs it) or apt-get install postgresql")
+
+
+def _port_free_now() -> int:
+    """A port of 127.0.0.1 nothing listens on at this moment."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _unprivileged() -> tuple[int, int] | None:
@@ -62,13 +72,27 @@ class Cluster:
         self.owner = _unprivileged()
         self.dir = Path(tempfile.mkdtemp(prefix="talkserver-pg-"))
         self.data = self.dir / "data"
-        self.port = free_port()
+        self.port = 0
         self._names = itertools.count()
         if self.owner is not None:
             os.chown(self.dir, *self.owner)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                   "--no-sync", "-E", "UTF8", "--locale=C.UTF-8")
-        self.start()
+        for attempt in range(5):
+            self.port = _port_free_now()
+            try:
+                self.start()
+                break
+            except subprocess.CalledProcessError:
+                if attempt == 4 or "could not bind" not in self.server_log():
+                    raise
+
+    def server_log(self) -> str:
+        """What the PostgreSQL server has logged so far."""
+        try:
+            return (self.dir / "log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def _run(self, program: str, *args: str) -> None:
         prefix = []

@@ -12,6 +12,8 @@ import json
 import socket
 from dataclasses import dataclass, field
 
+from .harness import WAIT
+
 
 @dataclass
 class Block:
@@ -67,7 +69,7 @@ class StreamClient:
         lines = [f"GET {path} {version}", f"Host: 127.0.0.1:{port}", "Accept: text/event-stream"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 30)
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), WAIT)
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         self.status = int(status_line.split()[1])
         for line in header_lines:
@@ -93,7 +95,7 @@ class StreamClient:
             self._text += data.decode("utf-8")
         return True
 
-    async def block(self, timeout: float = 30) -> Block | None:
+    async def block(self, timeout: float = WAIT) -> Block | None:
         """The next block, or None when the server has ended the stream."""
         while "\n\n" not in self._text:
             if not await asyncio.wait_for(self._more(), timeout):
@@ -113,18 +115,24 @@ class StreamClient:
                 block.retry = int(value)
         return block
 
-    async def event(self, timeout: float = 30) -> Block:
-        """The next block that carries data (retry hints and heartbeats are skipped)."""
+    async def event(self, timeout: float = WAIT) -> Block:
+        """The next block that carries data (retry hints and heartbeats are skipped), within ``timeout`` in all."""
+        deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            block = await self.block(timeout)
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                block = await self.block(max(left, 0.001))
+            except asyncio.TimeoutError:
+                raise AssertionError(f"no event within {timeout:g} s (heartbeats only)") from None
             assert block is not None, "the stream ended before the next event"
             if block.data is not None:
                 return block
 
-    async def ended(self, timeout: float = 30) -> bool:
-        """Read to the end of the stream; True once the server has ended it."""
+    async def ended(self, timeout: float = WAIT) -> bool:
+        """Read to the end of the stream, within ``timeout`` in all; True once the server has ended it."""
+        deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            block = await self.block(timeout)
+            block = await self.block(max(deadline - asyncio.get_running_loop().time(), 0.001))
             if block is None:
                 return True
 

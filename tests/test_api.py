@@ -5,15 +5,12 @@ import json
 from urllib.parse import quote
 
 import pytest
-from .conftest import STORE_KINDS, close_store, new_store
 
 
-@pytest.fixture(params=STORE_KINDS, autouse=True)
-def store(request, tmp_path):
+@pytest.fixture(autouse=True)
+def store(each_store):
     """Every test here runs on each kind of store."""
-    store = new_store(request.param, tmp_path, request=request)
-    yield store
-    close_store(store, request)
+    return each_store
 
 
 async def fetch(http_client, base_url, path, method="GET", body=None, headers=None):
@@ -47,7 +44,7 @@ async def put_talk(http_client, base_url, title, presenter="Ann", summary="About
     return response
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_an_empty_board_lists_no_talks(http_client, base_url, store):
     response = await fetch(http_client, base_url, "/talks")
     assert response.code == 200
@@ -55,7 +52,7 @@ async def test_an_empty_board_lists_no_talks(http_client, base_url, store):
     assert json.loads(response.body) == {"serverTime": store.head, "talks": []}
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_proposed_talk_can_be_read_back(http_client, base_url):
     await put_talk(http_client, base_url, "Unicycling", "Ann", "Riding one wheel")
     talk = {"title": "Unicycling", "presenter": "Ann", "summary": "Riding one wheel", "comments": []}
@@ -67,7 +64,7 @@ async def test_a_proposed_talk_can_be_read_back(http_client, base_url):
     assert listed["talks"] == [talk]
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_server_time_is_an_integer_that_grows_with_each_change(http_client, base_url):
     before = json.loads((await fetch(http_client, base_url, "/talks")).body)["serverTime"]
     await put_talk(http_client, base_url, "a")
@@ -76,16 +73,18 @@ async def test_server_time_is_an_integer_that_grows_with_each_change(http_client
     assert after > before
 
 
-@pytest.mark.gen_test
-async def test_putting_a_talk_again_replaces_it_and_drops_its_comments(http_client, base_url):
+@pytest.mark.gen_test(timeout=120)
+async def test_putting_a_talk_again_replaces_it_and_drops_its_comments(http_client, base_url, store):
     await put_talk(http_client, base_url, "a", "Ann", "old")
-    await fetch(http_client, base_url, "/talks/a/comments", "POST", {"author": "Bo", "message": "hi"})
+    comment = await fetch(http_client, base_url, "/talks/a/comments", "POST", {"author": "Bo", "message": "hi"})
+    # The comment was there to drop.
+    assert comment.code == 204 and store.get("a")["comments"] == [{"author": "Bo", "message": "hi"}]
     await put_talk(http_client, base_url, "a", "Cy", "new")
     talk = json.loads((await fetch(http_client, base_url, "/talks/a")).body)
     assert talk == {"title": "a", "presenter": "Cy", "summary": "new", "comments": []}
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_comments_are_added_in_order(http_client, base_url):
     await put_talk(http_client, base_url, "a")
     for author, message in [("Bo", "first"), ("Cy", "second")]:
@@ -100,7 +99,7 @@ async def test_comments_are_added_in_order(http_client, base_url):
     ]
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_commenting_on_a_missing_talk_is_404(http_client, base_url, store):
     head = store.head
     response = await fetch(http_client, base_url, "/talks/ghost/comments", "POST", {"author": "a", "message": "m"})
@@ -109,14 +108,14 @@ async def test_commenting_on_a_missing_talk_is_404(http_client, base_url, store)
     assert store.head == head
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_reading_a_missing_talk_is_404_with_a_message(http_client, base_url):
     response = await fetch(http_client, base_url, "/talks/ghost")
     assert response.code == 404
     assert "ghost" in error_of(response)
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_delete_removes_the_talk_and_is_204_even_when_missing(http_client, base_url):
     await put_talk(http_client, base_url, "a")
     assert (await fetch(http_client, base_url, "/talks/a", "DELETE")).code == 204
@@ -129,7 +128,7 @@ async def test_delete_removes_the_talk_and_is_204_even_when_missing(http_client,
     "title",
     ["with space", "slash/inside", "100% & more", "Ünïcödé ✓ 日本語", "emoji 🎤🚲", "?query#hash", "+plus+"],
 )
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_titles_are_any_unicode_in_one_encoded_path_segment(http_client, base_url, title):
     await put_talk(http_client, base_url, title)
     one = await fetch(http_client, base_url, talk_path(title))
@@ -162,7 +161,7 @@ BAD_TALK_BODIES = [
 
 
 @pytest.mark.parametrize("name,body,message", BAD_TALK_BODIES, ids=[b[0] for b in BAD_TALK_BODIES])
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_bad_talk_body_is_400_with_a_message_and_stores_nothing(
     http_client, base_url, store, name, body, message
 ):
@@ -182,7 +181,7 @@ async def test_a_bad_talk_body_is_400_with_a_message_and_stores_nothing(
         (b"null", "JSON object"),
     ],
 )
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_bad_comment_is_400_and_the_talk_is_unchanged(http_client, base_url, store, body, message):
     await put_talk(http_client, base_url, "a")
     head = store.head
@@ -192,7 +191,7 @@ async def test_a_bad_comment_is_400_and_the_talk_is_unchanged(http_client, base_
     assert store.head == head and store.get("a")["comments"] == []
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_title_that_is_too_long_or_has_control_characters_is_400(http_client, base_url, store):
     for title in ["t" * 201, "line\nbreak", "tab\there", ".", ".."]:
         response = await fetch(http_client, base_url, talk_path(title), "PUT", {"presenter": "p", "summary": "s"})
@@ -201,14 +200,14 @@ async def test_a_title_that_is_too_long_or_has_control_characters_is_400(http_cl
     assert store.all_talks() == []
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_title_that_is_not_utf8_is_400(http_client, base_url, store):
     response = await fetch(http_client, base_url, "/talks/%FF%FE", "PUT", {"presenter": "p", "summary": "s"})
     assert response.code == 400
     assert store.all_talks() == []
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_body_over_the_limit_is_413_and_stores_nothing(http_client, base_url, store, app):
     limit = app.settings["max_body_size"]
     body = json.dumps({"presenter": "p", "summary": "x" * limit})
@@ -218,7 +217,7 @@ async def test_a_body_over_the_limit_is_413_and_stores_nothing(http_client, base
     assert store.get("big") is None
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_chunked_body_crossing_the_limit_is_413(http_server, http_port, store, app):
     reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
     writer.write(b"PUT /talks/big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -240,7 +239,7 @@ async def test_a_chunked_body_crossing_the_limit_is_413(http_server, http_port, 
     [("POST", "/talks"), ("DELETE", "/talks"), ("POST", "/talks/a"), ("GET", "/talks/a/comments"),
      ("PUT", "/talks/a/comments"), ("PATCH", "/talks/a"), ("POST", "/metrics")],
 )
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_wrong_method_on_a_known_path_is_405(http_client, base_url, store, method, path):
     head = store.head
     body = b"{}" if method in ("POST", "PUT", "PATCH") else None
@@ -250,12 +249,12 @@ async def test_a_wrong_method_on_a_known_path_is_405(http_client, base_url, stor
 
 
 @pytest.mark.parametrize("path", ["/nothing-here", "/talks/a/b", "/talks/a/comments/1", "/talks/"])
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_an_unknown_path_is_404(http_client, base_url, path):
     assert (await fetch(http_client, base_url, path)).code == 404
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_write_from_another_origin_is_403_and_changes_nothing(http_client, base_url, store):
     await put_talk(http_client, base_url, "a")
     head = store.head
@@ -273,7 +272,7 @@ async def test_a_write_from_another_origin_is_403_and_changes_nothing(http_clien
     assert store.get("a")["presenter"] == "Ann"
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_null_origin_is_refused_too(http_client, base_url, store):
     response = await fetch(
         http_client, base_url, "/talks/a", "PUT", {"presenter": "x", "summary": "y"}, headers={"Origin": "null"}
@@ -282,7 +281,7 @@ async def test_a_null_origin_is_refused_too(http_client, base_url, store):
     assert store.get("a") is None
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_same_origin_text_plain_write_works_as_the_books_client_sends_it(http_client, base_url, store):
     host = base_url.split("://", 1)[1]
     headers = {"Origin": base_url, "Content-Type": "text/plain;charset=UTF-8", "Host": host}
@@ -293,7 +292,7 @@ async def test_a_same_origin_text_plain_write_works_as_the_books_client_sends_it
     assert store.get("Book")["presenter"] == "Marijn"
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_an_origin_matches_with_or_without_its_default_port(http_client, base_url, store):
     headers = {"Host": "talks.example:80", "Origin": "http://talks.example"}
     response = await fetch(http_client, base_url, "/talks/a", "PUT", {"presenter": "x", "summary": "y"}, headers=headers)
@@ -304,13 +303,13 @@ async def test_an_origin_matches_with_or_without_its_default_port(http_client, b
     assert store.get("b") is None
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_reads_from_another_origin_are_allowed(http_client, base_url):
     response = await fetch(http_client, base_url, "/talks", headers={"Origin": "http://elsewhere.example"})
     assert response.code == 200
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_the_page_is_served_at_the_root_with_revalidation(http_client, base_url):
     response = await fetch(http_client, base_url, "/")
     assert response.code == 200
@@ -323,14 +322,14 @@ async def test_the_page_is_served_at_the_root_with_revalidation(http_client, bas
 
 
 @pytest.mark.parametrize("path", ["/../setup.cfg", "/%2e%2e/setup.cfg", "/..%2fsetup.cfg", "/www/../../setup.cfg"])
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_no_path_traversal_out_of_the_static_directory(http_client, base_url, path):
     response = await fetch(http_client, base_url, path)
     assert response.code in (403, 404)
     assert b"[metadata]" not in response.body
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_metrics_are_in_prometheus_text_format(http_client, base_url):
     await put_talk(http_client, base_url, "a")
     await put_talk(http_client, base_url, "b")
@@ -349,7 +348,7 @@ async def test_metrics_are_in_prometheus_text_format(http_client, base_url):
     assert 'talkserver_requests_total{code="400"} 1.0' in lines
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_error_answers_never_leak_a_500(http_client, base_url):
     """A grab bag of odd requests; each must be a 4xx."""
     odd = [
@@ -367,7 +366,7 @@ async def test_error_answers_never_leak_a_500(http_client, base_url):
         assert 400 <= response.code < 500, (path, response.code)
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_healthz_is_ok_while_the_store_answers(http_client, base_url):
     response = await fetch(http_client, base_url, "/healthz")
     assert response.code == 200

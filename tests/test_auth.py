@@ -1,7 +1,5 @@
 """Access control (group password, talk ownership), security headers, the start-up warning."""
 
-import asyncio
-import base64
 import json
 import os
 import stat
@@ -23,15 +21,11 @@ from talkserver.auth import (
     write_password_file,
 )
 
-from .conftest import POLL_TIMEOUT
-from .harness import ServerProcess
+from .conftest import PASSWORD, POLL_TIMEOUT
+from .harness import WAIT, ServerProcess, basic, until
 
 TALK = json.dumps({"presenter": "Ada", "summary": "Engines"})
 COMMENT = json.dumps({"author": "Bob", "message": "Nice"})
-
-
-def basic(name, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
 
 
 # -- password hashes and the password file ----------------------------------
@@ -103,10 +97,9 @@ def test_talkserver_passwd_refuses_bad_names_and_empty_passwords(tmp_path):
 
 
 @pytest.fixture
-def password_file(tmp_path):
-    path = tmp_path / "passwords"
-    write_password_file(path, {"ada": hash_password("s3cret ünïcode")})
-    return str(path)
+def store(each_store):
+    """Every test here with an in-process server runs it on each kind of store."""
+    return each_store
 
 
 @pytest.fixture
@@ -123,19 +116,19 @@ def app(store, access, password_file):
     return make_app(store, poll_timeout=POLL_TIMEOUT, **settings)
 
 
-GOOD = basic("ada", "s3cret ünïcode")
+GOOD = basic("ada", PASSWORD)
 with_password = pytest.mark.parametrize("access", [{"password_file": True}])
 
 
 @with_password
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_load_balancers_health_check_needs_no_credentials(access, http_client, base_url):
     answer = await http_client.fetch(base_url + "/healthz", raise_error=False)
     assert answer.code == 200 and json.loads(answer.body) == {"ok": True}
 
 
 @with_password
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("path", ["/talks", "/", "/talks/T", "/metrics"])
 async def test_without_credentials_every_request_gets_401_with_a_realm(access, http_client, base_url, path):
     answer = await http_client.fetch(base_url + path, raise_error=False)
@@ -145,7 +138,7 @@ async def test_without_credentials_every_request_gets_401_with_a_realm(access, h
 
 
 @with_password
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("headers", [basic("ada", "wrong"), basic("eve", "s3cret ünïcode"), {"Authorization": "Basic ???"}])
 async def test_wrong_credentials_get_401_and_change_nothing(access, http_client, base_url, board, headers):
     answer = await http_client.fetch(base_url + "/talks/T", method="PUT", body=TALK, headers=headers, raise_error=False)
@@ -155,7 +148,7 @@ async def test_wrong_credentials_get_401_and_change_nothing(access, http_client,
 
 
 @with_password
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_with_credentials_the_page_and_the_api_work(access, http_client, base_url, board):
     page = await http_client.fetch(base_url + "/", headers=GOOD)
     put = await http_client.fetch(base_url + "/talks/T", method="PUT", body=TALK, headers=GOOD)
@@ -167,12 +160,11 @@ async def test_with_credentials_the_page_and_the_api_work(access, http_client, b
 
 
 @with_password
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_with_credentials_the_long_poll_waits_and_is_woken(access, http_client, base_url, board):
     cursor = board.store.head
-    waiting = http_client.fetch(f"{base_url}/talks?changesSince={cursor}", headers=GOOD, request_timeout=10)
-    while not len(board.waiters):
-        await asyncio.sleep(0.01)
+    waiting = http_client.fetch(f"{base_url}/talks?changesSince={cursor}", headers=GOOD, request_timeout=WAIT)
+    await until(lambda: len(board.waiters) == 1)
     await http_client.fetch(base_url + "/talks/Woken", method="PUT", body=TALK, headers=GOOD)
 
     answer = await waiting
@@ -180,7 +172,7 @@ async def test_with_credentials_the_long_poll_waits_and_is_woken(access, http_cl
 
 
 @with_password
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_guessing_is_slowed_down_but_the_right_password_still_gets_in(access, http_client, base_url):
     # Given a dozen wrong guesses for one name from one address
     started = time.monotonic()
@@ -201,7 +193,7 @@ async def test_guessing_is_slowed_down_but_the_right_password_still_gets_in(acce
 
 
 @with_password
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("password", ["s3cret ünïcode\0", "s3cret ünïcode\0\0\0", "s3cret ünïcode\n"])
 async def test_a_password_with_control_characters_is_refused(access, http_client, base_url, password):
     answer = await http_client.fetch(base_url + "/talks", headers=basic("ada", password), raise_error=False)
@@ -225,7 +217,7 @@ async def propose(http_client, base_url, title="T", headers=None):
 
 
 @with_protection
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_another_browser_cannot_replace_or_delete_a_talk(access, http_client, base_url, board):
     await propose(http_client, base_url)
     stranger = await http_client.fetch(base_url + "/talks/other", method="PUT", body=TALK)
@@ -243,7 +235,7 @@ async def test_another_browser_cannot_replace_or_delete_a_talk(access, http_clie
 
 
 @with_protection
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_the_proposing_browser_can_replace_and_delete_its_talk(access, http_client, base_url, board):
     mine = owner_cookie(await propose(http_client, base_url))
 
@@ -256,7 +248,7 @@ async def test_the_proposing_browser_can_replace_and_delete_its_talk(access, htt
 
 
 @with_protection
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_anyone_may_comment_and_a_deleted_title_is_free_again(access, http_client, base_url, board):
     mine = owner_cookie(await propose(http_client, base_url))
     comment = await http_client.fetch(base_url + "/talks/T/comments", method="POST", body=COMMENT)
@@ -267,7 +259,7 @@ async def test_anyone_may_comment_and_a_deleted_title_is_free_again(access, http
     assert again.code == 204 and "talkserver_owner=" in again.headers["Set-Cookie"]
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_without_protect_talks_anyone_may_delete_any_talk(http_client, base_url, board):
     first = await propose(http_client, base_url)
     delete = await http_client.fetch(base_url + "/talks/T", method="DELETE")
@@ -288,7 +280,7 @@ def test_a_generated_cookie_secret_is_kept_private_and_reused(tmp_path):
 # -- security headers on every answer ----------------------------------------
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize(
     "method, path, body, status",
     [
@@ -316,7 +308,7 @@ async def test_every_answer_carries_the_security_headers(http_client, base_url, 
     "access, refused_status",
     [({"password_file": True}, 401), ({"write_rate": 0.01, "write_burst": 1, "limit_local_writes": True}, 429)],
 )
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_refusals_by_the_password_and_the_limits_carry_them_too(access, refused_status, http_client, base_url):
     answers = [
         await http_client.fetch(base_url + "/talks/T", method="PUT", body=TALK, raise_error=False) for _ in range(2)

@@ -13,21 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ServerProcess
+from .harness import WAIT, ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def get(server, path):
     """(status, body) of a GET to a server process; HTTPError for 4xx/5xx."""
-    with urllib.request.urlopen(server.base + path, timeout=10) as response:
+    with urllib.request.urlopen(server.base + path, timeout=WAIT) as response:
         return response.status, response.read()
 
 
 def stop(server, sig):
     """Send ``sig`` and return (exit code, everything the server printed)."""
     server.process.send_signal(sig)
-    return server.process.wait(timeout=20), server.log()
+    return server.process.wait(timeout=WAIT), server.log()
 
 
 @pytest.fixture

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
-import struct
 import weakref
 
 import pytest
-import tornado.netutil
 
 from talkserver import collector
 from talkserver.app import make_app
@@ -26,6 +23,8 @@ from talkserver.handlers import TalksHandler
 from talkserver.metrics import Metrics
 from talkserver.stores import MemoryStore
 from talkserver.follow.waiters import Waiters
+
+from .harness import reset_connection as reset, serve_app, until
 
 POLLS = 20
 
@@ -62,12 +61,6 @@ class Recorder:
         return sum(1 for ref in self.streams if ref() is not None)
 
 
-def reset(writer) -> None:
-    """Hang up with a TCP reset, as a client whose network vanished does."""
-    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 @pytest.fixture
 def no_collector():
     gc.collect()
@@ -83,10 +76,8 @@ def no_collector():
 @pytest.fixture(params=["fast path", "handlers"])
 def server(request, io_loop, no_collector):
     app = make_app(MemoryStore(), poll_timeout=1.0, fast_polls=request.param == "fast path")
-    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    http = collector.HTTPServer(app)
-    http.add_sockets([sock])
-    yield app, sock.getsockname()[1]
+    http, port = serve_app(app)
+    yield app, port
     http.stop()
 
 
@@ -100,21 +91,13 @@ async def open_polls(port: int, cursor: int, count: int = POLLS):
     return connections
 
 
-async def until(condition, timeout: float = 30.0) -> None:
-    """Wait, on the event loop, until ``condition()`` holds (or fail)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
-
-
 async def read_answer(reader) -> bytes:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
     return await asyncio.wait_for(reader.readexactly(length), 30)
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_answered_polls_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
     handlers = Recorder(monkeypatch)
@@ -132,7 +115,7 @@ async def test_answered_polls_are_freed_without_the_collector(server, monkeypatc
         writer.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_polls_whose_clients_leave_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
     handlers = Recorder(monkeypatch)
@@ -148,7 +131,7 @@ async def test_polls_whose_clients_leave_are_freed_without_the_collector(server,
     assert not gc.isenabled()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_timed_out_polls_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
     handlers = Recorder(monkeypatch)
@@ -164,7 +147,7 @@ async def test_timed_out_polls_are_freed_without_the_collector(server, monkeypat
         writer.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_refused_polls_are_freed_without_the_collector(server, monkeypatch):
     """An error answer raises an HTTPError; its traceback must not keep the handler."""
     app, port = server
@@ -179,7 +162,7 @@ async def test_refused_polls_are_freed_without_the_collector(server, monkeypatch
     writer.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_connections_reset_while_their_polls_wait_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
     handlers = Recorder(monkeypatch)
@@ -195,7 +178,7 @@ async def test_connections_reset_while_their_polls_wait_are_freed_without_the_co
     assert not gc.isenabled()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_connections_reset_between_requests_are_freed_without_the_collector(server, monkeypatch):
     """After an answer the connection waits for its next request; a reset then ends it in IOStream."""
     app, port = server

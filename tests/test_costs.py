@@ -8,12 +8,11 @@ import asyncio
 import json
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
-from .harness import ServerProcess, send
+from .harness import ServerProcess, metric_of, send, until, metric_reaches
 
 TALK = {"presenter": "Ada", "summary": "Engines"}
 
@@ -30,21 +29,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def metric(port: int, name: str) -> float:
-    text = (await send(port, "GET", "/metrics", source="127.0.0.9", timeout=10)).body.decode()
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-async def until_metric(port: int, name: str, wanted, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while (value := await metric(port, name)) != wanted:
-        assert time.monotonic() < deadline, f"{name} is {value}, not {wanted}"
-        await asyncio.sleep(0.1)
-
-
 def non_reader(port: int, request: bytes) -> socket.socket:
     """A client with a tiny receive window that sends ``request`` and never reads."""
     s = socket.socket()
@@ -58,9 +42,9 @@ async def fill_board(port: int, talks: int, summary_size: int) -> int:
     """Propose ``talks`` talks; returns the size of the whole board's answer."""
     summary = "x" * summary_size
     for i in range(talks):
-        answer = await send(port, "PUT", f"/talks/T{i}", {"presenter": "Ada", "summary": summary}, timeout=10)
+        answer = await send(port, "PUT", f"/talks/T{i}", {"presenter": "Ada", "summary": summary})
         assert answer.status == 204
-    return len((await send(port, "GET", "/talks", timeout=30)).body)
+    return len((await send(port, "GET", "/talks")).body)
 
 
 # -- slow readers -------------------------------------------------------------
@@ -79,7 +63,7 @@ async def test_slow_readers_of_a_large_answer_share_one_copy_of_it():
         for i in range(40):
             extra = b"Connection: close\r\n" if i % 2 else b""
             readers.append(non_reader(server.port, b"GET /talks HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra + b"\r\n"))
-        await send(server.port, "GET", "/talks/T0", timeout=30)  # all 40 have been answered by now
+        await send(server.port, "GET", "/talks/T0")  # all 40 have been answered by now
         grown = rss_bytes(server.process.pid) - before
 
         # Then the server holds far less than a copy per client (240 MB)
@@ -90,7 +74,7 @@ async def test_slow_readers_of_a_large_answer_share_one_copy_of_it():
                 s.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_client_that_leaves_an_answer_unread_past_the_send_timeout_is_disconnected():
     with ServerProcess("--db=:memory:", "--send-timeout=2") as server:
         await fill_board(server.port, 1200, 5000)
@@ -98,10 +82,10 @@ async def test_a_client_that_leaves_an_answer_unread_past_the_send_timeout_is_di
         stuck = [non_reader(server.port, b"GET /talks HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") for _ in range(2)]
 
         # When the send timeout has passed
-        await until_metric(server.port, "talkserver_slow_readers_closed_total", 2)
+        await metric_reaches(server.port, "talkserver_slow_readers_closed_total", 2)
 
         # Then those two were closed and the reader is served as usual
-        reader = await send(server.port, "GET", "/talks", timeout=10)
+        reader = await send(server.port, "GET", "/talks")
         assert len(reader.json()["talks"]) == 1200
         for s in stuck:
             s.close()
@@ -110,7 +94,7 @@ async def test_a_client_that_leaves_an_answer_unread_past_the_send_timeout_is_di
 # -- aborted writes -------------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_writes_whose_client_left_mid_body_are_not_in_flight_and_do_not_hold_up_a_stop():
     with ServerProcess("--db=:memory:") as server:
         body = json.dumps(TALK).encode()
@@ -123,7 +107,7 @@ async def test_writes_whose_client_left_mid_body_are_not_in_flight_and_do_not_ho
             s.close()
 
         # Then none is left in flight, nothing was stored, and a stop does not wait for them
-        await until_metric(server.port, "talkserver_writes_in_flight", 0)
+        await metric_reaches(server.port, "talkserver_writes_in_flight", 0)
         assert (await send(server.port, "GET", "/talks")).json()["talks"] == []
         assert server.stop() == 0
         assert "still unfinished" not in server.log()
@@ -132,16 +116,16 @@ async def test_writes_whose_client_left_mid_body_are_not_in_flight_and_do_not_ho
 # -- out of file descriptors ------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=90)
+@pytest.mark.gen_test(timeout=120)
 async def test_out_of_descriptors_the_server_backs_off_logs_briefly_counts_and_recovers():
     with ServerProcess("--db=:memory:", open_files=40) as server:
         # Given more clients than the server has descriptors for
         hogs = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(60)]
-        await asyncio.sleep(0.5)
+        await until(lambda: "cannot accept connections" in server.log())
         cpu_before = cpu_seconds(server.process.pid)
         await asyncio.sleep(3)
 
-        # Then it does not spin, nor flood its log
+        # Then it does not spin (a bound a busy machine only makes easier), nor flood its log
         cpu = cpu_seconds(server.process.pid) - cpu_before
         for s in hogs:
             s.close()
@@ -150,15 +134,16 @@ async def test_out_of_descriptors_the_server_backs_off_logs_briefly_counts_and_r
         assert server.log().count("Traceback") == 0
 
         # And once descriptors are free again it serves, and /metrics tells what happened
-        answer = await send(server.port, "GET", "/talks", timeout=20)
+        answer = await send(server.port, "GET", "/talks")
         assert answer.status == 200
-        assert await metric(server.port, 'talkserver_accept_errors_total') > 0
+        errors = await metric_of(server.port, "talkserver_accept_errors_total", error="EMFILE")
+        assert errors > 0
 
 
 # -- the database file removed or replaced ------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("how", ["removed", "replaced"])
 async def test_writes_are_refused_with_503_once_the_database_file_is_gone(how):
     with ServerProcess() as server:

@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 from talkserver.stores.sqlite import SQLiteStore
 
-from .harness import ServerProcess, exchange
+from .follower import Follower, Servers
+from .harness import WAIT, ServerProcess, exchange
 
 WRITERS = 8
 TITLES_PER_WRITER = 3
@@ -73,37 +74,39 @@ class Writer(threading.Thread):
 
 
 class Poller(threading.Thread):
-    """A client keeping its copy of the talks up to date by long polling."""
+    """A client keeping its copy of the talks up to date by long polling (the harness's follower model)."""
 
     def __init__(self, server: ServerProcess) -> None:
         super().__init__(daemon=True)
         self.server = server
+        self.model = Follower(Servers(server.base), client=None)
         status, answer = server.request("GET", "/talks")
         assert status == 200
-        self.cursor = answer["serverTime"]
-        self.talks = {t["title"]: t for t in answer["talks"]}
+        self.model.apply(answer)
         self.newest_server_time = self.cursor
+
+    @property
+    def cursor(self) -> int:
+        return self.model.server_time
+
+    @property
+    def talks(self) -> dict[str, dict]:
+        return self.model.talks
 
     def apply(self, answer: dict) -> None:
         """Bring the copy up to date with one /talks answer, as the browser does."""
-        if answer.get("reset"):
-            self.talks = {}
-        for talk in answer["talks"]:
-            if talk.get("deleted"):
-                self.talks.pop(talk["title"], None)
-            else:
-                self.talks[talk["title"]] = talk
-        self.cursor = answer["serverTime"]
+        self.model.apply(answer)
         self.newest_server_time = max(self.newest_server_time, self.cursor)
 
     def run(self) -> None:
-        conn = self.server.connection(timeout=30)
+        conn = self.server.connection()
         while True:
             try:
                 status, answer = exchange(conn, "GET", f"/talks?changesSince={self.cursor}")
             except (OSError, http.client.HTTPException):
                 return
             if status != 200:
+                self.model.problems.append(f"a poll answered {status}: {answer}")
                 return
             self.apply(answer)
 
@@ -115,12 +118,12 @@ def test_sigkill_mid_storm_loses_no_acknowledged_write_and_cursors_carry_on(tmp_
     poller.start()
     for writer in writers:
         writer.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + WAIT
     while sum(w.acked for w in writers) < ACKED_BEFORE_KILL and time.monotonic() < deadline:
         time.sleep(0.01)
     server.kill()
     for thread in [poller, *writers]:
-        thread.join(timeout=30)
+        thread.join(timeout=WAIT)
     assert sum(w.acked for w in writers) >= ACKED_BEFORE_KILL
     assert [w.wrong_answers for w in writers] == [[]] * WRITERS
     # Written by the storm while it ran, so the kill hit writes in flight.
@@ -149,6 +152,7 @@ def test_sigkill_mid_storm_loses_no_acknowledged_write_and_cursors_carry_on(tmp_
         poller.apply(answer)
         status, everything = server.request("GET", "/talks")
         assert poller.talks == {t["title"]: t for t in everything["talks"]}
+        assert poller.model.problems == []
     finally:
         server.stop()
 

@@ -34,19 +34,16 @@ import re
 from dataclasses import dataclass, field
 
 import pytest
-import tornado.netutil
 
 from talkserver import collector
 from talkserver.app import make_app
-from talkserver.auth import hash_password, write_password_file
 from talkserver.follow.fastpolls import PollDelegate
 from talkserver.handlers import TalksHandler
 from talkserver.shutdown import drain
 from talkserver.stores import MemoryStore
 
-from .harness import Answer
-from .test_auth import basic
-from .test_collector import reset, until
+from .conftest import PASSWORD
+from .harness import Answer, basic, reset_connection as reset, serve_app, until
 
 # Every store here stamps on a clock that never moves, so two servers given
 # the same changes have the same serverTimes and their answers can be
@@ -94,10 +91,8 @@ def serve(io_loop):
     def start(*, fast_polls=True, xheaders=False, poll_timeout=30.0, http_options=None, **settings) -> Server:
         store = MemoryStore(clock=lambda: FROZEN_MS)
         app = make_app(store, poll_timeout=poll_timeout, fast_polls=fast_polls, **settings)
-        [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        http = collector.HTTPServer(app, xheaders=xheaders, **(http_options or {}))
-        http.add_sockets([sock])
-        server = Server(app, http, sock.getsockname()[1])
+        http, port = serve_app(app, xheaders=xheaders, **(http_options or {}))
+        server = Server(app, http, port)
         servers.append(server)
         return server
 
@@ -218,7 +213,7 @@ async def answer_at_once(server: Server, cursor_before_change: bool) -> Reply:
     return await client.reply()
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("cursor_before_change", [False, True], ids=["changesSince=0", "an old cursor"])
 async def test_an_answer_at_once_is_the_same_as_the_handlers_answer(serve, paths, cursor_before_change):
     fast, handlers = serve(fast_polls=True), serve(fast_polls=False)
@@ -244,7 +239,7 @@ async def answer_after_waiting(server: Server, summary: str) -> tuple[Reply, lis
     return reply, kinds
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("summary", ["Three balls", "x" * 100_000], ids=["small", "larger than 64 KiB"])
 async def test_a_poll_woken_by_a_change_gets_the_same_answer_as_from_the_handlers(serve, summary):
     fast, handlers = serve(fast_polls=True), serve(fast_polls=False)
@@ -264,7 +259,7 @@ async def answer_after_timeout(server: Server) -> Reply:
     return await client.reply()
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_that_times_out_gets_the_same_empty_answer_as_from_the_handlers(serve):
     fast = serve(fast_polls=True, poll_timeout=0.3)
     handlers = serve(fast_polls=False, poll_timeout=0.3)
@@ -279,7 +274,7 @@ async def test_a_poll_that_times_out_gets_the_same_empty_answer_as_from_the_hand
 # -- 2. what the fast path leaves to the handlers ------------------------------
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_asking_to_close_the_connection_waits_in_a_handler_and_the_connection_closes(serve, paths):
     server = serve()
     client = await server.poll(START, headers={"Connection": "close"})
@@ -294,7 +289,7 @@ async def test_a_poll_asking_to_close_the_connection_waits_in_a_handler_and_the_
     assert await client.closed_by_server()
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_an_http_1_0_poll_is_answered_by_a_handler_and_the_connection_closes(serve, paths):
     server = serve()
     await server.board.put("Juggling", "Kim", "Three balls")
@@ -307,7 +302,7 @@ async def test_an_http_1_0_poll_is_answered_by_a_handler_and_the_connection_clos
     assert await client.closed_by_server()
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize(
     "framing, body",
     [({"Content-Length": "2"}, b"{}"), ({"Transfer-Encoding": "chunked"}, b"2\r\n{}\r\n0\r\n\r\n")],
@@ -327,7 +322,7 @@ async def test_a_poll_with_a_body_is_answered_by_a_handler(serve, paths, framing
     assert paths.taken[-1] == "fast"
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_asking_for_an_event_stream_gets_one_from_a_handler(serve, paths):
     server = serve()
     await server.board.put("Juggling", "Kim", "Three balls")
@@ -343,7 +338,7 @@ async def test_a_poll_asking_for_an_event_stream_gets_one_from_a_handler(serve, 
     assert len(server.board.streams) == 1
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("cursor", ["soon", "+1", "1.5", "", "1234567890123456789"])
 async def test_a_cursor_that_is_not_a_number_gets_400_from_a_handler(serve, paths, cursor):
     server = serve()
@@ -355,7 +350,7 @@ async def test_a_cursor_that_is_not_a_number_gets_400_from_a_handler(serve, path
     assert "changesSince must be an integer" in reply.json()["error"]
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("query", ["changesSince={head}&x=1", "x=1&changesSince={head}"])
 async def test_a_poll_with_more_query_parameters_waits_in_a_handler(serve, paths, query):
     server = serve()
@@ -370,7 +365,7 @@ async def test_a_poll_with_more_query_parameters_waits_in_a_handler(serve, paths
     assert reply.status == 200 and titles(reply) == ["Juggling"]
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_head_is_left_to_the_handlers_which_answer_with_gets_headers_at_once(serve, paths):
     server = serve()
 
@@ -382,7 +377,7 @@ async def test_head_is_left_to_the_handlers_which_answer_with_gets_headers_at_on
     assert int(reply.headers["content-length"]) == len(server.board.feed.timeout_answer())
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_host_not_allowed_gets_400_and_an_allowed_one_takes_the_fast_path(serve, paths):
     server = serve(allowed_hosts=["localhost"])
 
@@ -398,7 +393,7 @@ async def test_a_host_not_allowed_gets_400_and_an_allowed_one_takes_the_fast_pat
     assert titles(await client.reply()) == ["Juggling"]
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_oversized_headers_get_431_from_the_guard(serve, paths):
     server = serve()
 
@@ -408,7 +403,7 @@ async def test_oversized_headers_get_431_from_the_guard(serve, paths):
     assert reply.status == 431 and "request headers are larger" in reply.json()["error"]
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_cursor_ahead_of_the_store_is_answered_by_a_handler_with_a_reset(serve, paths):
     # A MemoryStore has nothing to catch up with: a cursor from the future
     # (a wiped store, another server) gets the whole board, flagged reset.
@@ -423,7 +418,7 @@ async def test_a_cursor_ahead_of_the_store_is_answered_by_a_handler_with_a_reset
     assert reply.json() == {"serverTime": head, "talks": [server.board.store.get("Juggling")], "reset": True}
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_with_compressed_answers_every_poll_goes_to_the_handlers(serve, paths):
     server = serve(compress_response=True)
     client = await server.poll(START, headers={"Accept-Encoding": "gzip"})
@@ -452,7 +447,7 @@ BAD_HOSTS = [
 ]
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("settings, sent", BAD_HOSTS)
 async def test_the_handlers_refuse_a_poll_with_a_bad_host_with_400(serve, settings, sent):
     server = serve(fast_polls=False, **settings)
@@ -463,7 +458,7 @@ async def test_the_handlers_refuse_a_poll_with_a_bad_host_with_400(serve, settin
     assert reply.status == 400
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("settings, sent", BAD_HOSTS)
 async def test_the_fast_path_refuses_a_poll_with_a_bad_host_with_400_too(serve, settings, sent):
     """The last case is a DNS-rebinding page (on evil.example, re-pointed
@@ -477,7 +472,7 @@ async def test_the_fast_path_refuses_a_poll_with_a_bad_host_with_400_too(serve, 
     assert reply.status == 400
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_with_keep_alive_off_a_fast_answer_says_connection_close_as_the_handlers_do(serve):
     """An HTTPServer made with ``no_keep_alive=True`` closes each connection
     after one answer, and the answer says so (``Connection: close``)."""
@@ -494,14 +489,7 @@ async def test_with_keep_alive_off_a_fast_answer_says_connection_close_as_the_ha
 # -- 3. passwords ------------------------------------------------------------
 
 
-@pytest.fixture
-def password_file(tmp_path):
-    path = tmp_path / "passwords"
-    write_password_file(path, {"ada": hash_password("s3cret")})
-    return str(path)
-
-
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_without_credentials_gets_401_from_a_handler(serve, paths, password_file):
     server = serve(password_file=password_file)
 
@@ -513,14 +501,14 @@ async def test_a_poll_without_credentials_gets_401_from_a_handler(serve, paths, 
     assert "needs a name and password" in reply.json()["error"]
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_credentials_are_checked_once_by_a_handler_then_their_polls_take_the_fast_path(serve, paths, password_file):
     server = serve(password_file=password_file)
     client = await server.connect()
 
-    client.send("/talks?changesSince=0", headers=basic("ada", "s3cret"))
+    client.send("/talks?changesSince=0", headers=basic("ada", PASSWORD))
     first = await client.reply()
-    client.send(f"/talks?changesSince={START}", headers=basic("ada", "s3cret"))
+    client.send(f"/talks?changesSince={START}", headers=basic("ada", PASSWORD))
     await parked(server, 1)
 
     assert first.status == 200 and first.json()["reset"] is True
@@ -530,11 +518,11 @@ async def test_credentials_are_checked_once_by_a_handler_then_their_polls_take_t
     assert titles(await client.reply()) == ["Juggling"]
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_wrong_password_is_never_let_through_by_the_fast_path(serve, paths, password_file):
     server = serve(password_file=password_file)
     right = await server.connect()
-    right.send("/talks?changesSince=0", headers=basic("ada", "s3cret"))
+    right.send("/talks?changesSince=0", headers=basic("ada", PASSWORD))
     assert (await right.reply()).status == 200
 
     wrong = [await (await server.poll(START, headers=basic("ada", "guess"))).reply() for _ in range(2)]
@@ -548,7 +536,7 @@ async def test_a_wrong_password_is_never_let_through_by_the_fast_path(serve, pat
 # -- 4. the poll cap per address ----------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_poll_past_the_cap_goes_to_the_slow_lane_while_another_address_takes_the_fast_path(serve, paths):
     server = serve(max_polls_per_ip=2, slow_lane_interval=0.5)
     held = [await server.poll(START) for _ in range(2)]
@@ -571,7 +559,7 @@ async def test_a_poll_past_the_cap_goes_to_the_slow_lane_while_another_address_t
     assert server.app.limits.polls_held("127.0.0.2") == 0
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_fast_poll_whose_client_leaves_gives_its_place_back_and_stops_waiting(serve):
     server = serve(max_polls_per_ip=2)
     leaving, staying = await server.poll(START), await server.poll(START)
@@ -589,7 +577,7 @@ async def test_a_fast_poll_whose_client_leaves_gives_its_place_back_and_stops_wa
     assert [titles(await client.reply()) for client in (staying, again)] == [["Juggling"]] * 2
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_an_answered_fast_poll_gives_its_place_back(serve):
     server = serve(max_polls_per_ip=2)
     client = await server.poll(START)
@@ -608,7 +596,7 @@ async def test_an_answered_fast_poll_gives_its_place_back(serve):
 # -- 5. behind a proxy --------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_with_xheaders_the_cap_counts_the_address_the_proxy_names(serve, paths, caplog):
     server = serve(xheaders=True, max_polls_per_ip=1, slow_lane_interval=0.5)
 
@@ -637,7 +625,7 @@ async def test_with_xheaders_the_cap_counts_the_address_the_proxy_names(serve, p
 ACCESS_LINE = re.compile(r"200 GET /talks\?changesSince=(\d+) \(127\.0\.0\.1\) \d+\.\d\dms")
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_each_fast_answer_is_counted_in_the_metrics_and_logged_once_at_debug_level(serve, paths, caplog):
     server = serve()
     client = await server.connect()
@@ -664,7 +652,7 @@ async def test_each_fast_answer_is_counted_in_the_metrics_and_logged_once_at_deb
 # -- 7. shutting down ---------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_the_drain_answers_waiting_fast_polls_with_no_changes(serve):
     server = serve()
     clients = [await server.poll(START) for _ in range(3)]
@@ -684,7 +672,7 @@ async def test_the_drain_answers_waiting_fast_polls_with_no_changes(serve):
 # -- 8. keep-alive and pipelining ---------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_one_connection_serves_polls_in_a_row_and_then_other_requests(serve, paths):
     server = serve()
     client = await server.connect()
@@ -710,7 +698,7 @@ async def test_one_connection_serves_polls_in_a_row_and_then_other_requests(serv
     assert server.app.limits.polls_held("127.0.0.1") == 0
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_pipelined_requests_behind_a_waiting_poll_are_answered_in_order(serve, paths):
     server = serve()
     client = await server.connect()
@@ -725,7 +713,7 @@ async def test_pipelined_requests_behind_a_waiting_poll_are_answered_in_order(se
     assert talk.status == 200 and talk.json()["summary"] == "Three balls"  # read after the change
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_pipelined_polls_answered_at_once_come_back_in_order(serve, paths):
     server = serve()
     await server.board.put("One", "Kim", "s")
@@ -744,7 +732,7 @@ async def test_pipelined_polls_answered_at_once_come_back_in_order(serve, paths)
 # -- 9. clients that reset their connection ---------------------------------------
 
 
-@pytest.mark.gen_test(timeout=20)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_client_resetting_its_connection_while_waiting_is_forgotten_and_the_others_are_answered(serve, caplog):
     server = serve()
     clients = [await server.poll(START) for _ in range(3)]

@@ -5,66 +5,21 @@ server that drops or repeats changes (load_server.py) must be caught;
 bad arguments and unreachable servers must end with a clear message.
 """
 
-import json
 import os
 import pty
 import select
-import socket
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from .harness import free_port
+from .harness import load, load_json, load_server as talkserver, refused_port, running
 
-HERE = Path(__file__).resolve().parent
 RESULT_FIELDS = {
     "clients", "writers", "duration_s", "changes", "deliveries", "lost",
     "duplicates", "errors", "fanout_ms", "last_client_ms", "copies_checked", "copies_matching",
 }
-
-
-@contextmanager
-def running(*command):
-    """Run a server command (with PORT in it replaced); yield (url, pid)."""
-    port = free_port()
-    argv = [str(port) if part == "PORT" else part.replace("PORT", str(port)) for part in command]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, "the server exited"
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def talkserver(mode="plain"):
-    return running(sys.executable, str(HERE / "load_server.py"), "PORT", mode)
-
-
-def load(*args, timeout=120):
-    """Run talkserver-load; returns the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", "talkserver.loadtest", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def load_json(tmp_path, *args):
-    out = tmp_path / "out.json"
-    done = load(*args, "--json", out)
-    return done, json.loads(out.read_text())
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
@@ -250,9 +205,8 @@ def test_bad_arguments_exit_2_with_a_message(args, message):
 
 
 def test_an_unreachable_server_exits_2_with_a_clear_message():
-    port = free_port()  # nothing listens there
-
-    done = load("--url", f"http://127.0.0.1:{port}", "--clients", 5, "--duration", 1)
+    with refused_port() as port:  # nothing listens there
+        done = load("--url", f"http://127.0.0.1:{port}", "--clients", 5, "--duration", 1)
 
     assert done.returncode == 2
     assert f"cannot reach http://127.0.0.1:{port}" in done.stderr
@@ -260,7 +214,7 @@ def test_an_unreachable_server_exits_2_with_a_clear_message():
 
 
 def test_a_server_that_is_not_a_talk_server_exits_2(tmp_path):
-    with running(sys.executable, "-m", "http.server", "PORT", "--bind", "127.0.0.1", "--directory", str(tmp_path)) as (url, _):
+    with running(sys.executable, "-u", "-m", "http.server", "PORT", "--bind", "127.0.0.1", "--directory", str(tmp_path)) as (url, _):
         done = load("--url", url, "--clients", 5, "--duration", 1)
 
     assert done.returncode == 2

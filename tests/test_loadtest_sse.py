@@ -2,7 +2,7 @@
 
 import sys
 
-from .test_loadtest import load_json, running, talkserver
+from .harness import load_json, load_server as talkserver, running
 
 
 def test_a_clean_stream_run_delivers_every_change_to_every_client_exactly_once(tmp_path):
@@ -21,7 +21,7 @@ def test_a_clean_stream_run_delivers_every_change_to_every_client_exactly_once(t
 
 
 def test_streams_from_the_talkserver_command_with_its_limits_run_clean(tmp_path):
-    with running(sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:", "--logging=warning") as (url, _):
+    with running(sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:") as (url, _):
         done, result = load_json(
             tmp_path, "--url", url, "--transport", "sse", "--clients", 500, "--writers", 1, "--duration", 2
         )

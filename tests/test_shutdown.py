@@ -6,25 +6,19 @@ write that got its 204 must be there.
 """
 
 import asyncio
-import re
 import socket
 
 import pytest
 
 from talkserver.stores.sqlite import SQLiteStore
 
-from .harness import ServerProcess, parse_answer, send
+from .harness import WAIT, ServerProcess, parse_answer, send, until, metric_reaches
 
 TALK = {"presenter": "Ada", "summary": "Engines"}
 
 
-async def waiting_polls(server):
-    metrics = (await send(server.port, "GET", "/metrics")).body.decode()
-    return float(re.search(r"^talkserver_waiting_clients (\S+)$", metrics, re.M).group(1))
-
-
 async def exit_code(server):
-    return await asyncio.get_running_loop().run_in_executor(None, server.stop)
+    return await server.stopped()
 
 
 def stored_titles(server):
@@ -36,17 +30,16 @@ def stored_titles(server):
         store.close()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_sigterm_answers_200_waiting_polls_at_once_with_no_changes_and_exits_0():
     with ServerProcess("--poll-timeout=120") as server:
         await send(server.port, "PUT", "/talks/Before", TALK)
         cursor = (await send(server.port, "GET", "/talks")).json()["serverTime"]
         polls = [asyncio.ensure_future(send(server.port, "GET", f"/talks?changesSince={cursor}")) for _ in range(200)]
-        while await waiting_polls(server) < 200:
-            await asyncio.sleep(0.05)
+        await metric_reaches(server.port, "talkserver_waiting_clients", 200)
 
         server.terminate()
-        answers = await asyncio.wait_for(asyncio.gather(*polls), 10)  # not the 120 s poll timeout
+        answers = await asyncio.gather(*polls)  # each send gives up after WAIT, well before the 120 s poll timeout
 
         assert {a.status for a in answers} == {200}
         assert {a.body for a in answers} == {answers[0].body}
@@ -55,7 +48,7 @@ async def test_sigterm_answers_200_waiting_polls_at_once_with_no_changes_and_exi
         assert "stopped: answered 200 waiting polls; 1 talks in the store" in server.log()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
     with ServerProcess() as server:
         body = b'{"presenter": "Ada", "summary": "sent in two halves"}'
@@ -65,13 +58,13 @@ async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
             f"PUT /talks/Late HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body[:half]
         )
-        await asyncio.sleep(0.3)
+        await metric_reaches(server.port, "talkserver_writes_in_flight", 1)
 
         server.terminate()
-        await asyncio.sleep(0.5)
+        await until(lambda: "stopping: answering waiting polls, finishing writes" in server.log())
         assert server.process.poll() is None, "the server stopped before the write in flight finished"
-        writer.sendall(body[half:])
-        writer.settimeout(10)
+        writer.sendall(body[half:])  # a server that had not waited for it could not answer now
+        writer.settimeout(WAIT)
         answer = parse_answer(b"".join(iter(lambda: writer.recv(65536), b"")))
         writer.close()
 
@@ -80,7 +73,7 @@ async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
         assert stored_titles(server) == {"Late"}
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_writes_acknowledged_during_sigterm_are_all_in_the_store():
     with ServerProcess("--write-rate=0") as server:
         acknowledged, attempted = [], []
@@ -97,10 +90,9 @@ async def test_writes_acknowledged_during_sigterm_are_all_in_the_store():
                     acknowledged.append(title)
 
         writers = [asyncio.ensure_future(writer(f"w{i}")) for i in range(8)]
-        while len(acknowledged) < 50:
-            await asyncio.sleep(0.02)
+        await until(lambda: len(acknowledged) >= 50)
         server.terminate()
-        await asyncio.wait_for(asyncio.gather(*writers), 30)
+        await asyncio.wait_for(asyncio.gather(*writers), WAIT)
 
         assert await exit_code(server) == 0
         stored = stored_titles(server)

@@ -177,7 +177,7 @@ def test_a_write_that_cannot_be_committed_changes_nothing(store, clock):
     assert state(reopen(store, clock), cursors) == before
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_failed_commit_is_answered_503_with_a_message(http_client, base_url, store):
     store.put("Unicycling", "Ann", "One wheel")
     fill_the_disk(store)
@@ -191,7 +191,7 @@ async def test_a_failed_commit_is_answered_503_with_a_message(http_client, base_
     assert [t["title"] for t in listed["talks"]] == ["Unicycling"]
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_writes_over_http_are_in_the_file(http_client, base_url, store, clock):
     response = await http_client.fetch(
         base_url + "/talks/Unicycling", method="PUT",

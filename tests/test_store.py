@@ -156,10 +156,14 @@ def test_pruned_tombstones_turn_old_cursors_into_resets(store, clock):
 
 def test_prune_keeps_live_talks_and_recent_tombstones(store, clock):
     store.put("live", "p", "s")
+    cursor = store.head
     store.put("dead", "p", "s")
     store.delete("dead")
     assert store.prune(older_than=store.head) == 0
-    assert store.changes_since(0).talks  # nothing lost
+    # The tombstone is still told to a cursor from before the delete, and the live talk is kept.
+    changes = store.changes_since(cursor)
+    assert not changes.reset and changes.talks == [{"title": "dead", "deleted": True}]
+    assert store.get("live") == {"title": "live", "presenter": "p", "summary": "s", "comments": []}
 
 
 def test_a_talks_owner_is_kept_until_it_is_deleted(store):

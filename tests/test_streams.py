@@ -5,15 +5,13 @@ events a browser's EventSource would get.
 """
 
 import asyncio
-import re
 
 import pytest
 
 from talkserver import make_app
-from talkserver.auth import hash_password, write_password_file
 
-from .conftest import POLL_TIMEOUT
-from .harness import ServerProcess, send
+from .conftest import PASSWORD, POLL_TIMEOUT
+from .harness import ServerProcess, basic, metric, metrics_page, send, until, metric_reaches
 from .sse import StreamClient
 
 HEARTBEAT = 0.3
@@ -22,36 +20,25 @@ TALK = {"presenter": "Ada", "summary": "Engines"}
 
 
 @pytest.fixture
-def settings(request, tmp_path):
+def store(each_store):
+    """Every test here with an in-process server runs it on each kind of store."""
+    return each_store
+
+
+@pytest.fixture
+def settings(request, password_file):
     """Extra make_app() settings, chosen by indirect parametrization: "cap" or "password"."""
     kind = getattr(request, "param", None)
     if kind == "cap":
         return {"max_polls_per_ip": 2}
     if kind == "password":
-        path = tmp_path / "passwords"
-        write_password_file(path, {"ada": hash_password("secret")})
-        return {"password_file": str(path)}
+        return {"password_file": password_file}
     return {}
 
 
 @pytest.fixture
 def app(store, settings):
     return make_app(store, poll_timeout=POLL_TIMEOUT, heartbeat=HEARTBEAT, stream_buffer=STREAM_BUFFER, **settings)
-
-
-@pytest.fixture
-def port(http_server, http_port):
-    """The port of the live server pytest-tornado runs for ``app``."""
-    return http_port
-
-
-async def until(condition, timeout=15.0):
-    """Wait for ``condition()`` to hold."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 async def open_stream(port, board, path="/talks", **kwargs):
@@ -70,7 +57,7 @@ def titles(block):
 # -- opening a stream --------------------------------------------------------
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_is_200_text_event_stream_and_its_first_event_holds_the_board(port, board):
     await board.put("One", "Ada", "first")
     await board.put("Two", "Bob", "second")
@@ -87,7 +74,7 @@ async def test_a_stream_is_200_text_event_stream_and_its_first_event_holds_the_b
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_begins_with_a_retry_hint_of_one_to_three_seconds(port, board):
     client = await StreamClient.open(port)
 
@@ -97,7 +84,7 @@ async def test_a_stream_begins_with_a_retry_hint_of_one_to_three_seconds(port, b
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_the_first_event_after_changes_since_holds_only_the_later_changes(port, board):
     await board.put("Old", "Ada", "s")
     cursor = board.store.head
@@ -111,7 +98,7 @@ async def test_the_first_event_after_changes_since_holds_only_the_later_changes(
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_at_the_newest_cursor_gets_no_event_until_something_changes(port, board):
     await board.put("Old", "Ada", "s")
     cursor = board.store.head
@@ -126,7 +113,7 @@ async def test_a_stream_at_the_newest_cursor_gets_no_event_until_something_chang
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_malformed_last_event_id_is_answered_400_with_a_json_error(port, board):
     client = await StreamClient.open(port, headers={"Last-Event-ID": "yesterday"})
 
@@ -139,7 +126,7 @@ async def test_a_malformed_last_event_id_is_answered_400_with_a_json_error(port,
 # -- live events ---------------------------------------------------------------
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_each_change_is_one_event_whose_id_is_its_server_time_and_ids_increase(port, board):
     client = await open_stream(port, board)
     await client.event()  # the (empty) board
@@ -156,7 +143,7 @@ async def test_each_change_is_one_event_whose_id_is_its_server_time_and_ids_incr
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board):
     client = await open_stream(port, board)
     await client.event()
@@ -170,7 +157,7 @@ async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board):
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_deleted_talk_arrives_as_a_tombstone(port, board):
     await board.put("Doomed", "Ada", "s")
     client = await open_stream(port, board)
@@ -183,7 +170,7 @@ async def test_a_deleted_talk_arrives_as_a_tombstone(port, board):
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_cursor_from_the_future_gets_the_whole_board_as_a_reset(port, board):
     await board.put("Kept", "Ada", "s")
 
@@ -194,7 +181,7 @@ async def test_a_cursor_from_the_future_gets_the_whole_board_as_a_reset(port, bo
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_an_idle_stream_gets_a_heartbeat_comment(port, board):
     client = await open_stream(port, board)
     await client.event()
@@ -206,7 +193,7 @@ async def test_an_idle_stream_gets_a_heartbeat_comment(port, board):
     client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events(port, board):
     client = await open_stream(port, board, http10=True)
     await client.event()
@@ -222,7 +209,7 @@ async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events
 # -- reconnecting ----------------------------------------------------------------
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_reconnect_with_last_event_id_gets_exactly_the_missed_changes_beating_a_stale_query(port, board):
     await board.put("Seen", "Ada", "s")
     stale = board.store.head
@@ -259,7 +246,7 @@ async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every
     # up fast once the slow client's socket buffers are full.
     message = "x" * 2000
     n = 0
-    while "talkserver_streams_dropped_total 1" not in board.metrics.render():
+    while metric(board.metrics.render(), "talkserver_streams_dropped_total", 0.0) < 1:
         n += 1
         assert n < 1000, "the slow client was never dropped"
         await board.add_comment("Big", "Bob", f"{n} {message}")
@@ -277,7 +264,7 @@ async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every
     reader.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board):
     client = await open_stream(port, board)
     last_id = (await client.event()).id
@@ -294,7 +281,7 @@ async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board)
     again.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("settings", ["cap"], indirect=True)
 async def test_streams_past_the_per_address_cap_are_served_up_to_five_times_it(port, board, app):
     # The cap is 2: streams 3 to 10 from one address are past it, but served.
@@ -316,14 +303,15 @@ async def test_streams_past_the_per_address_cap_are_served_up_to_five_times_it(p
         client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("settings", ["cap"], indirect=True)
 async def test_a_stream_that_ends_gives_its_slot_back(port, board, app):
     first = await open_stream(port, board, source="127.0.0.7")
     second = await open_stream(port, board, source="127.0.0.7")
 
     first.close()
-    await until(lambda: app.limits.polls_held("127.0.0.7") == 1)
+    await until(lambda: app.limits.polls_held("127.0.0.7") == 1, message=lambda: (
+        f"a stream that ended did not give its place back: {app.limits.polls_held('127.0.0.7')} held, not 1"))
     third = await StreamClient.open(port, source="127.0.0.7")
 
     assert third.status == 200
@@ -331,7 +319,7 @@ async def test_a_stream_that_ends_gives_its_slot_back(port, board, app):
     third.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_a_stream_whose_client_leaves_is_forgotten(port, board):
     client = await open_stream(port, board)
 
@@ -341,7 +329,7 @@ async def test_a_stream_whose_client_leaves_is_forgotten(port, board):
     await board.put("Nobody listens", "Ada", "s")  # and nothing fails
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 async def test_metrics_count_open_streams_and_events_sent(port, board):
     clients = [await open_stream(port, board) for _ in range(3)]
     await board.put("Counted", "Ada", "s")
@@ -349,21 +337,21 @@ async def test_metrics_count_open_streams_and_events_sent(port, board):
         await client.event()
         await client.event()
 
-    metrics = (await send(port, "GET", "/metrics")).body.decode()
+    metrics = await metrics_page(port)
 
-    assert re.search(r"^talkserver_streams_open 3.0$", metrics, re.M)
+    assert metric(metrics, "talkserver_streams_open") == 3
     # Three first events (the board) and the change to each of three.
-    assert re.search(r"^talkserver_stream_events_total 6.0$", metrics, re.M)
-    assert re.search(r"^talkserver_streams_dropped_total 0.0$", metrics, re.M)
+    assert metric(metrics, "talkserver_stream_events_total") == 6
+    assert metric(metrics, "talkserver_streams_dropped_total", 0.0) == 0
     for client in clients:
         client.close()
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("settings", ["password"], indirect=True)
 async def test_a_stream_needs_the_password_when_one_is_set(port, board):
     refused = await StreamClient.open(port)
-    allowed = await StreamClient.open(port, headers={"Authorization": "Basic YWRhOnNlY3JldA=="})  # ada:secret
+    allowed = await StreamClient.open(port, headers=basic("ada", PASSWORD))
     first = await allowed.event()
 
     assert refused.status == 401
@@ -376,30 +364,24 @@ async def test_a_stream_needs_the_password_when_one_is_set(port, board):
 # -- the talkserver command ----------------------------------------------------------
 
 
-async def open_streams(server) -> str:
-    metrics = (await send(server.port, "GET", "/metrics")).body.decode()
-    return re.search(r"^talkserver_streams_open (\S+)$", metrics, re.M).group(1)
-
-
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_sigterm_ends_every_stream_cleanly_and_exits_0():
     with ServerProcess("--db=:memory:") as server:
         clients = [await StreamClient.open(server.port) for _ in range(2)]
         for client in clients:
             await client.event()
-        while await open_streams(server) != "2.0":
-            await asyncio.sleep(0.05)
+        await metric_reaches(server.port, "talkserver_streams_open", 2)
 
         server.terminate()
-        ended = await asyncio.gather(*(client.ended(timeout=10) for client in clients))
-        code = await asyncio.get_running_loop().run_in_executor(None, server.stop)
+        ended = await asyncio.gather(*(client.ended(timeout=30) for client in clients))
+        code = await server.stopped()
 
         assert ended == [True, True]
         assert code == 0
         assert "ended 2 event streams" in server.log()
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.gen_test(timeout=120)
 async def test_the_heartbeat_option_sets_the_seconds_between_comments():
     with ServerProcess("--db=:memory:", "--heartbeat=0.5") as server:
         client = await StreamClient.open(server.port)

@@ -10,7 +10,7 @@ localStorage.
 from __future__ import annotations
 
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from ..harness import free_port
+from ..harness import WAIT
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -35,7 +35,11 @@ expect.set_options(timeout=15_000)
 
 
 class Server:
-    """A talkserver subprocess that can be killed and started again on its port."""
+    """A talkserver subprocess that can be killed and started again on its port.
+
+    Port 0 (the default) lets the first start pick a free port, read back
+    from the server's first log line; later starts take that port again.
+    """
 
     def __init__(
         self, port: int, log_path: Path, poll_timeout: float = POLL_TIMEOUT, db: str = ":memory:",
@@ -61,6 +65,7 @@ class Server:
             "runpy.run_module('talkserver', run_name='__main__')"
         )
         log = open(self.log_path, "ab")
+        logged_before = log.tell()
         self.process = subprocess.Popen(
             [
                 sys.executable, "-c", run,
@@ -70,16 +75,19 @@ class Server:
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"talkserver exited: {self.log_path.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            with open(self.log_path, "rb") as written:
+                written.seek(logged_before)
+                bound = re.search(rb"talkserver listening on http://\S+?:(\d+)/", written.read())
+            if bound:
+                self.port = int(bound.group(1))
+                self.url = f"http://127.0.0.1:{self.port}/"
                 return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"talkserver did not listen within 30 s: {self.log_path.read_text()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"talkserver did not log its port within {WAIT:g} s: {self.log_path.read_text()}")
 
     def kill(self) -> None:
         """End the process at once, as a crash would: no goodbye to the pages."""
@@ -131,7 +139,7 @@ def server_args() -> tuple[str, ...]:
 
 @pytest.fixture
 def server(tmp_path: Path, server_args) -> Server:
-    server = Server(free_port(), tmp_path / "talkserver.log", args=server_args)
+    server = Server(0, tmp_path / "talkserver.log", args=server_args)
     server.start()
     yield server
     server.stop()

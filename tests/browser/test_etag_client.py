@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from ..harness import free_port
 from .conftest import POLL_TIMEOUT, Server
 
 PAGE = Path(__file__).resolve().parent / "book4"
@@ -22,7 +21,7 @@ PAGE = Path(__file__).resolve().parent / "book4"
 
 @pytest.fixture
 def etag_server(tmp_path: Path) -> Server:
-    server = Server(free_port(), tmp_path / "talkserver.log", args=("--api=etag", f"--static-path={PAGE}"))
+    server = Server(0, tmp_path / "talkserver.log", args=("--api=etag", f"--static-path={PAGE}"))
     server.start()
     yield server
     server.stop()
