@@ -437,3 +437,11 @@ def parse_answer(raw: bytes) -> Answer:
         headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", "0"))
     return Answer(int(status_line.split()[1]), headers, rest[:length])
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process ``pid``, in bytes (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")

@@ -44,7 +44,7 @@ def _bin_dir() -> Path:
     raise RuntimeError("PostgreSQL is not installed: run `make test` (it installs it) or apt-get install postgresql")
 
 
-def _port_free_now() -> int:
+def port_free_now() -> int:
     """A port of 127.0.0.1 nothing listens on at this moment."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,7 +79,7 @@ class Cluster:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                   "--no-sync", "-E", "UTF8", "--locale=C.UTF-8")
         for attempt in range(5):
-            self.port = _port_free_now()
+            self.port = port_free_now()
             try:
                 self.start()
                 break

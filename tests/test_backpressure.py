@@ -6,8 +6,7 @@ import socket
 
 import pytest
 
-from .harness import ServerProcess, send
-from .test_costs import rss_bytes
+from .harness import ServerProcess, rss_bytes, send
 
 POLLS = 20_000
 MB = 1024 * 1024

@@ -6,6 +6,7 @@ left out with ``make -o``: the tests already have it.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = str(Path(sys.executable).parent)
@@ -33,13 +33,22 @@ def test_run_postgres_without_db_is_refused_in_one_line_before_installing_anythi
 
 def test_run_postgres_serves_the_board_from_the_database(postgres_cluster):
     database = postgres_cluster.new_database()
-    port = free_port()
+    # PORT=0: the server binds a free port and its first log line names it.
     make = subprocess.Popen(
         [MAKE, "-C", str(ROOT), "--no-print-directory", "-o", ".venv/.installed-postgres", f"BIN={BIN}",
-         "run-postgres", f"DB={database}", f"PORT={port}"],
+         "run-postgres", f"DB={database}", "PORT=0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    lines = []
     try:
+        for line in make.stdout:
+            lines.append(line)
+            listening = re.search(r"talkserver listening on http://127\.0\.0\.1:(\d+)/", line)
+            if listening:
+                port = int(listening.group(1))
+                break
+        else:
+            raise AssertionError("the server did not start:\n" + "".join(lines))
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -56,5 +65,5 @@ def test_run_postgres_serves_the_board_from_the_database(postgres_cluster):
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         make.wait(timeout=30)
-    output = make.stdout.read()
+    output = "".join(lines) + make.stdout.read()
     assert f"talkserver listening on http://127.0.0.1:{port}/ (store {database}" in output

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ServerProcess, free_port
+from .harness import ServerProcess, refused_port
 
 TALKSERVER = str(Path(sys.executable).with_name("talkserver"))
 
@@ -138,8 +138,9 @@ def test_a_port_in_use_is_refused_in_one_line(tmp_path):
 def test_the_command_line_overrides_a_config_file_given_after_it(tmp_path):
     # The file names another port; the harness's --port comes first on the
     # command line and still wins, since config files are read first.
-    (tmp_path / "talkserver.conf").write_text(f"port = {free_port()}\npoll_timeout = 0.2\ndb = ':memory:'\n")
-    server = ServerProcess("--config=talkserver.conf", cwd=tmp_path)
+    with refused_port() as taken:  # were the file's port used, the start would fail: it is taken
+        (tmp_path / "talkserver.conf").write_text(f"port = {taken}\npoll_timeout = 0.2\ndb = ':memory:'\n")
+        server = ServerProcess("--config=talkserver.conf", cwd=tmp_path)
     try:
         with urllib.request.urlopen(f"{server.base}/talks?changesSince=1", timeout=10) as answer:
             assert answer.status == 200  # answered after the file's 0.2 s, not the default 90 s

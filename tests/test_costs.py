@@ -12,16 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ServerProcess, metric_of, send, until, metric_reaches
+from .harness import ServerProcess, metric_of, metric_reaches, rss_bytes, send, until
 
 TALK = {"presenter": "Ada", "summary": "Engines"}
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:

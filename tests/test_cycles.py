@@ -26,6 +26,8 @@ from talkserver import collector, shutdown
 from talkserver.app import make_app
 from talkserver.stores import MemoryStore
 
+from .harness import until
+
 # The poll timeout of the timed-out scenarios; the others never reach theirs.
 SHORT_TIMEOUT = 0.5
 LONG_TIMEOUT = 60.0
@@ -105,12 +107,6 @@ def put(title: str, body: bytes, length: int | None = None) -> bytes:
 TALK = b'{"presenter": "Ada", "summary": "Engines"}'
 
 
-async def until(condition, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
 
 
 def _ours(code: types.CodeType | None) -> bool:

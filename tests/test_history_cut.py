@@ -11,16 +11,14 @@ and after it work as usual.
 """
 
 import asyncio
-import json
 import subprocess
-import time
 from urllib.parse import quote, urlsplit
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from .follower import Follower
-from .harness import ServerProcess, send
+from .harness import ServerProcess, send, until
 from .sse import StreamClient
 
 
@@ -33,11 +31,6 @@ def started(*options):
     return ServerProcess("--poll-timeout=10", "--logging=warning", *options)
 
 
-async def until(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def board(port):

@@ -13,7 +13,7 @@ from talkserver import make_app
 from talkserver.auth import write_password_file
 from talkserver.follow.conditional import if_none_match, requested_wait, ANY
 
-from .harness import parse_answer
+from .harness import parse_answer, until
 from .sse import StreamClient
 
 POLL_TIMEOUT = 30.0
@@ -46,13 +46,6 @@ def port(http_server, http_port):
     return http_port
 
 
-async def until(condition, timeout=15.0):
-    """Wait for ``condition()`` to hold."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 async def exchange(port, method, path, headers=None, version="HTTP/1.1"):

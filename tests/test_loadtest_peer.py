@@ -4,6 +4,7 @@ against it.  ``make test`` installs Debian's nodejs when it is missing."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import free_port
-from .test_loadtest import load_json
+from .harness import load_json
 
 PEER = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "node" / "server.js"
 
@@ -28,20 +28,14 @@ def node_peer(poll_timeout_ms=1000, heartbeat_ms=15000):
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is missing: `make test` installs Debian's nodejs package (as root)")
-    port = free_port()
     env = dict(os.environ, POLL_TIMEOUT_MS=str(poll_timeout_ms), HEARTBEAT_MS=str(heartbeat_ms))
-    process = subprocess.Popen([node, str(PEER), str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Port 0: the peer binds a free port and names it in its first line.
+    process = subprocess.Popen([node, str(PEER), "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, process.stderr.read().decode()
-                assert time.monotonic() < deadline, "the peer did not start"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        first = process.stdout.readline()
+        started = re.match(r"node peer on (http://127\.0\.0\.1:\d+)/", first)
+        assert started, f"the peer did not start: {first!r} {process.stderr.read() if process.poll() is not None else ''}"
+        yield started.group(1)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -116,17 +110,17 @@ def test_an_event_stream_starts_with_the_board_and_sends_each_change():
             sock.sendall(b"GET /talks HTTP/1.1\r\nHost: peer\r\nAccept: text/event-stream\r\n\r\n")
             received = b""
 
-            def until(marker: bytes) -> None:
+            def read_until(marker: bytes) -> None:
                 nonlocal received
                 while marker not in received:
                     chunk = sock.recv(65536)
                     assert chunk, "the stream ended"
                     received += chunk
 
-            until(b'"title":"First"')
+            read_until(b'"title":"First"')
             call(url + "/talks/Second", "PUT", TALK)
-            until(b'"title":"Second"')
-            until(b": heartbeat")
+            read_until(b'"title":"Second"')
+            read_until(b": heartbeat")
 
     head, _, body = received.partition(b"\r\n\r\n")
     assert b" 200 " in head.split(b"\r\n")[0] and b"text/event-stream" in head.lower()

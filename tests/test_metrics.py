@@ -24,7 +24,7 @@ import pytest
 
 from talkserver.metrics import Metrics
 
-from .harness import ServerProcess, send
+from .harness import ServerProcess, send, until
 from .sse import StreamClient
 
 # Name -> (type, label names), as /metrics exported them before prometheus_client.
@@ -108,11 +108,6 @@ async def scrape(port: int) -> dict[str, Family]:
     return parse(answer.body.decode())
 
 
-async def until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 def assert_exports(families: dict[str, Family], expected: dict[str, tuple[str, set]]) -> None:

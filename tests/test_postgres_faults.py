@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import pytest
 
-from .harness import ServerProcess, free_port, send
-from .postgres import Cluster
+from .harness import ServerProcess, send, until
+from .postgres import Cluster, port_free_now
 
 # Short, so the tests do not wait long; the default is 5 s.
 DB_TIMEOUT = 2
@@ -48,13 +48,6 @@ async def board(server):
     return {t["title"] for t in (await send(server.port, "GET", "/talks")).json()["talks"]}
 
 
-async def until(condition, timeout=60.0):
-    """Wait for ``condition()`` (a coroutine function) to be true; fail after ``timeout`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 def processes(cluster):
@@ -192,7 +185,7 @@ class Standby(Cluster):
         self.bin, self.owner = primary.bin, primary.owner
         self.dir = Path(tempfile.mkdtemp(prefix="talkserver-pg-standby-"))
         self.data = self.dir / "data"
-        self.port = free_port()
+        self.port = port_free_now()  # PostgreSQL cannot bind port 0
         self._names = itertools.count()
         if self.owner is not None:
             os.chown(self.dir, *self.owner)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from .test_page import comment, propose, sign_in, talk
+from .page import comment, propose, sign_in, talk
 
 AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
 PROTECTED = ("--protect-talks", "--cookie-secret=browser tests only")

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import Page, expect
 
-from .test_page import propose, sign_in, talk
+from .page import propose, sign_in, talk
 
 PROTECTED = ("--protect-talks", "--cookie-secret=browser tests only")
 

@@ -12,11 +12,10 @@ import signal
 import pytest
 from playwright.sync_api import expect
 
-from ..harness import free_port
 from ..postgres import Cluster
 from ..test_postgres_faults import processes, stopped
 from .conftest import Server
-from .test_page import propose, sign_in, talk
+from .page import propose, sign_in, talk
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def cluster():
 
 @pytest.fixture
 def server(tmp_path, cluster):
-    server = Server(free_port(), tmp_path / "talkserver.log", db=cluster.new_database(), args=("--db-timeout=1",))
+    server = Server(0, tmp_path / "talkserver.log", db=cluster.new_database(), args=("--db-timeout=1",))
     server.start()
     yield server
     server.stop()

@@ -198,5 +198,6 @@ const server = http.createServer((req, res) => {
 // Long polls stay quiet for POLL_TIMEOUT_MS: no request timeout shorter than that.
 server.requestTimeout = 0;
 server.keepAliveTimeout = POLL_TIMEOUT_MS + 5000;
-server.listen(PORT, HOST, () => console.log(`node peer on http://${HOST}:${PORT}/`));
+// Port 0 picks a free port; the line says which one was bound.
+server.listen(PORT, HOST, () => console.log(`node peer on http://${HOST}:${server.address().port}/`));
 process.on("SIGTERM", () => process.exit(0));
