@@ -149,7 +149,7 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
     if worker is None:
         sockets = listen(options.port, options.address)
         server.add_sockets(sockets)
-        log.info(
+        announce(
             "talkserver listening on %s (store %s, open-files limit %d)",
             _where(sockets), _store_name(options.db), raise_open_files_limit(),
         )
@@ -158,7 +158,7 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
         # Other workers' scrapes read this one's gauges as last published.
         tornado.ioloop.PeriodicCallback(app.board.metrics.publish, 1000).start()
         server.add_sockets(worker.sockets)
-        log.info("talkserver worker %d serving %s (store %s)",
+        announce("talkserver worker %d serving %s (store %s)",
                  worker.number, _where(worker.sockets), _store_name(options.db))
     # In every process that serves (each worker after the fork, too).
     collector.tune(options.gc)
@@ -172,6 +172,15 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
     await stop.wait()
     log.info("stopping: answering waiting polls, finishing writes")
     await drain(server, app)
+
+
+def announce(message: str, *args) -> None:
+    """Log where the server listens, at INFO, or at the level --logging lets through.
+
+    Scripts and tests that start it with ``--port=0`` read the port from
+    this line, so it is written whatever ``--logging`` says (but ``none``).
+    """
+    log.log(max(logging.INFO, log.getEffectiveLevel()), message, *args)
 
 
 def _where(sockets) -> str:
@@ -242,7 +251,7 @@ def run(args: list[str]) -> None:
         asyncio.run(serve(None))
         return
     sockets = listen(options.port, options.address)
-    log.info("talkserver listening on %s (store %s, open-files limit %d), starting the workers",
+    announce("talkserver listening on %s (store %s, open-files limit %d), starting the workers",
              _where(sockets), _store_name(options.db), raise_open_files_limit())
     worker = fork_workers(options.processes, sockets)
     asyncio.run(serve(None, worker))

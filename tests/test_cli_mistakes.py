@@ -149,8 +149,9 @@ def test_the_command_line_overrides_a_config_file_given_after_it(tmp_path):
         assert server.stop() == 0
 
 
-def test_port_0_binds_a_free_port_and_the_first_log_line_names_it(tmp_path):
-    process = subprocess.Popen([TALKSERVER, "--port=0", "--db=:memory:"], cwd=tmp_path,
+@pytest.mark.parametrize("logging", ["info", "warning", "error"])
+def test_port_0_binds_a_free_port_and_the_first_log_line_names_it(tmp_path, logging):
+    process = subprocess.Popen([TALKSERVER, "--port=0", "--db=:memory:", f"--logging={logging}"], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         line = first_line(process.stderr, timeout=30)
