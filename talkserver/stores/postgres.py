@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from typing import Awaitable, Callable, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -407,8 +408,11 @@ class PostgresStore(MemoryStore):
                    timeout: float = DEFAULT_TIMEOUT) -> "PostgresStore":
         """Connect, create or migrate the schema, load the board and start following it."""
         if asyncpg is None:
+            # Named with this Python, so the extra lands where talkserver runs,
+            # not in whatever pip is first on the PATH.
             raise StoreOpenError(
-                "the PostgreSQL store needs the asyncpg driver: pip install 'talkserver[postgres]'"
+                "the PostgreSQL store needs the asyncpg driver: from a checkout, make run-postgres DB=... installs it;"
+                f" otherwise {sys.executable} -m pip install 'talkserver[postgres]'"
             )
         try:
             pool = await asyncpg.create_pool(
