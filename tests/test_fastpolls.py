@@ -183,11 +183,21 @@ class Paths:
     def __init__(self, monkeypatch) -> None:
         self.taken: list[str] = []
         self.handlers = 0
-        headers_received, initialize = PollDelegate.headers_received, TalksHandler.initialize
+        headers_received, take, initialize = PollDelegate.headers_received, PollDelegate._take, TalksHandler.initialize
+
+        # A request the fast path takes passes _take, whether Tornado or the
+        # delegate's own read of the next head (_read_next) read it; one it
+        # does not take reaches Tornado's headers_received and is routed.
+        def recorded_take(delegate, *args):
+            taken = take(delegate, *args)
+            if taken:
+                self.taken.append("fast")
+            return taken
 
         def recorded_headers_received(delegate, start_line, headers):
             result = headers_received(delegate, start_line, headers)
-            self.taken.append("routed" if delegate.routed is not None else "fast")
+            if delegate.routed is not None:
+                self.taken.append("routed")
             return result
 
         def recorded_initialize(handler, **kwargs):
@@ -195,6 +205,7 @@ class Paths:
             initialize(handler, **kwargs)
 
         monkeypatch.setattr(PollDelegate, "headers_received", recorded_headers_received)
+        monkeypatch.setattr(PollDelegate, "_take", recorded_take)
         monkeypatch.setattr(TalksHandler, "initialize", recorded_initialize)
 
 
