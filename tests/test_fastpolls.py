@@ -871,3 +871,23 @@ async def test_a_connection_answered_by_the_fast_path_keeps_taking_the_fast_path
     assert [titles(reply) for reply in replies[2:]] == [["One"], ["One"], ["Two"]]
     assert replies[1].json()["title"] == "One"
     assert parked_kinds(server) == []
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_behind_a_proxy_every_poll_on_a_kept_alive_connection_counts_the_address_the_proxy_names(serve, paths):
+    server = serve(xheaders=True, max_polls_per_ip=1, slow_lane_interval=0.5)
+    client = await server.connect()
+    limits = server.app.limits
+
+    client.send("/talks?changesSince=0", headers={"X-Real-Ip": "10.0.0.1"})
+    await client.reply()
+    client.send(f"/talks?changesSince={START}", headers={"X-Real-Ip": "10.0.0.1"})
+    await parked(server, 1)
+    other = await server.poll(START, headers={"X-Forwarded-For": "10.0.0.1"})  # over 10.0.0.1's cap
+    await until(lambda: len(server.board.slow_lane) == 1, timeout=READ_TIMEOUT)
+
+    assert paths.taken == ["fast", "fast", "routed"]
+    assert paths.handed_back == 1  # the second poll, to be read with its X-Real-Ip applied
+    assert (limits.polls_held("10.0.0.1"), limits.polls_held("127.0.0.1")) == (2, 0)
+    await server.board.put("Juggling", "Kim", "Three balls")
+    assert titles(await client.reply()) == ["Juggling"] and titles(await other.reply()) == ["Juggling"]

@@ -74,6 +74,12 @@ _PLAIN_HEAD = re.compile(
 )
 
 
+# Headers HTTPServer(xheaders=True) reads the client's address or scheme
+# from, applying them to the connection for one request only when
+# Tornado reads that request; a head with any of them is left to Tornado.
+_PROXY_HEADERS = ("x-forwarded-for", "x-real-ip", "x-scheme", "x-forwarded-proto")
+
+
 class RawHeaders(dict):
     """The header lines of a head the lean read took, as far as the fast
     path's checks ask them (``in``, ``get``, ``get_all``, names in any case)."""
@@ -271,7 +277,11 @@ class PollDelegate:
         match = _PLAIN_HEAD.fullmatch(head.decode("latin1"))
         if match is not None:
             headers = raw_headers(match.group(2))
-            if headers is not None and self._take("GET", "HTTP/1.1", match.group(1), headers):
+            if (
+                headers is not None
+                and not any(dict.__contains__(headers, name) for name in _PROXY_HEADERS)
+                and self._take("GET", "HTTP/1.1", match.group(1), headers)
+            ):
                 self.finish()
                 return
         # Not ours: Tornado reads this head again and answers it as usual.
