@@ -118,6 +118,19 @@ def send_now(stream: IOStream, data: bytes) -> int | None:
         return None
 
 
+def unread(stream: IOStream, data: bytes) -> None:
+    """Put ``data``, just read from ``stream``, back in front of its read
+    buffer, so the next read returns it again.
+
+    Public equivalent: none; IOStream has no peek.  The fast path reads a
+    kept-alive connection's next request head itself (fastpolls.py) and,
+    when it is not a plain poll, hands it back to Tornado's own request
+    loop to be read and answered as if the fast path had never looked.
+    """
+    stream._read_buffer[:0] = data  # type: ignore[attr-defined]
+    stream._read_buffer_size += len(data)  # type: ignore[attr-defined]
+
+
 def _nodelay_stays_on(value: bool) -> None:
     """IOStream.set_nodelay for a stream whose TCP_NODELAY stays on."""
 
@@ -210,6 +223,8 @@ def missing() -> list[str]:
         "IOStream._write_buffer": _uses(io.BaseIOStream, "__init__", "_write_buffer")
         and hasattr(getattr(io, "_StreamBuffer", None), "__len__"),
         "IOStream.socket": _uses(io.IOStream, "__init__", "socket"),
+        "IOStream._read_buffer, _read_buffer_size": _uses(io.BaseIOStream, "_consume", "_read_buffer", "_read_buffer_size")
+        and _uses(io.BaseIOStream, "__init__", "_read_buffer", "_read_buffer_size"),
         "RequestHandler.on_connection_close and _body_future": _uses(
             web.RequestHandler, "on_connection_close", "_body_future"
         ),

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from talkserver import collector
+from talkserver import collector, tornado_private
 from talkserver.app import make_app
 from talkserver.follow.fastpolls import PollDelegate
 from talkserver.handlers import TalksHandler
@@ -178,11 +178,28 @@ class Paths:
     def __init__(self, monkeypatch) -> None:
         self.taken: list[str] = []
         self.handlers = 0
-        headers_received, initialize = PollDelegate.headers_received, TalksHandler.initialize
+        # Heads the delegate read itself and gave back to Tornado (_read_next).
+        self.handed_back = 0
+        unread = tornado_private.unread
+
+        def recorded_unread(stream, data):
+            self.handed_back += 1
+            unread(stream, data)
+        headers_received, take, initialize = PollDelegate.headers_received, PollDelegate._take, TalksHandler.initialize
+
+        # A request the fast path takes passes _take, whether Tornado or the
+        # delegate's own read of the next head (_read_next) read it; one it
+        # does not take reaches Tornado's headers_received and is routed.
+        def recorded_take(delegate, *args):
+            taken = take(delegate, *args)
+            if taken:
+                self.taken.append("fast")
+            return taken
 
         def recorded_headers_received(delegate, start_line, headers):
             result = headers_received(delegate, start_line, headers)
-            self.taken.append("routed" if delegate.routed is not None else "fast")
+            if delegate.routed is not None:
+                self.taken.append("routed")
             return result
 
         def recorded_initialize(handler, **kwargs):
@@ -190,6 +207,8 @@ class Paths:
             initialize(handler, **kwargs)
 
         monkeypatch.setattr(PollDelegate, "headers_received", recorded_headers_received)
+        monkeypatch.setattr(PollDelegate, "_take", recorded_take)
+        monkeypatch.setattr(tornado_private, "unread", recorded_unread)
         monkeypatch.setattr(TalksHandler, "initialize", recorded_initialize)
 
 
@@ -749,3 +768,114 @@ async def test_a_client_resetting_its_connection_while_waiting_is_forgotten_and_
     assert [titles(reply) for reply in replies] == [["Juggling"], ["Juggling"]]
     assert later.status == 200 and titles(later) == ["Juggling"]
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# -- 10. the next request on a connection the fast path answered ---------------
+#
+# After a fast answer the PollDelegate reads the connection's next request
+# head itself (fastpolls._read_next) and hands anything but a plain poll
+# back to Tornado.  Each case: the same two requests on one connection, to
+# a fast server and to a handlers-only one; the second answers must be the
+# same (only the Date may differ), and the fast server must route exactly
+# those the fast path may not serve.
+
+NEXT_REQUESTS = {
+    # name: (the second request's bytes, the way it goes: "fast", "routed",
+    # or None when Tornado's request parsing refuses it before any delegate).
+    # Heads the lean read does not recognise but Tornado's parsing makes
+    # plain (repeated headers, bare line feeds, a blank line first) still
+    # go "fast", through Tornado's read and headers_received.
+    "a plain poll": (request("/talks?changesSince=0"), "fast"),
+    "a plain poll, header names in other cases": (
+        b"GET /talks?changesSince=0 HTTP/1.1\r\nhOST: localhost\r\naccept: */*\r\n\r\n", "fast"),
+    "a poll asking to close": (request("/talks?changesSince=0", headers={"Connection": "close"}), "routed"),
+    "HEAD": (request("/talks?changesSince=0", method="HEAD"), "routed"),
+    "HTTP/1.0": (request("/talks?changesSince=0", version="HTTP/1.0"), "routed"),
+    "a Host not allowed": (request("/talks?changesSince=0", host="elsewhere.example"), "routed"),
+    "a Host Tornado refuses": (request("/talks?changesSince=0", host="bad host"), None),
+    "no Host": (request("/talks?changesSince=0", host=None), None),
+    "a cursor that is not a number": (request("/talks?changesSince=soon"), "routed"),
+    "Expect: 100-continue": (request("/talks?changesSince=0", headers={"Expect": "100-continue"}), "routed"),
+    "a header sent twice": (request("/talks?changesSince=0", headers={"X-A": "1"}).replace(b"X-A: 1", b"X-A: 1\r\nX-A: 2"), "fast"),
+    "bare line feeds": (b"GET /talks?changesSince=0 HTTP/1.1\nHost: localhost\n\n", "fast"),
+    "a blank line first": (b"\r\n" + request("/talks?changesSince=0"), "fast"),
+    "a body": (request("/talks?changesSince=0", headers={"Content-Length": "2"}, body=b"{}"), "routed"),
+    "a write with a body": (put_request("Three"), "routed"),
+    "a talk": (request("/talks/One"), "routed"),
+}
+
+
+async def answer_after_a_fast_poll(server: Server, second: bytes) -> tuple[Reply, bool]:
+    """The answer to ``second`` sent after an answered poll on one
+    connection, and whether the server then closed that connection."""
+    await server.board.put("One", "Kim", "s")
+    client = await server.connect()
+    client.send("/talks?changesSince=0")
+    first = await client.reply()
+    assert titles(first) == ["One"]
+    client.send_raw(second)
+    reply = await client.reply(head_only=second.startswith(b"HEAD"))
+    closes = reply.headers.get("connection", "").lower() == "close"
+    if closes:
+        assert await client.closed_by_server()
+    return reply, closes
+
+
+@pytest.mark.gen_test(timeout=20)
+@pytest.mark.parametrize("name", list(NEXT_REQUESTS))
+async def test_the_next_request_on_a_fast_answered_connection_is_answered_as_the_handlers_answer_it(serve, paths, name):
+    second, way = NEXT_REQUESTS[name]
+    settings = {"allowed_hosts": ["localhost"]}
+    fast, handlers = serve(fast_polls=True, **settings), serve(fast_polls=False, **settings)
+
+    fast_reply, fast_closes = await answer_after_a_fast_poll(fast, second)
+    handler_reply, handler_closes = await answer_after_a_fast_poll(handlers, second)
+
+    assert paths.taken == ["fast"] + ([way] if way else [])
+    assert paths.handed_back == (0 if name.startswith("a plain poll") else 1)
+    assert fast_reply.without_date() == handler_reply.without_date()
+    assert fast_closes == handler_closes
+    await until(lambda: fast.app.limits.polls_held("127.0.0.1") == 0, timeout=READ_TIMEOUT)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_connection_answered_by_the_fast_path_keeps_taking_the_fast_path_after_a_routed_request(serve, paths):
+    server = serve()
+    await server.board.put("One", "Kim", "s")
+    client = await server.connect()
+    replies = []
+
+    for target in ("/talks?changesSince=0", "/talks/One", "/talks?changesSince=0", "/talks?changesSince=0"):
+        client.send(target)
+        replies.append(await client.reply())
+    client.send(f"/talks?changesSince={server.board.store.head}")
+    await parked(server, 1)
+    await server.board.put("Two", "Kim", "s")
+    replies.append(await client.reply())
+
+    assert paths.taken == ["fast", "routed", "fast", "fast", "fast"] and paths.handlers == 0
+    assert paths.handed_back == 1  # /talks/One; the polls after it are read by the delegate
+    assert [reply.status for reply in replies] == [200] * 5
+    assert [titles(reply) for reply in replies[2:]] == [["One"], ["One"], ["Two"]]
+    assert replies[1].json()["title"] == "One"
+    assert parked_kinds(server) == []
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_behind_a_proxy_every_poll_on_a_kept_alive_connection_counts_the_address_the_proxy_names(serve, paths):
+    server = serve(xheaders=True, max_polls_per_ip=1, slow_lane_interval=0.5)
+    client = await server.connect()
+    limits = server.app.limits
+
+    client.send("/talks?changesSince=0", headers={"X-Real-Ip": "10.0.0.1"})
+    await client.reply()
+    client.send(f"/talks?changesSince={START}", headers={"X-Real-Ip": "10.0.0.1"})
+    await parked(server, 1)
+    other = await server.poll(START, headers={"X-Forwarded-For": "10.0.0.1"})  # over 10.0.0.1's cap
+    await until(lambda: len(server.board.slow_lane) == 1, timeout=READ_TIMEOUT)
+
+    assert paths.taken == ["fast", "fast", "routed"]
+    assert paths.handed_back == 1  # the second poll, to be read with its X-Real-Ip applied
+    assert (limits.polls_held("10.0.0.1"), limits.polls_held("127.0.0.1")) == (2, 0)
+    await server.board.put("Juggling", "Kim", "Three balls")
+    assert titles(await client.reply()) == ["Juggling"] and titles(await other.reply()) == ["Juggling"]

@@ -30,6 +30,16 @@ holds one answer here, as Tornado's own ``finish()`` would have it.
 What a parked poll keeps is this one small object plus Tornado's
 connection; the handler's request, handler and coroutine are never made,
 which is also most of a waiting client's memory.
+
+Once it has answered, a ``PollDelegate`` reads its connection's next
+request head itself (``_read_next``) instead of handing the connection
+back to Tornado's request loop, whose coroutine, connection object,
+header parsing and delegate cost as much again as the answer.  A head
+that is a plain poll, recognised by one regular expression over the raw
+bytes and then put through the very checks above, is served by the same
+delegate; any other head is put back in the stream's read buffer
+(tornado_private.unread) and Tornado's loop reads it as if the fast path
+had never looked.
 """
 
 from __future__ import annotations
@@ -40,8 +50,9 @@ from email.utils import formatdate
 
 import tornado
 from tornado.httputil import HTTPHeaders, RequestStartLine
+from tornado.iostream import StreamClosedError
 
-from .. import guard
+from .. import guard, tornado_private
 from . import lifecycle, wakeup
 from ..handlers import API_HEADERS, JSON_TYPE
 from ..validation import BadInput, parse_cursor
@@ -51,6 +62,56 @@ PREFIX = "/talks?changesSince="
 # port.  Anything else (none, several, odd characters) goes to Tornado,
 # whose request object refuses what RFC 9112 says to refuse.
 _PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", re.ASCII)
+
+# The end of a request head, as Tornado's HTTP1Connection looks for it.
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+# A whole head the lean read may serve: a GET of the poll target over
+# HTTP/1.1, then header lines of token characters, printable values, CRLF
+# only.  Anything else (other methods, bare LFs, folded or odd lines) is
+# handed back to Tornado, which reads it exactly as it would have.
+_PLAIN_HEAD = re.compile(
+    r"GET (/talks\?changesSince=[!-~]*) HTTP/1\.1\r\n((?:[A-Za-z0-9-]+:[\t -~]*\r\n)*)\r\n", re.ASCII
+)
+
+
+# Headers HTTPServer(xheaders=True) reads the client's address or scheme
+# from, applying them to the connection for one request only when
+# Tornado reads that request; a head with any of them is left to Tornado.
+_PROXY_HEADERS = ("x-forwarded-for", "x-real-ip", "x-scheme", "x-forwarded-proto")
+
+
+class RawHeaders(dict):
+    """The header lines of a head the lean read took, as far as the fast
+    path's checks ask them (``in``, ``get``, ``get_all``, names in any case)."""
+
+    __slots__ = ("lines",)
+
+    def get(self, name, default=None):
+        return dict.get(self, name.lower(), default)
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name.lower())
+
+    def get_all(self):
+        return self.lines
+
+
+def raw_headers(block: str) -> RawHeaders | None:
+    """The headers of ``block`` (the lines ``_PLAIN_HEAD`` matched), or
+    None when a name repeats (left to Tornado, which joins them)."""
+    headers = RawHeaders()
+    lines = []
+    for line in block.split("\r\n")[:-1]:
+        name, _, value = line.partition(":")
+        value = value.strip(" \t")
+        key = name.lower()
+        if key in headers.keys():
+            return None
+        dict.__setitem__(headers, key, value)
+        lines.append((name, value))
+    headers.lines = lines
+    return headers
+
 
 # The header block of a 200 answer, as ApiHandler renders it; only the
 # Date changes, so it is rendered once a second and shared.
@@ -97,18 +158,27 @@ class PollDelegate:
 
     def headers_received(self, start_line: RequestStartLine, headers: HTTPHeaders):
         self.app.idle.waiting.pop(self.conn, None)
-        cursor = self._plain_poll_cursor(start_line, headers)
-        if cursor is not None:
-            address = self.conn.context.remote_ip or ""
-            # Past the cap the handlers' slow lane (or their 429) takes it.
-            if lifecycle.admit_under_cap(self.app, self, address):
-                self.cursor = cursor
-                self.address = address
-                self.target = start_line.path
-                self.started = time.monotonic()
-                return None
+        if self._take(start_line.method, start_line.version, start_line.path, headers):
+            return None
         self.routed = self.app.route_request(self.server_conn, self.conn)
         return self.routed.headers_received(start_line, headers)
+
+    def _take(self, method: str, version: str, target: str, headers) -> bool:
+        """Whether this request is a plain poll the fast path serves; if so
+        it is counted against its address and its cursor noted."""
+        cursor = self._plain_poll_cursor(method, version, target, headers)
+        if cursor is None:
+            return False
+        address = self.conn.context.remote_ip or ""
+        # Past the cap the handlers' slow lane (or their 429) takes it.
+        if not lifecycle.admit_under_cap(self.app, self, address):
+            return False
+        self.cursor = cursor
+        self.address = address
+        self.target = target
+        self.started = time.monotonic()
+        self.gone = False
+        return True
 
     def data_received(self, chunk: bytes):
         # A plain poll has no body, so only a routed request gets here.
@@ -166,26 +236,71 @@ class PollDelegate:
             # once everything written before it is sent.
             stream.write(b"").add_done_callback(self._sent)
         else:
-            # The answer is in the kernel's hands: Tornado may read the next request.
-            self.conn.finish()
+            # The answer is in the kernel's hands: read the next request.
+            self._read_next()
 
     def _sent(self, future) -> None:
         if future.exception() is None:
-            self.conn.finish()
+            self._read_next()
         # else the client left: Tornado ends the connection by itself.
+
+    # -- the next request on this connection -----------------------------
+
+    def _read_next(self) -> None:
+        """Read the connection's next request head here, not in Tornado's
+        request loop, which still waits for this request to finish.
+
+        The stream's close callback is still Tornado's (set while it waits),
+        so a client that leaves, the idle timeout, a head over
+        ``max_header_size`` or a shutdown each close the stream and end
+        Tornado's loop as they would have; nothing is left to do here then.
+        """
+        conn = self.conn
+        stream = conn.stream
+        if stream is None:
+            return
+        idle = self.app.idle
+        if idle.timeout:
+            idle.waiting[conn] = idle.tick  # waiting for headers (talkserver.idle)
+        try:
+            head = stream.read_until_regex(_HEAD_END, max_bytes=conn.params.max_header_size)
+        except StreamClosedError:
+            return
+        head.add_done_callback(self._head_read)
+
+    def _head_read(self, future) -> None:
+        conn = self.conn
+        self.app.idle.waiting.pop(conn, None)
+        if future.exception() is not None:
+            return  # the stream is closed (see _read_next)
+        head = future.result()
+        match = _PLAIN_HEAD.fullmatch(head.decode("latin1"))
+        if match is not None:
+            headers = raw_headers(match.group(2))
+            if (
+                headers is not None
+                and not any(dict.__contains__(headers, name) for name in _PROXY_HEADERS)
+                and self._take("GET", "HTTP/1.1", match.group(1), headers)
+            ):
+                self.finish()
+                return
+        # Not ours: Tornado reads this head again and answers it as usual.
+        tornado_private.unread(conn.stream, head)
+        conn.finish()
 
     # -- which requests are plain polls ----------------------------------
 
-    def _plain_poll_cursor(self, start_line: RequestStartLine, headers: HTTPHeaders) -> int | None:
+    def _plain_poll_cursor(self, method: str, version: str, target: str, headers) -> int | None:
         """The cursor of a plain long poll the fast path may answer; None
-        for any other request."""
-        target = start_line.path
+        for any other request.  ``headers``: HTTPHeaders, or the lean
+        read's RawHeaders."""
         if (
-            start_line.method != "GET"
-            or start_line.version != "HTTP/1.1"
+            method != "GET"
+            or version != "HTTP/1.1"
             or not target.startswith(PREFIX)
             or "Content-Length" in headers
             or "Transfer-Encoding" in headers
+            or "Expect" in headers
             or "close" in headers.get("Connection", "").lower()
             or lifecycle.transport_for(headers, True) != lifecycle.LONG_POLL
         ):
