@@ -12,6 +12,8 @@ without waiting 90 seconds.  The helpers themselves live in
 tests/harness.py (docs/testing.md).
 """
 
+import gc
+
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
@@ -148,3 +150,20 @@ def app(store):
 @pytest.fixture
 def board(app):
     return app.board
+
+
+@pytest.fixture
+def no_collector():
+    """The cyclic garbage collector off for the test (after one full collection),
+    so what a test leaves in cycles stays for it to find; back as it was after."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
+        gc.collect()

@@ -68,18 +68,6 @@ class Recorder:
         return len(self.parked) if app.fast_path else 0
 
 
-@pytest.fixture
-def no_collector():
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 @pytest.fixture(params=["fast path", "handlers"])
 def server(request, io_loop, no_collector):
     app = make_app(MemoryStore(), poll_timeout=1.0, fast_polls=request.param == "fast path")

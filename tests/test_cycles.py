@@ -128,21 +128,6 @@ def servers_garbage(found: list) -> list[str]:
     return sorted(set(mine))
 
 
-@pytest.fixture
-def no_collector():
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        if was_enabled:
-            gc.enable()
-        gc.collect()
-
-
 async def collect_after(server: Server) -> list[str]:
     """Once every connection has ended: what a collection finds of the server's."""
     await until(lambda: server.http.ended == server.http.opened)
