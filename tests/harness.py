@@ -427,14 +427,20 @@ async def send(
     return parse_answer(raw)
 
 
-def parse_answer(raw: bytes) -> Answer:
-    """An HTTP/1.1 answer with a Content-Length (or none, for 204) from its bytes."""
+def split_answer(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    """An HTTP answer's bytes as (status line, headers by lower-case name, the bytes after the head)."""
     head, _, rest = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = {}
     for line in header_lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    return status_line, headers, rest
+
+
+def parse_answer(raw: bytes) -> Answer:
+    """An HTTP/1.1 answer with a Content-Length (or none, for 204) from its bytes."""
+    status_line, headers, rest = split_answer(raw)
     length = int(headers.get("content-length", "0"))
     return Answer(int(status_line.split()[1]), headers, rest[:length])
 

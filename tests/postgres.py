@@ -169,3 +169,19 @@ class BlockingStore:
         if not self._loop.is_closed():
             self._loop.run_until_complete(self._store.close())
             self._loop.close()
+
+
+# -- freezing a cluster (SIGSTOP) --------------------------------------------------
+
+
+def processes(cluster):
+    """The pids of a cluster: the postmaster and all of its children."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True).stdout
+    return [postmaster, *(int(p) for p in out.split())]
+
+
+def stopped(pid):
+    """Whether ``pid`` is stopped by a signal (state T in /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"

@@ -13,7 +13,7 @@ from talkserver import make_app
 from talkserver.auth import write_password_file
 from talkserver.follow.conditional import if_none_match, requested_wait, ANY
 
-from .harness import parse_answer, until
+from .harness import parse_answer, split_answer, until
 from .sse import StreamClient
 
 POLL_TIMEOUT = 30.0
@@ -61,12 +61,8 @@ async def exchange(port, method, path, headers=None, version="HTTP/1.1"):
 
 
 def head_and_rest(raw):
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    """The answer split as ``split_answer`` does, without its Date (which moves between two answers)."""
+    status_line, headers, rest = split_answer(raw)
     headers.pop("date", None)
     return status_line, headers, rest
 

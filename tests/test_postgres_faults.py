@@ -10,7 +10,6 @@ import itertools
 import os
 import re
 import signal
-import subprocess
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
@@ -18,7 +17,7 @@ from urllib.parse import quote
 import pytest
 
 from .harness import ServerProcess, send, until
-from .postgres import Cluster, port_free_now
+from .postgres import Cluster, port_free_now, processes, stopped
 
 # Short, so the tests do not wait long; the default is 5 s.
 DB_TIMEOUT = 2
@@ -48,19 +47,6 @@ async def board(server):
     return {t["title"] for t in (await send(server.port, "GET", "/talks")).json()["talks"]}
 
 
-
-
-def processes(cluster):
-    """The pids of a cluster: the postmaster and all of its children."""
-    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True).stdout
-    return [postmaster, *(int(p) for p in out.split())]
-
-
-def stopped(pid):
-    """Whether ``pid`` is stopped by a signal (state T in /proc)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] == "T"
 
 
 def log_records(text):

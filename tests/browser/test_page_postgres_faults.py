@@ -12,8 +12,7 @@ import signal
 import pytest
 from playwright.sync_api import expect
 
-from ..postgres import Cluster
-from ..test_postgres_faults import processes, stopped
+from ..postgres import Cluster, processes, stopped
 from .conftest import Server
 from .page import propose, sign_in, talk
 
