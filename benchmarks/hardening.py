@@ -135,7 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "logins":
             sys.path.insert(0, args.code or str(Path(__file__).resolve().parent.parent))
-            from talkserver.auth import hash_password, write_password_file
+            from talkserver.access.auth import hash_password, write_password_file
             write_password_file(Path(tmp) / "passwords", {"ada": hash_password("right")})
             options.append(f"--password-file={Path(tmp) / 'passwords'}")
         with ServerProcess(*options, cwd=Path(tmp)) as server:

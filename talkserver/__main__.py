@@ -1,5 +1,5 @@
 """``python -m talkserver``: the same as the ``talkserver`` command."""
 
-from .cli import main
+from talkserver.command.cli import main
 
 main()

@@ -40,8 +40,8 @@ from typing import Awaitable, Callable
 
 import tornado.netutil
 
-from talkserver.auth import hash_password, write_password_file
-from talkserver.collector import HTTPServer
+from talkserver.access.auth import hash_password, write_password_file
+from talkserver.operation.collector import HTTPServer
 
 # The one overall timeout a test waits for a condition.  Generous: the
 # suite must pass on a machine whose cores other processes keep busy.

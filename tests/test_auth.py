@@ -10,7 +10,7 @@ import time
 import pytest
 
 from talkserver import make_app
-from talkserver.auth import (
+from talkserver.access.auth import (
     PasswordFileError,
     check_password,
     cookie_secret_path,
@@ -67,7 +67,7 @@ def test_a_broken_password_file_is_refused_with_its_line_number(tmp_path):
 
 def passwd(*args, stdin=""):
     return subprocess.run(
-        [sys.executable, "-m", "talkserver.passwd", *args], input=stdin, capture_output=True, text=True
+        [sys.executable, "-m", "talkserver.command.passwd", *args], input=stdin, capture_output=True, text=True
     )
 
 

@@ -116,7 +116,7 @@ def test_a_plain_install_ships_the_page(tmp_path):
     shipped = target / "talkserver" / "www" / "index.html"
     assert shipped.read_bytes() == (ROOT / "www" / "index.html").read_bytes()
     out = subprocess.run(
-        [sys.executable, "-c", "from talkserver.app import default_static_path as d; print(d())"],
+        [sys.executable, "-c", "from talkserver.web.app import default_static_path as d; print(d())"],
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
         timeout=30,
     )

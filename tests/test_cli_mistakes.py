@@ -85,7 +85,7 @@ def test_a_command_line_mistake_is_refused_in_one_line(tmp_path, case):
 
 
 CONFIG_MISTAKES = {
-    "misspelled password_file": ('port = 8000\npasword_file = "/etc/talkserver.passwords"\n',
+    "misspelled password_file": ('port = 8000\npasword_file = "/etc/talkserver.access.passwords"\n',
                                  ["line 2: pasword_file: no such option", "did you mean password_file?"]),
     "misspelled protect_talks": ("protect_talk = True\n", ["line 1: protect_talk: no such option", "did you mean protect_talks?"]),
     "syntax error": ("port = 8000\nport 9000\n", ["line 2: not valid Python"]),

@@ -4,7 +4,7 @@ Each test switches the cyclic garbage collector off, parks real long polls
 on a real server over real sockets, lets them end (answered by a change, by
 the poll timeout, or by the client leaving) and then checks, through weak
 references to the handlers, that every handler is gone without a
-collection.  talkserver/collector.py relies on this: it runs full
+collection.  talkserver/operation/collector.py relies on this: it runs full
 collections rarely, which is only safe when the hot path leaves no cycles.
 """
 
@@ -16,11 +16,11 @@ import weakref
 
 import pytest
 
-from talkserver import collector
-from talkserver.app import make_app
+from talkserver.operation import collector
+from talkserver.web.app import make_app
 from talkserver.follow.fastpolls import PollDelegate
-from talkserver.handlers import TalksHandler
-from talkserver.metrics import Metrics
+from talkserver.web.handlers import TalksHandler
+from talkserver.operation.metrics import Metrics
 from talkserver.stores import MemoryStore
 from talkserver.follow.waiters import Waiters
 

@@ -1,6 +1,6 @@
 """No request leaves a reference cycle behind: the tuned collector's premise.
 
-talkserver/collector.py runs full collections only once a minute, which is
+talkserver/operation/collector.py runs full collections only once a minute, which is
 safe only if no request path leaves garbage that reference counting cannot
 free.  Each test here runs one kind of request to its end (every transport:
 answered, timed out, refused, bad input, client gone while parked, client
@@ -22,8 +22,8 @@ import types
 import pytest
 import tornado.netutil
 
-from talkserver import collector, shutdown
-from talkserver.app import make_app
+from talkserver.operation import collector, shutdown
+from talkserver.web.app import make_app
 from talkserver.stores import MemoryStore
 
 from .harness import until

@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from talkserver import collector, tornado_private
-from talkserver.app import make_app
+from talkserver.operation import collector
+from talkserver.wire import tornado_private
+from talkserver.web.app import make_app
 from talkserver.follow.fastpolls import PollDelegate
-from talkserver.handlers import TalksHandler
-from talkserver.shutdown import drain
+from talkserver.web.handlers import TalksHandler
+from talkserver.operation.shutdown import drain
 from talkserver.stores import MemoryStore
 
 from .conftest import PASSWORD

@@ -1,4 +1,4 @@
-"""The idle timeout with one timer for every connection (talkserver/idle.py):
+"""The idle timeout with one timer for every connection (talkserver/wire/idle.py):
 connections that wait for a request's headers too long are closed; a
 parked poll, which has sent its headers, is not."""
 

@@ -11,7 +11,7 @@ from .postgres import BlockingStore
 
 
 def run_import(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "talkserver.importer", *args],
+    return subprocess.run([sys.executable, "-m", "talkserver.command.importer", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=60)
 
 

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from talkserver import make_app
-from talkserver.auth import write_password_file
+from talkserver.access.auth import write_password_file
 from talkserver.follow.conditional import if_none_match, requested_wait, ANY
 
 from .harness import parse_answer, split_answer, until
@@ -219,7 +219,7 @@ async def test_a_client_gone_during_a_slow_password_check_is_never_parked(port, 
 
 
 def test_the_installed_tornado_has_everything_talkserver_reaches_past_its_api_for():
-    from talkserver import tornado_private
+    from talkserver.wire import tornado_private
 
     assert tornado_private.missing() == []
     assert tornado_private.problem() is None
@@ -227,7 +227,7 @@ def test_the_installed_tornado_has_everything_talkserver_reaches_past_its_api_fo
 
 FAKE_TORNADO = (
     "import sys, tornado, tornado.web; tornado.version_info = {version!r}; tornado.version = {text!r};"
-    "{extra} from talkserver.cli import main; main(['--port=0'])"
+    "{extra} from talkserver.command.cli import main; main(['--port=0'])"
 )
 
 
@@ -339,7 +339,7 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
 @pytest.mark.gen_test
 async def test_a_local_store_has_every_hook_of_the_store_contract_with_its_default(tmp_path):
     from talkserver.stores import MemoryStore, SQLiteStore, Store
-    from talkserver.metrics import Metrics
+    from talkserver.operation.metrics import Metrics
 
     for store in (MemoryStore(), SQLiteStore(str(tmp_path / "talks.db"))):
         assert Store in type(store).__mro__  # the hooks' defaults come from the contract
@@ -358,7 +358,7 @@ def metric_families(metrics) -> set[str]:
 
 
 def test_the_applications_services_are_declared_on_its_class(app):
-    from talkserver.app import TalkApplication
+    from talkserver.web.app import TalkApplication
 
     declared = TalkApplication.__annotations__
     for name in ("board", "metrics", "streams", "conditional", "limits", "access", "slow_readers", "draining"):

@@ -13,7 +13,7 @@ import pytest
 
 from talkserver import make_app
 from talkserver.follow.slowlane import SlowLane
-from talkserver.limits import Limits, TokenBucket
+from talkserver.access.limits import Limits, TokenBucket
 
 from .conftest import POLL_TIMEOUT
 from .harness import WAIT, FrozenClock, ServerProcess, send, until, metric_reaches

@@ -333,8 +333,8 @@ def test_the_load_tester_imports_nothing_of_the_server():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
 
-    # talkserver.openfiles is shared by both and imports nothing.
-    shared = {"talkserver.openfiles"}
+    # talkserver.operation.openfiles is shared by both and imports nothing.
+    shared = {"talkserver.operation.openfiles"}
     server_modules = [
         m for m in loaded
         if m.startswith("talkserver.") and not m.startswith("talkserver.loadtest") and m not in shared

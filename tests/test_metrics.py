@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from talkserver.metrics import Metrics
+from talkserver.operation.metrics import Metrics
 
 from .harness import ServerProcess, send, until
 from .sse import StreamClient
@@ -255,7 +255,7 @@ def test_a_labelled_counter_with_no_count_yet_is_listed_empty():
 
 WORKER = """
 import json, os, sys
-from talkserver.metrics import Metrics, share_between_workers
+from talkserver.operation.metrics import Metrics, share_between_workers
 
 directory, number, given = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 share_between_workers(directory, number)

@@ -12,8 +12,9 @@ import threading
 
 import pytest
 
-from talkserver import auth, make_app, passwords
-from talkserver.passwords import WORKERS, PasswordChecks
+from talkserver.access import auth, passwords
+from talkserver import make_app
+from talkserver.access.passwords import WORKERS, PasswordChecks
 
 from .conftest import POLL_TIMEOUT
 from .harness import WAIT, basic, send, until, write_passwords

@@ -205,7 +205,7 @@ def test_processes_refuse_a_store_they_cannot_share(tmp_path):
 
 def test_a_postgresql_url_without_the_driver_names_the_extra(tmp_path):
     # asyncpg made unimportable, as on an installation without the extra.
-    code = "import sys; sys.modules['asyncpg'] = None; from talkserver.cli import main; main()"
+    code = "import sys; sys.modules['asyncpg'] = None; from talkserver.command.cli import main; main()"
     done = subprocess.run([sys.executable, "-c", code, "--db=postgresql://u@127.0.0.1:1/x"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=20)
     assert done.returncode == 2

@@ -107,7 +107,7 @@ def test_an_owner_set_in_one_process_is_known_to_the_other(two):
 def test_a_process_that_has_not_seen_the_owner_yet_still_cannot_take_the_talk(two):
     a, b = two
     a.put("x", "p", "s", owner="browser-1")
-    # b has not caught up, so its own check (talkserver.auth) would let these through.
+    # b has not caught up, so its own check (talkserver.access.auth) would let these through.
     with pytest.raises(NotTheOwner):
         b.put("x", "Eve", "mine now", owner="browser-2")
     with pytest.raises(NotTheOwner):

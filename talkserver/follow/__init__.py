@@ -6,5 +6,5 @@ slowlane.py hold parked polls; wakeup.py writes the shared bytes;
 lifecycle.py holds the steps every transport takes (which transport,
 admit, park, release); and each transport (fastpolls.py for plain long
 polls, conditional.py for ETag polls, streams.py for event streams, the
-handlers' long poll in talkserver.handlers) is a module of its own.
+handlers' long poll in talkserver.web.handlers) is a module of its own.
 """

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import inspect
 
-from .feed import Feed
-from ..metrics import Metrics
-from .slowlane import DEFAULT_INTERVAL, SlowLane
-from ..stores import Store
-from .streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT, Streams
-from .waiters import Waiters
+from talkserver.follow.feed import Feed
+from talkserver.operation.metrics import Metrics
+from talkserver.follow.slowlane import DEFAULT_INTERVAL, SlowLane
+from talkserver.stores import Store
+from talkserver.follow.streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT, Streams
+from talkserver.follow.waiters import Waiters
 
 
 class Board:

@@ -36,8 +36,8 @@ from typing import Callable
 from tornado.ioloop import IOLoop
 from tornado.web import RequestHandler
 
-from . import lifecycle, wakeup
-from .board import Board
+from talkserver.follow import lifecycle, wakeup
+from talkserver.follow.board import Board
 
 API_MODES = ("changes", "etag")
 JSON_TYPE = "application/json; charset=UTF-8"

@@ -52,10 +52,11 @@ import tornado
 from tornado.httputil import HTTPHeaders, RequestStartLine
 from tornado.iostream import StreamClosedError
 
-from .. import guard, tornado_private
-from . import lifecycle, wakeup
-from ..handlers import API_HEADERS, JSON_TYPE
-from ..validation import BadInput, parse_cursor
+from talkserver.access import guard
+from talkserver.wire import tornado_private
+from talkserver.follow import lifecycle, wakeup
+from talkserver.web.handlers import API_HEADERS, JSON_TYPE
+from talkserver.wire.validation import BadInput, parse_cursor
 
 PREFIX = "/talks?changesSince="
 # Host values the fast path takes as they are: a name or address and a
@@ -152,7 +153,7 @@ class PollDelegate:
         self.gone = False
         idle = app.idle
         if idle.timeout:
-            idle.waiting[request_conn] = idle.tick  # waiting for headers (talkserver.idle)
+            idle.waiting[request_conn] = idle.tick  # waiting for headers (talkserver.wire.idle)
 
     # -- HTTPMessageDelegate ---------------------------------------------
 
@@ -261,7 +262,7 @@ class PollDelegate:
             return
         idle = self.app.idle
         if idle.timeout:
-            idle.waiting[conn] = idle.tick  # waiting for headers (talkserver.idle)
+            idle.waiting[conn] = idle.tick  # waiting for headers (talkserver.wire.idle)
         try:
             head = stream.read_until_regex(_HEAD_END, max_bytes=conn.params.max_header_size)
         except StreamClosedError:

@@ -6,7 +6,7 @@ shared.  The cache is keyed by the store's ``head``, which every change
 moves, so a stale answer is never served.
 
 With ``--protect-talks`` each talk is shown with its owner's public tag
-(``owner_tag``, see talkserver.auth): the same for every reader, so the
+(``owner_tag``, see talkserver.access.auth): the same for every reader, so the
 answers stay shared.
 """
 
@@ -16,7 +16,7 @@ import json
 
 from typing import Callable
 
-from ..stores import Changes, Store
+from talkserver.stores import Changes, Store
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -34,7 +34,7 @@ class Feed:
 
     def __init__(self, store: Store, owner_tag: Callable[[str], str] | None = None) -> None:
         self.store = store
-        # owner -> public tag (talkserver.auth.Access.owner_tag), or None
+        # owner -> public tag (talkserver.access.auth.Access.owner_tag), or None
         # when talks are not owned (no --protect-talks).
         self.owner_tag = owner_tag
         self._head = None

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Hashable, Protocol
 
 from tornado.iostream import IOStream
 
-from .waiters import Waiter
+from talkserver.follow.waiters import Waiter
 
 if TYPE_CHECKING:
     from tornado.httputil import HTTPHeaders, HTTPServerRequest

@@ -20,7 +20,7 @@ from typing import Callable
 
 from tornado.ioloop import IOLoop
 
-from .waiters import Waiter
+from talkserver.follow.waiters import Waiter
 
 DEFAULT_INTERVAL = 5.0
 

@@ -20,8 +20,8 @@ import time
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 
-from ..metrics import Metrics
-from ..tornado_private import unsent_bytes
+from talkserver.operation.metrics import Metrics
+from talkserver.wire.tornado_private import unsent_bytes
 
 log = logging.getLogger("talkserver")
 

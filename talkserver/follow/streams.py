@@ -35,13 +35,13 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.web import HTTPError, RequestHandler
 
-from . import lifecycle, wakeup
-from .. import tornado_private
-from .feed import Feed
-from ..metrics import Metrics
-from .slowreaders import unsent_bytes
-from ..validation import BadInput, parse_cursor
-from .waiters import no_collection
+from talkserver.follow import lifecycle, wakeup
+from talkserver.wire import tornado_private
+from talkserver.follow.feed import Feed
+from talkserver.operation.metrics import Metrics
+from talkserver.follow.slowreaders import unsent_bytes
+from talkserver.wire.validation import BadInput, parse_cursor
+from talkserver.follow.waiters import no_collection
 
 EVENT_STREAM_TYPE = "text/event-stream"
 DEFAULT_HEARTBEAT = 15.0

@@ -34,9 +34,9 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.log import app_log
 from tornado.web import RequestHandler
 
-from .. import tornado_private
+from talkserver.wire import tornado_private
 # Sends that skip IOStream's Future per write (see tornado_private).
-from ..tornado_private import send_now
+from talkserver.wire.tornado_private import send_now
 
 # Framed responses shared by the polls of one wake-up; keyed by (head, body)
 # and dropped wholesale when full, since the next change makes them stale.

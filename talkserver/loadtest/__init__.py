@@ -7,6 +7,6 @@ It is a client of the server, not part of it, and lives apart:
     tally.py     counts deliveries, losses, duplicates and fan-out latency
 """
 
-from .cli import main
+from talkserver.loadtest.cli import main
 
 __all__ = ["main"]

@@ -1,5 +1,5 @@
 """``python -m talkserver.loadtest``: the same as ``talkserver-load``."""
 
-from .cli import main
+from talkserver.loadtest.cli import main
 
 main()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from .clients import Poller
+from talkserver.loadtest.clients import Poller
 
 # How often the hang-ups are handed out (seconds): often enough that they
 # come spread out rather than in bursts.

@@ -43,11 +43,11 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .churn import hang_ups
-from .clients import RETRY_BACKOFF, Hub, Poller, ProtocolError, Refused, Target, Writer, clock, fetch_talks, refusal, talk_path
-from ..openfiles import raise_open_files_limit
-from .streams import Streamer
-from .tally import TOKEN, Tally, percentile
+from talkserver.loadtest.churn import hang_ups
+from talkserver.loadtest.clients import RETRY_BACKOFF, Hub, Poller, ProtocolError, Refused, Target, Writer, clock, fetch_talks, refusal, talk_path
+from talkserver.operation.openfiles import raise_open_files_limit
+from talkserver.loadtest.streams import Streamer
+from talkserver.loadtest.tally import TOKEN, Tally, percentile
 
 # Connections opened at once while connecting: enough to connect 10,000
 # clients in a few seconds, few enough not to overflow the server's backlog.

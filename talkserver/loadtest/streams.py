@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .clients import Follower, Hub, Target, clock, refusal
+from talkserver.loadtest.clients import Follower, Hub, Target, clock, refusal
 
 
 class Streamer(Follower, asyncio.Protocol):

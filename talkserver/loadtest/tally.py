@@ -21,7 +21,7 @@ import json
 from array import array
 from bisect import bisect_right
 
-from .clients import Poller
+from talkserver.loadtest.clients import Poller
 
 TOKEN = "load#"
 

@@ -11,13 +11,13 @@
 One contract test suite (tests/test_store.py) runs against every store.
 """
 
-from .contract import (
+from talkserver.stores.contract import (
     Changes, NotTheOwner, Store, StoreOpenError, StoreWriteFailed, TalkNotFound, WriteOutcomeUnknown,
     next_stamp, wall_clock_ms,
 )
-from .memory import MemoryStore
-from .postgres import PostgresStore, is_postgres_url
-from .sqlite import SYNC_MODES, SQLiteStore
+from talkserver.stores.memory import MemoryStore
+from talkserver.stores.postgres import PostgresStore, is_postgres_url
+from talkserver.stores.sqlite import SYNC_MODES, SQLiteStore
 
 __all__ = [
     "Changes",

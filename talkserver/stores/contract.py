@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from .history import Cuts
+from talkserver.stores.history import Cuts
 
 
 def wall_clock_ms() -> int:
@@ -117,4 +117,4 @@ class Store(Protocol):
         return True
 
     def register_metrics(self, metrics) -> None:
-        """Add the store's own gauges and counters to ``metrics`` (a talkserver.metrics.Metrics)."""
+        """Add the store's own gauges and counters to ``metrics`` (a talkserver.operation.metrics.Metrics)."""

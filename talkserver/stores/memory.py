@@ -7,8 +7,8 @@ MemoryStore and commits each change to disk first).
 
 from __future__ import annotations
 
-from .contract import Changes, Store, TalkNotFound, next_stamp, wall_clock_ms
-from .history import Cuts
+from talkserver.stores.contract import Changes, Store, TalkNotFound, next_stamp, wall_clock_ms
+from talkserver.stores.history import Cuts
 
 
 class MemoryStore(Store):
@@ -94,7 +94,7 @@ class MemoryStore(Store):
         """Delete a talk; returns its stamp, or None if there was no talk.
 
         ``owner`` is for stores shared between processes, which check it
-        again themselves; in one process talkserver.auth has checked it.
+        again themselves; in one process talkserver.access.auth has checked it.
         """
         if self._talks.pop(title, None) is None:
             return None

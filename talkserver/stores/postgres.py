@@ -48,9 +48,9 @@ import time
 from typing import Awaitable, Callable, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
-from . import history
-from .contract import NotTheOwner, StoreOpenError, StoreWriteFailed, TalkNotFound, WriteOutcomeUnknown
-from .memory import MemoryStore
+from talkserver.stores import history
+from talkserver.stores.contract import NotTheOwner, StoreOpenError, StoreWriteFailed, TalkNotFound, WriteOutcomeUnknown
+from talkserver.stores.memory import MemoryStore
 
 try:
     import asyncpg
@@ -923,7 +923,7 @@ class PostgresStore(MemoryStore):
         return {"reachable": self.reachable, "primary": self.primary}
 
     def register_metrics(self, metrics) -> None:
-        """Add the database's state to ``metrics`` (a talkserver.metrics.Metrics)."""
+        """Add the database's state to ``metrics`` (a talkserver.operation.metrics.Metrics)."""
         metrics.gauge("talkserver_store_reachable",
                       "1 while PostgreSQL answers; 0 from a failed or unanswered call until it answers again.",
                       lambda: int(self.reachable), merge="min")

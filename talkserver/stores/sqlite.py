@@ -35,9 +35,9 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from . import history
-from .contract import Changes, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
-from .memory import MemoryStore
+from talkserver.stores import history
+from talkserver.stores.contract import Changes, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
+from talkserver.stores.memory import MemoryStore
 
 log = logging.getLogger("talkserver")
 

@@ -35,9 +35,9 @@ from pathlib import Path
 
 from tornado.web import HTTPError, RequestHandler
 
-from .limits import refuse
-from .passwords import PasswordChecks, TooManyGuesses
-from .stores import Store
+from talkserver.access.limits import refuse
+from talkserver.access.passwords import PasswordChecks, TooManyGuesses
+from talkserver.stores import Store
 
 REALM = "talkserver"
 NOT_THE_OWNER = "only the browser that proposed this talk may change or delete it"

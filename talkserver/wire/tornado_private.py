@@ -178,7 +178,7 @@ def add_listening_sockets(
     add_accept_handler: Callable[[object, Callable], Callable[[], None]],
 ) -> None:
     """``TCPServer.add_sockets``, accepting through ``add_accept_handler``
-    (talkserver.accept's, which backs off when out of file descriptors).
+    (talkserver.web.accept's, which backs off when out of file descriptors).
 
     Public equivalent: ``add_sockets``, which always uses
     ``tornado.netutil.add_accept_handler``.  The sockets are recorded where
@@ -191,7 +191,7 @@ def add_listening_sockets(
 
 def take_header_timeout(server) -> float | None:
     """Turn off ``server``'s per-request header timeout; returns it, for
-    talkserver.idle to enforce with one timer for all connections.
+    talkserver.wire.idle to enforce with one timer for all connections.
 
     Public equivalent: ``HTTPServer(idle_connection_timeout=...)``, which
     wraps every header read in its own timeout (a Future and a timer per

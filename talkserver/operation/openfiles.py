@@ -1,6 +1,6 @@
 """The open-files limit: every waiting browser, and every client the load tester holds, is a socket.
 
-Shared by the server (talkserver.cli) and the load tester
+Shared by the server (talkserver.command.cli) and the load tester
 (talkserver.loadtest), so it imports nothing: the load tester, a client,
 loads no part of the server it measures by using it.
 """

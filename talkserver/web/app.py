@@ -26,22 +26,22 @@ from typing import TYPE_CHECKING
 import tornado.log
 import tornado.web
 
-from . import guard
-from .follow import fastpolls
-from .auth import Access
-from .follow.board import Board
-from .follow.conditional import ConditionalPolls
-from .handlers import CommentsHandler, HealthHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
-from .idle import IdleConnections
-from .limits import Limits
-from .metrics import Metrics
+from talkserver.access import guard
+from talkserver.follow import fastpolls
+from talkserver.access.auth import Access
+from talkserver.follow.board import Board
+from talkserver.follow.conditional import ConditionalPolls
+from talkserver.web.handlers import CommentsHandler, HealthHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
+from talkserver.wire.idle import IdleConnections
+from talkserver.access.limits import Limits
+from talkserver.operation.metrics import Metrics
 
 if TYPE_CHECKING:
-    from .metrics import Counter
-from .follow.slowlane import DEFAULT_INTERVAL
-from .follow.slowreaders import SlowReaders
-from .stores import MemoryStore, Store
-from .follow.streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT, Streams
+    from talkserver.operation.metrics import Counter
+from talkserver.follow.slowlane import DEFAULT_INTERVAL
+from talkserver.follow.slowreaders import SlowReaders
+from talkserver.stores import MemoryStore, Store
+from talkserver.follow.streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT, Streams
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 
@@ -102,7 +102,7 @@ class TalkApplication(tornado.web.Application):
     Its services are declared here; handlers and transports reach them as
     ``self.application.<name>``.  The hardening ones (``limits``,
     ``access``, ``slow_readers``) are off unless named in the settings
-    (talkserver.limits, talkserver.auth).
+    (talkserver.access.limits, talkserver.access.auth).
     """
 
     board: Board  # the store, its feed, waiters, slow lane and streams
@@ -114,7 +114,7 @@ class TalkApplication(tornado.web.Application):
     slow_readers: SlowReaders  # connections leaving answers unread
     requests: Counter  # answers by status code
     polls: Counter  # polls answered, by transport (not in the access log)
-    idle: IdleConnections  # connections waiting for headers (fast path; talkserver.idle)
+    idle: IdleConnections  # connections waiting for headers (fast path; talkserver.wire.idle)
     draining: bool = False  # set by shutdown.drain: /healthz answers 503
 
     def __init__(self, routes, board: Board, api: str = "changes", **settings) -> None:

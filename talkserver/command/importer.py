@@ -18,7 +18,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from .stores import PostgresStore, SQLiteStore, StoreOpenError, is_postgres_url
+from talkserver.stores import PostgresStore, SQLiteStore, StoreOpenError, is_postgres_url
 
 
 async def copy_board(source: str, target: str, replace: bool) -> str:

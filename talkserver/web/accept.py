@@ -21,9 +21,10 @@ from typing import Callable
 
 from tornado.ioloop import IOLoop
 
-from . import collector, tornado_private
-from .app import TalkApplication
-from .metrics import Counter
+from talkserver.operation import collector
+from talkserver.wire import tornado_private
+from talkserver.web.app import TalkApplication
+from talkserver.operation.metrics import Counter
 
 log = logging.getLogger("talkserver")
 
@@ -100,7 +101,7 @@ class HTTPServer(collector.HTTPServer):
     def initialize(self, request_callback, *args, **kwargs) -> None:
         super().initialize(request_callback, *args, **kwargs)
         # The fast path notes every connection that waits for headers
-        # (talkserver.idle), so the idle timeout needs no timer per request.
+        # (talkserver.wire.idle), so the idle timeout needs no timer per request.
         if isinstance(request_callback, TalkApplication) and request_callback.fast_path:
             request_callback.idle.start(tornado_private.take_header_timeout(self))
 

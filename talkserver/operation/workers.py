@@ -19,7 +19,7 @@ prefix goes in front of whatever format the log has (``tag_log_lines``).
 
 The workers share one more thing: a directory, new for each start, where
 each keeps its metrics (prometheus_client's multiprocess mode), so a scrape
-of ``/metrics`` describes the whole server (talkserver.metrics).
+of ``/metrics`` describes the whole server (talkserver.operation.metrics).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import tornado.process
 
-from . import metrics
+from talkserver.operation import metrics
 
 
 METRICS_PREFIX = "talkserver-metrics-"

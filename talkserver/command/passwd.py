@@ -15,7 +15,7 @@ import getpass
 import sys
 from pathlib import Path
 
-from .auth import PasswordFileError, hash_password, read_password_file, write_password_file
+from talkserver.access.auth import PasswordFileError, hash_password, read_password_file, write_password_file
 
 
 def _read_password() -> str:

@@ -1,6 +1,6 @@
 """The ``talkserver`` command: the listening socket, the store, signals.
 
-Its options (talkserver.options) come from the command line
+Its options (talkserver.command.options) come from the command line
 (``--port=8000``) or a config file (``--config=FILE``, Python syntax:
 ``port = 8000``); ``--help`` lists them.  Whatever stops the command before
 it serves (a mistake in the options, a port in use, a store that cannot be
@@ -20,20 +20,22 @@ import sys
 import tornado.ioloop
 import tornado.netutil
 
-from . import collector, guard, tornado_private
-from .accept import HTTPServer
-from .app import make_app
-from .guard import loopback_hosts, parse_allowed_hosts
-from .auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file
-from .options import Refused, options, parse
-from .shutdown import drain
-from .stores import (
+from talkserver.operation import collector
+from talkserver.access import guard
+from talkserver.wire import tornado_private
+from talkserver.web.accept import HTTPServer
+from talkserver.web.app import make_app
+from talkserver.access.guard import loopback_hosts, parse_allowed_hosts
+from talkserver.access.auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file
+from talkserver.command.options import Refused, options, parse
+from talkserver.operation.shutdown import drain
+from talkserver.stores import (
     MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
     WriteOutcomeUnknown, is_postgres_url, wall_clock_ms,
 )
-from .stores.postgres import redact
-from .openfiles import raise_open_files_limit
-from .workers import Worker, fork_workers, tag_log_lines
+from talkserver.stores.postgres import redact
+from talkserver.operation.openfiles import raise_open_files_limit
+from talkserver.operation.workers import Worker, fork_workers, tag_log_lines
 
 log = logging.getLogger("talkserver")
 
@@ -100,7 +102,7 @@ def hardening_settings() -> dict:
 
 
 async def serve(store: Store | None, worker: Worker | None = None) -> None:
-    """Run the server until SIGTERM or SIGINT, then drain (talkserver.shutdown).
+    """Run the server until SIGTERM or SIGINT, then drain (talkserver.operation.shutdown).
 
     ``store`` None means the PostgreSQL store of ``--db``, opened here, in
     the process (and event loop) that uses it.  A ``worker`` (from

@@ -48,7 +48,7 @@ import time
 import tornado.httpserver
 from tornado.ioloop import PeriodicCallback
 
-from .metrics import Metrics
+from talkserver.operation.metrics import Metrics
 
 POLICIES = ("tuned", "python")
 # A collection once this many more container objects are alive than at the

@@ -8,7 +8,7 @@ first, in ``GROUPS``, Tornado's logging options last.
 An operator's mistake never starts a server that does something else than
 asked, and never ends in a traceback: ``parse()`` raises ``Refused`` with
 one line naming the option and what is wrong with it, and the command
-exits 2 (talkserver.cli).  That covers:
+exits 2 (talkserver.command.cli).  That covers:
 
 - unknown names, on the command line and in a config file alike (Tornado
   ignores unknown names in a file, so a misspelled ``pasword_file`` would
@@ -41,13 +41,14 @@ from typing import Any, TextIO
 from tornado.log import define_logging_options
 from tornado.options import Error, OptionParser
 
-from . import collector, limits
-from .app import DEFAULT_MAX_BODY_SIZE
-from .follow import streams
-from .follow.conditional import API_MODES
-from .guard import parse_allowed_hosts
-from .stores import SYNC_MODES
-from .stores.postgres import DEFAULT_TIMEOUT, URL_SCHEMES
+from talkserver.operation import collector
+from talkserver.access import limits
+from talkserver.web.app import DEFAULT_MAX_BODY_SIZE
+from talkserver.follow import streams
+from talkserver.follow.conditional import API_MODES
+from talkserver.access.guard import parse_allowed_hosts
+from talkserver.stores import SYNC_MODES
+from talkserver.stores.postgres import DEFAULT_TIMEOUT, URL_SCHEMES
 
 PROGRAM = "talkserver"
 
@@ -271,7 +272,7 @@ def version() -> str:
     try:
         return importlib.metadata.version(PROGRAM)
     except importlib.metadata.PackageNotFoundError:
-        from . import __version__
+        from talkserver import __version__
         return __version__
 
 

@@ -58,7 +58,7 @@ def share_between_workers(directory: str, worker: int) -> None:
     values, kept in ``directory`` with the other workers', as worker number ``worker``.
 
     Call it in the worker, before anything makes a metric; a fresh, empty
-    ``directory`` per server start (talkserver.workers makes one).
+    ``directory`` per server start (talkserver.operation.workers makes one).
     """
     global _shared_directory
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory

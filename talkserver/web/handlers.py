@@ -18,13 +18,13 @@ from tornado.httputil import responses
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
-from .follow import lifecycle, streams, wakeup
-from .follow.board import Board
-from . import tornado_private
-from .auth import NOT_THE_OWNER
-from .stores import NotTheOwner, PostgresStore, StoreWriteFailed, WriteOutcomeUnknown
-from .stores import TalkNotFound
-from .validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
+from talkserver.follow import lifecycle, streams, wakeup
+from talkserver.follow.board import Board
+from talkserver.wire import tornado_private
+from talkserver.access.auth import NOT_THE_OWNER
+from talkserver.stores import NotTheOwner, PostgresStore, StoreWriteFailed, WriteOutcomeUnknown
+from talkserver.stores import TalkNotFound
+from talkserver.wire.validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
 JSON_TYPE = "application/json; charset=UTF-8"
 # Every API answer carries these (fastpolls.py renders the same block).
