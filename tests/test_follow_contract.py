@@ -21,10 +21,10 @@ from tornado.httpclient import AsyncHTTPClient
 from talkserver import make_app
 from talkserver.stores import PostgresStore
 
-from .conftest import STORE_KINDS, close_store, new_store
 from .follower import Follower, Servers
 from .harness import WAIT, send, until
 from .sse import StreamClient
+from .store_kinds import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(params=STORE_KINDS)
