@@ -269,12 +269,14 @@ NAGLE_ON_THE_SOCKET = (
 
 
 @pytest.mark.parametrize("version, text, extra, says", [
-    ((7, 0, 0, 0), "7.0", "", "needs Tornado 6.4 to 6.x, not 7.0"),
-    ((6, 4, 0, 0), "6.4", "del tornado.web.RequestHandler.on_connection_close;", "no attribute 'on_connection_close'"),
-    ((6, 4, 0, 0), "6.4", NO_CONTEXT, "this failed: HTTP1Connection.context (remote_address) (AttributeError"),
-    ((6, 4, 0, 0), "6.4", NAGLE_ON_THE_SOCKET,
+    ((6, 7, 0, 0), "6.7.0", "", "needs Tornado 6.5.2 to 6.6, not 6.7.0"),
+    ((6, 5, 1, 0), "6.5.1", "", "needs Tornado 6.5.2 to 6.6, not 6.5.1"),
+    ((6, 5, 2, 0), "6.5.2", "del tornado.web.RequestHandler.on_connection_close;", "no attribute 'on_connection_close'"),
+    ((6, 5, 2, 0), "6.5.2", NO_CONTEXT, "this failed: HTTP1Connection.context (remote_address) (AttributeError"),
+    ((6, 5, 2, 0), "6.5.2", NAGLE_ON_THE_SOCKET,
      "this failed: HTTP1Connection toggling IOStream.set_nodelay (TCP_NODELAY went off after an answer)"),
-], ids=["a later release", "no on_connection_close", "no HTTP1Connection.context", "Nagle on the socket"])
+], ids=["a later release", "an earlier release", "no on_connection_close", "no HTTP1Connection.context",
+        "Nagle on the socket"])
 def test_a_tornado_without_what_talkserver_needs_is_refused_in_one_line(version, text, extra, says):
     import subprocess
     import sys
@@ -286,8 +288,29 @@ def test_a_tornado_without_what_talkserver_needs_is_refused_in_one_line(version,
 
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
-    assert done.stderr.startswith("talkserver: needs Tornado 6.4 to 6.x")
+    assert done.stderr.startswith("talkserver: needs Tornado 6.5.2 to 6.6")
     assert "Traceback" not in done.stderr
+
+
+def test_setup_cfg_the_start_up_check_and_nox_name_the_same_tornado_releases():
+    import ast
+    import configparser
+    import re
+    from pathlib import Path
+
+    from talkserver.wire import tornado_check
+
+    root = Path(__file__).resolve().parents[1]
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    [required] = [line for line in setup["options"]["install_requires"].splitlines() if line.startswith("tornado")]
+    tested = ast.literal_eval(re.search(r"^TORNADO_RELEASES = (\[.*\])$", (root / "noxfile.py").read_text(), re.M)[1])
+    (low_major, low_minor, low_patch), (high_major, high_minor, _) = tornado_check.SUPPORTED
+    oldest, newest = tested
+
+    assert required == f"tornado>={low_major}.{low_minor}.{low_patch},<{high_major}.{high_minor}"
+    assert oldest == f"{low_major}.{low_minor}.{low_patch}"  # the oldest release admitted is tested,
+    assert newest.startswith(f"{high_major}.{high_minor - 1}.")  # and one of the last minor admitted
 
 
 # -- the access log -------------------------------------------------------------------

@@ -57,8 +57,10 @@ from talkserver.wire.tornado_private import (
 # The Tornado releases the tests ran on (noxfile.py runs the follow,
 # fast-path and lifecycle tests on the oldest and the newest): from the
 # first up to, not including, the second.
-SUPPORTED = ((6, 4), (7, 0))
-SUPPORTED_TEXT = "6.4 to 6.x"
+# 6.5.2 is the first release that answers a request with a missing, doubled
+# or malformed Host with 400 (6.5.0 and 6.5.1 close the connection).
+SUPPORTED = ((6, 5, 2), (6, 7, 0))
+SUPPORTED_TEXT = "6.5.2 to 6.6"
 
 # The longest the check waits for an answer before it fails; when all
 # works it takes some tens of milliseconds.
@@ -396,7 +398,7 @@ def missing() -> list[str]:
 def problem() -> str | None:
     """One line saying why the installed Tornado will not do, or None."""
     low, high = SUPPORTED
-    if not low <= tuple(tornado.version_info[:2]) < high:
+    if not low <= tuple(tornado.version_info[:3]) < high:
         return f"talkserver: needs Tornado {SUPPORTED_TEXT}, not {tornado.version}"
     failed = missing()
     if failed:
