@@ -54,7 +54,7 @@ from talkserver.wire.tornado_private import send_now
 from talkserver.wire.validation import BadInput, parse_cursor
 
 # RFC 6455, section 1.3: what the server appends to Sec-WebSocket-Key.
-_KEY_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+_KEY_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_CLIENT_FRAME = 4096
 READ_CHUNK = 4096
 
