@@ -66,6 +66,11 @@ tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/
 	@{ cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; } || \
 	  echo "axe-core could not be installed with npm: the accessibility tests will fail" >&2
 
+# The Node peer's one package, ws (its WebSocket endpoint), pinned the same way.
+benchmarks/peers/node/node_modules/.installed: benchmarks/peers/node/package.json benchmarks/peers/node/package-lock.json | nodejs
+	@{ cd benchmarks/peers/node && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; } || \
+	  echo "ws could not be installed with npm: the Node peer will not start" >&2
+
 # A bare Debian python3 has no venv module until python3-venv is installed.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && apt-get update -qq && \
@@ -86,4 +91,4 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed $(VENV)/.installed-postgres
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache tests/browser/node_modules
+	rm -rf $(VENV) build *.egg-info .pytest_cache tests/browser/node_modules benchmarks/peers/node/node_modules
