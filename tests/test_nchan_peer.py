@@ -22,10 +22,15 @@ from pathlib import Path
 import pytest
 from tornado.websocket import websocket_connect
 
-from .postgres import port_free_now
-
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "nchan" / "run.sh"
 WAIT = 30.0
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on now (nginx cannot name one it picked)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _as_nobody() -> list[str]:
@@ -42,7 +47,7 @@ def nchan_peer():
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
         os.chown(directory, nobody.pw_uid, nobody.pw_gid)
-    port = port_free_now()
+    port = free_port()
     process = subprocess.Popen(
         [*_as_nobody(), "sh", str(RUN), str(directory), str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
