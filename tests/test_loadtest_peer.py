@@ -136,6 +136,17 @@ def test_an_event_stream_starts_with_the_board_and_sends_each_change():
     assert events[1]["serverTime"] > events[0]["serverTime"]
 
 
+def test_the_peer_without_its_ws_package_says_how_to_install_it_in_one_line(tmp_path):
+    alone = tmp_path / "server.js"  # no node_modules beside it or above it
+    alone.write_text(PEER.read_text())
+    env = {k: v for k, v in os.environ.items() if k != "NODE_PATH"}
+    done = subprocess.run([shutil.which("node"), str(alone), "0"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "node peer: the ws package is missing: make benchmarks/peers/node/node_modules/.installed (npm ci there)"
+    ]
+
+
 def put(url, title):
     """PUT a talk from a thread: the WebSocket tests' event loop keeps reading meanwhile."""
     return asyncio.get_running_loop().run_in_executor(None, call, f"{url}/talks/{title}", "PUT", TALK)

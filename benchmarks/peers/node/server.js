@@ -18,7 +18,14 @@
 "use strict";
 
 const http = require("node:http");
-const { WebSocketServer } = require("ws");
+
+let WebSocketServer;
+try {
+  ({ WebSocketServer } = require("ws"));
+} catch (_) {
+  console.error("node peer: the ws package is missing: make benchmarks/peers/node/node_modules/.installed (npm ci there)");
+  process.exit(2);
+}
 
 const PORT = Number(process.argv[2] || 8300);
 const HOST = process.env.HOST || "127.0.0.1";
