@@ -78,8 +78,16 @@ def start(who: str, port: int, workdir: str, args) -> tuple[subprocess.Popen, in
     if who != "nchan":
         return process, process.pid
     # run.sh ends in nginx's master, which only waits; its one worker serves.
-    with open(f"/proc/{process.pid}/task/{process.pid}/children") as children:
-        return process, int(children.read().split()[0])
+    # (The master listens before it forks the worker: wait for the worker.)
+    deadline = time.monotonic() + 30
+    while True:
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as children:
+            workers = children.read().split()
+        if workers:
+            return process, int(workers[0])
+        if time.monotonic() > deadline:
+            raise SystemExit("nchan's nginx started no worker")
+        time.sleep(0.05)
 
 
 def free_port() -> int:
