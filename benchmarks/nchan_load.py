@@ -158,7 +158,7 @@ class Follower(Answers):
             self.cursor = b"If-Modified-Since: " + modified + b"\r\nIf-None-Match: " + etag + b"\r\n"
             if run.mark in body:  # (not another run's change)
                 run.received(self, int(found.group(1)), now)
-        self.ask()
+        run.ask_soon(self)
 
     def connection_lost(self, exc) -> None:
         self.transport = None
@@ -196,6 +196,7 @@ class Run:
         self.host, self.port = url.hostname, url.port or 80
         self.followers = [Follower(self, source(i, args.clients_per_address)) for i in range(args.clients)]
         self.waiting = 0
+        self.asking: list[Follower] = []
         self.errors: dict[str, int] = {}
         self.sent: list[float] = [0.0]  # sent[n]: when change n went out (1-based)
         self.last_at: list[float] = [0.0]  # when the last follower had it so far
@@ -206,6 +207,18 @@ class Run:
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def ask_soon(self, follower: Follower) -> None:
+        """Send ``follower``'s next poll once the answers already readable are read,
+        as talkserver-load does, so a burst's receive times do not wait behind writes."""
+        if not self.asking:
+            asyncio.get_running_loop().call_soon(self.ask_all)
+        self.asking.append(follower)
+
+    def ask_all(self) -> None:
+        asking, self.asking = self.asking, []
+        for follower in asking:
+            follower.ask()
 
     def received(self, follower: Follower, n: int, now: float) -> None:
         if n <= follower.last:
