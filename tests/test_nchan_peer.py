@@ -170,10 +170,7 @@ async def test_a_websocket_on_the_same_location_gets_each_change_as_a_text_frame
     with nchan_peer() as (url, _, _process):
         socket_ = await websocket_connect(url.replace("http://", "ws://") + "/talks")
         try:
-            deadline = time.monotonic() + WAIT
-            while subscribers(url) < 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_for_subscribers(url, 1)
             publish(url, CHANGE)
             message = await socket_.read_message()
             assert isinstance(message, str) and json.loads(message) == CHANGE
