@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: run run-postgres test clean chromium postgresql nodejs
+.PHONY: run run-postgres test clean chromium postgresql nodejs nginx
 
 run: $(VENV)/.installed
 	$(BIN)/talkserver --port=$(PORT) $(ARGS)
@@ -25,7 +25,7 @@ run-postgres: $(VENV)/.installed-postgres
 	@echo "$(BIN)/talkserver --port=$(PORT) --db=... $(ARGS)"
 	@$(BIN)/talkserver --port=$(PORT) --db='$(DB)' $(ARGS)
 
-test: $(VENV)/.installed-test chromium postgresql nodejs tests/browser/node_modules/.installed
+test: $(VENV)/.installed-test chromium postgresql nodejs nginx tests/browser/node_modules/.installed
 	$(BIN)/python -m pytest
 
 # The browser tests drive Debian's chromium (Playwright's own browser
@@ -42,6 +42,14 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
 	  echo "PostgreSQL is missing and cannot be installed here: the PostgreSQL store's tests will fail" >&2
+
+# The deployment tests run docs/deploy.md's nginx site under Debian's nginx,
+# as a process of their own (tests/nginx.py).  Install it when missing and
+# we are able to; the system service the package sets up is not used.
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; } || \
+	  echo "nginx is missing and cannot be installed here: the deployment tests will fail" >&2
 
 # Node.js runs the benchmarks' reference peer (benchmarks/peers/node, tested
 # in tests/test_loadtest_peer.py) and npm installs axe-core, the accessibility
