@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: run run-postgres test clean chromium postgresql nodejs nginx
+.PHONY: run run-postgres test clean chromium postgresql nodejs nginx systemd-analyze
 
 run: $(VENV)/.installed
 	$(BIN)/talkserver --port=$(PORT) $(ARGS)
@@ -25,7 +25,7 @@ run-postgres: $(VENV)/.installed-postgres
 	@echo "$(BIN)/talkserver --port=$(PORT) --db=... $(ARGS)"
 	@$(BIN)/talkserver --port=$(PORT) --db='$(DB)' $(ARGS)
 
-test: $(VENV)/.installed-test chromium postgresql nodejs nginx tests/browser/node_modules/.installed
+test: $(VENV)/.installed-test chromium postgresql nodejs nginx systemd-analyze tests/browser/node_modules/.installed
 	$(BIN)/python -m pytest
 
 # The browser tests drive Debian's chromium (Playwright's own browser
@@ -50,6 +50,13 @@ nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; } || \
 	  echo "nginx is missing and cannot be installed here: the deployment tests will fail" >&2
+
+# systemd-analyze verifies docs/deploy.md's unit (tests/test_deploy_systemd.py);
+# Debian ships it in the systemd package.  Nothing is started with it.
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; } || \
+	  echo "systemd-analyze is missing and cannot be installed here: the systemd unit's test will fail" >&2
 
 # Node.js runs the benchmarks' reference peer (benchmarks/peers/node, tested
 # in tests/test_loadtest_peer.py) and npm installs axe-core, the accessibility
