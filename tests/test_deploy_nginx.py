@@ -232,3 +232,54 @@ async def test_with_host_set_to_nginxs_host_without_the_port_the_pages_writes_wo
         answer = await site.request("PUT", "/talks/Lost", {"presenter": "Lu", "summary": "s"},
                                     headers={"Origin": site.origin})
         assert answer.status == 403, answer
+
+
+@pytest.mark.gen_test(timeout=4 * WAIT)
+async def test_several_hosts_on_one_postgresql_board_behind_the_documents_upstream(tmp_path, postgres_cluster):
+    # Section 6: the upstream of several hosts, with section 4's servers and
+    # location; three talkservers, each on the document's config file, share
+    # one PostgreSQL database (--cookie-secret: --protect-talks needs the same
+    # one on every host).
+    url = postgres_cluster.new_database()
+    passwords = tmp_path / "passwords"
+    added = subprocess.run([str(Path(sys.executable).with_name("talkserver-passwd")), str(passwords), "ada"],
+                           input=PASSWORD + "\n", capture_output=True, text=True, timeout=WAIT)
+    assert added.returncode == 0, added.stderr
+    config = tmp_path / "talkserver.conf"
+    config.write_text(filled(block("talkserver.conf"), ("/var/lib/talkserver/talks.db", url),
+                             ("/etc/talkserver.access.passwords", str(passwords))))
+    servers = [ServerProcess(f"--config={config}", "--cookie-secret=shared by every host", cwd=tmp_path)
+               for _ in range(3)]
+    try:
+        upstream = filled(block("nginx upstream of several hosts"),
+                          *((f"server 10.0.0.1{k + 1}:8000 ", f"server 127.0.0.1:{server.port} ")
+                            for k, server in enumerate(servers)))
+        cert, key = self_signed(tmp_path, NAME)
+        https, http = listening_socket(), listening_socket()
+        https_port, http_port = https.getsockname()[1], http.getsockname()[1]
+        # Section 4's site less its own upstream block (all before its first server).
+        section_4 = site_config(0, https_port, http_port, cert, key)
+        text = upstream + section_4[section_4.index("\nserver {"):]
+        with Nginx(text, [https, http]) as nginx:
+            nginx.start()
+            site = Site(servers[0], nginx, https_port, http_port, cert)
+            reader, writer = await site.connect()
+            stream = await StreamClient.open_on(reader, writer, f"{NAME}:{https_port}", headers=ADA)
+            try:
+                await stream.event()  # the board, from whichever host nginx chose
+                for k in range(6):
+                    answer = await site.request("PUT", f"/talks/Host%20{k}", {"presenter": "P", "summary": "s"},
+                                                headers={"Origin": site.origin})
+                    assert answer.status == 204, answer
+                # Round robin: every host took writes; the stream's host sent every one of them.
+                for server in servers:
+                    assert "PUT /talks/Host" in server.log(), server.log()
+                seen: set[str] = set()
+                while len(seen) < 6:
+                    seen |= {talk["title"] for talk in (await stream.event()).json()["talks"]}
+                assert seen == {f"Host {k}" for k in range(6)}
+            finally:
+                stream.close()
+    finally:
+        for server in servers:
+            server.close()
