@@ -6,6 +6,7 @@ is stopped, and start the cluster once the server says it is waiting.
 """
 
 import re
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -95,3 +96,13 @@ def test_a_negative_wait_is_refused_in_one_line(tmp_path):
     done = talkserver("--db-wait=-1", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.splitlines() == ["talkserver: --db-wait=-1: must be 0 or more (0: give up at once)"]
+
+
+def test_ctrl_c_while_waiting_stops_with_one_line_and_no_traceback(stopped_cluster):
+    _, url = stopped_cluster
+    with ServerProcess(f"--db={url}", "--db-wait=60", bound=re.compile(rf"{WAITING}, up to (\d+) s in all")) as server:
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(WAIT) == 2
+        log = server.log()
+        assert log.splitlines()[-1] == "talkserver: stopped while waiting for the database"
+        assert "Traceback" not in log
