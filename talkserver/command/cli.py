@@ -51,10 +51,14 @@ def open_store(path: str, sync: str = "normal") -> Store:
         raise Refused(str(e)) from None
 
 
-async def open_shared_store(url: str, follow: bool = True) -> Store:
-    """The PostgreSQL store named by ``--db``; ``Refused`` if it cannot be used."""
+async def open_shared_store(url: str, follow: bool = True, wait: float = 0.0) -> Store:
+    """The PostgreSQL store named by ``--db``; ``Refused`` if it cannot be used.
+
+    A database that is away is waited for up to ``wait`` seconds
+    (talkserver.command.dbwait).
+    """
     try:
-        return await PostgresStore.open(url, follow=follow, timeout=options.db_timeout)
+        return await open_when_reachable(lambda: PostgresStore.open(url, follow=follow, timeout=options.db_timeout), wait)
     except StoreOpenError as e:
         raise Refused(str(e)) from None
 
@@ -62,14 +66,9 @@ async def open_shared_store(url: str, follow: bool = True) -> Store:
 async def check_shared_store(url: str) -> None:
     """Open (creating or migrating the schema) and close the store once, before forking workers.
 
-    A database that is not there yet is waited for, up to ``--db-wait``
-    seconds (talkserver.command.dbwait).
+    This first open is the one that waits for a database not there yet (``--db-wait``).
     """
-    try:
-        store = await open_when_reachable(lambda: PostgresStore.open(url, follow=False, timeout=options.db_timeout),
-                                          options.db_wait)
-    except StoreOpenError as e:
-        raise Refused(str(e)) from None
+    store = await open_shared_store(url, follow=False, wait=options.db_wait)
     await store.close()
 
 
