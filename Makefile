@@ -44,12 +44,15 @@ postgresql:
 	  echo "PostgreSQL is missing and cannot be installed here: the PostgreSQL store's tests will fail" >&2
 
 # The deployment tests run docs/deploy.md's nginx site under Debian's nginx,
-# as a process of their own (tests/nginx.py).  Install it when missing and
-# we are able to; the system service the package sets up is not used.
+# as a process of their own (tests/nginx.py), with a certificate made by
+# openssl and the document's checks made with curl.  Install them when
+# missing and we are able to; the system service the nginx package sets up
+# is not used.
 nginx:
-	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; } || \
-	  echo "nginx is missing and cannot be installed here: the deployment tests will fail" >&2
+	@{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null && { command -v openssl && command -v curl; } >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl curl; } || \
+	  echo "nginx, openssl or curl is missing and cannot be installed here: the deployment tests will fail" >&2
 
 # systemd-analyze verifies docs/deploy.md's unit (tests/test_deploy_systemd.py);
 # Debian ships it in the systemd package.  Nothing is started with it.
