@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from talkserver.command.options import options
 
 from .deploy_doc import block, filled
 from .harness import WAIT, ServerProcess, basic, metric, parse_answer, until
@@ -289,3 +292,30 @@ async def test_several_hosts_on_one_postgresql_board_behind_the_documents_upstre
     finally:
         for server in servers:
             server.close()
+
+
+def nginx_seconds(directive: str) -> float:
+    """The value of ``directive`` in the document's nginx site, in seconds (``120s``, ``2m``)."""
+    found = re.search(rf"^\s*{directive}\s+(\d+)(ms|s|m|h)?;", block("nginx site"), re.M)
+    assert found, f"{directive} is not in the site"
+    return int(found.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[found.group(2)]
+
+
+def talkserver_setting(name: str) -> float:
+    """An option as the document's config file leaves it (the file's value, else talkserver's default)."""
+    namespace: dict = {}
+    exec(block("talkserver.conf"), namespace)
+    return namespace.get(name, options.option(name).default)
+
+
+def test_nginx_waits_longer_than_a_long_poll_a_heartbeat_and_a_database_call():
+    # Otherwise nginx cuts a quiet poll or stream with its own 504 first.
+    read_timeout = nginx_seconds("proxy_read_timeout")
+    assert read_timeout > talkserver_setting("poll_timeout")
+    assert read_timeout > talkserver_setting("heartbeat")
+    assert read_timeout > talkserver_setting("db_timeout")
+
+
+def test_nginx_closes_idle_upstream_connections_before_talkserver_does():
+    # So nginx never sends a request on a connection talkserver is closing.
+    assert nginx_seconds("keepalive_timeout") < talkserver_setting("idle_timeout")
