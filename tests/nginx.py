@@ -94,7 +94,7 @@ class Nginx:
         return [NGINX, "-p", f"{self.dir}/", "-c", str(self.dir / "nginx.conf"), "-e", str(self.dir / "error.log"), *extra]
 
     def check(self) -> subprocess.CompletedProcess:
-        """``nginx -t`` on this configuration (the sockets' ports must be free to bind, as they are not: -t only parses)."""
+        """``nginx -t`` on this configuration (it reads and checks the files, and binds nothing)."""
         return subprocess.run(self._command("-t"), capture_output=True, text=True, timeout=WAIT)
 
     def error_log(self) -> str:
