@@ -37,12 +37,17 @@ def talkserver(*args: str, cwd) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=WAIT)
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "two workers"])
 @pytest.mark.gen_test(timeout=2 * WAIT)
-async def test_a_server_started_before_its_database_waits_then_serves(stopped_cluster):
+async def test_a_server_started_before_its_database_waits_then_serves(stopped_cluster, processes, tmp_path):
     cluster, url = stopped_cluster
     # Given a server started while PostgreSQL is down; ServerProcess returns
     # once the server has logged that it waits (the number is --db-wait).
-    with ServerProcess(f"--db={url}", "--db-wait=60",
+    # With --processes the parent waits, before it starts any worker (given
+    # in a file: ServerProcess would wait for a line per worker instead).
+    config = tmp_path / "talkserver.conf"
+    config.write_text(f"processes = {processes}\n")
+    with ServerProcess(f"--db={url}", "--db-wait=60", f"--config={config}",
                        bound=re.compile(rf"{WAITING}, up to (\d+) s in all")) as server:
         assert server.process.poll() is None
         # When the database starts.
