@@ -5,8 +5,9 @@ the commands its indented code blocks.  ``RUN_BY`` names the test that runs
 each command; ``NOT_RUN`` names the few that change the machine itself
 (accounts, systemd, journald), with what is tested in their place.  A
 command or block added to the document without a test fails here.  The
-tests of this module run the install, the PostgreSQL set-up and the
-PostgreSQL config files; the others live beside the parts they deploy.
+tests of this module run the install, the PostgreSQL set-up, the
+recommended PostgreSQL settings and the PostgreSQL config files; the
+others live beside the parts they deploy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 
 from .deploy_doc import DEPLOY, block, filled, indented_commands, markers
 from .harness import WAIT, ServerProcess, refused_port, send, until
+from .postgres import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 TALK = {"presenter": "Ann", "summary": "As documented"}
@@ -159,3 +161,32 @@ async def test_the_standby_url_takes_the_first_host_that_accepts_writes(postgres
             health = (await send(server.port, "GET", "/healthz")).json()
             assert health["database"]["primary"] == f"127.0.0.1:{postgres_cluster.port}"
     assert postgres_cluster.psql("SELECT title FROM talks", database=url.rsplit("/", 1)[1]) == "Failover"
+
+
+def postgresql_settings() -> dict[str, str]:
+    """The PostgreSQL settings the document recommends (``name = value`` in its list of "the settings that matter")."""
+    text = DEPLOY.read_text(encoding="utf-8")
+    start = text.index("settings that matter:")
+    listed = text[start:text.index("\n\n", text.index("\n- ", start))]
+    return dict(re.findall(r"`([a-z_]+) = ([^`]+)`", listed))
+
+
+@pytest.mark.gen_test(timeout=3 * WAIT)
+async def test_the_recommended_postgresql_settings_are_accepted_and_talkserver_runs_on_them(tmp_path):
+    settings = postgresql_settings()
+    assert {"synchronous_commit", "fsync", "idle_in_transaction_session_timeout", "tcp_keepalives_idle"} <= set(settings)
+    cluster = Cluster(durable=True)  # the tests' own fsync=off would override the document's fsync = on
+    try:
+        # ALTER SYSTEM refuses a name or a value PostgreSQL does not take; then
+        # the cluster starts again on them, as after editing postgresql.conf.
+        for name, value in settings.items():
+            cluster.psql(f"ALTER SYSTEM SET {name} = '{value}'")
+        cluster.stop()
+        cluster.start()
+        for name in settings:
+            assert cluster.psql(f"SELECT source FROM pg_settings WHERE name = '{name}'") == "configuration file"
+        url = cluster.new_database()
+        with ServerProcess(f"--db={url}", cwd=tmp_path) as server:
+            assert (await send(server.port, "PUT", "/talks/Tuned", TALK)).status == 204
+    finally:
+        cluster.destroy()
