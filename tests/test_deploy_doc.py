@@ -33,7 +33,7 @@ RUN_BY = {
     "python3 -m venv /opt/talkserver": "tests/test_deploy_doc.py::test_the_install_commands_give_a_working_talkserver",
     "/opt/talkserver/bin/pip install /path/to/talkserver":
         "tests/test_deploy_doc.py::test_the_install_commands_give_a_working_talkserver",
-    "talkserver-passwd /etc/talkserver.access.passwords ada": "tests/test_deploy_nginx.py::start_site",
+    "talkserver-passwd /etc/talkserver.access.passwords ada": "tests/test_deploy_nginx.py::documented_config",
     "nginx -t && systemctl reload nginx": "tests/test_deploy_nginx.py::site",
     "curl -si https://talks.example.org/talks | head -1":
         "tests/test_deploy_nginx.py::test_the_documents_checks_answer_as_it_says",

@@ -104,9 +104,8 @@ def site_config(talkserver_port: int, https_port: int, http_port: int, cert: Pat
     return text
 
 
-def start_site(tmp: Path, host_header: str | None = None):
-    """talkserver on the document's config file behind nginx on the document's site; yields a Site."""
-    # Section 2: the config file, and the group's names added as the document says.
+def documented_config(tmp: Path, db: str) -> Path:
+    """Section 2: the document's config file, on ``db``, with the group's names added as it says."""
     passwords = tmp / "talkserver.access.passwords"
     added = subprocess.run([str(Path(sys.executable).with_name("talkserver-passwd")), str(passwords), "ada"],
                            input=PASSWORD + "\n", capture_output=True, text=True, timeout=WAIT)
@@ -114,9 +113,15 @@ def start_site(tmp: Path, host_header: str | None = None):
     config = tmp / "talkserver.conf"
     config.write_text(filled(
         block("talkserver.conf"),
-        ("/var/lib/talkserver/talks.db", str(tmp / "talks.db")),
+        ("/var/lib/talkserver/talks.db", db),
         ("/etc/talkserver.access.passwords", str(passwords)),
     ))
+    return config
+
+
+def start_site(tmp: Path, host_header: str | None = None) -> tuple[ServerProcess, Nginx, Site]:
+    """talkserver on the document's config file, and nginx (not started yet) on the document's site."""
+    config = documented_config(tmp, str(tmp / "talks.db"))
     cert, key = self_signed(tmp, NAME)
     https, http = listening_socket(), listening_socket()
     https_port, http_port = https.getsockname()[1], http.getsockname()[1]
@@ -249,14 +254,7 @@ async def test_several_hosts_on_one_postgresql_board_behind_the_documents_upstre
     # location; three talkservers, each on the document's config file, share
     # one PostgreSQL database (--cookie-secret: --protect-talks needs the same
     # one on every host).
-    url = postgres_cluster.new_database()
-    passwords = tmp_path / "passwords"
-    added = subprocess.run([str(Path(sys.executable).with_name("talkserver-passwd")), str(passwords), "ada"],
-                           input=PASSWORD + "\n", capture_output=True, text=True, timeout=WAIT)
-    assert added.returncode == 0, added.stderr
-    config = tmp_path / "talkserver.conf"
-    config.write_text(filled(block("talkserver.conf"), ("/var/lib/talkserver/talks.db", url),
-                             ("/etc/talkserver.access.passwords", str(passwords))))
+    config = documented_config(tmp_path, postgres_cluster.new_database())
     servers = [ServerProcess(f"--config={config}", "--cookie-secret=shared by every host", cwd=tmp_path)
                for _ in range(3)]
     try:
