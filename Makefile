@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: run run-postgres test clean chromium postgresql nodejs nchan
+.PHONY: run run-postgres test clean chromium postgresql nodejs nchan nginx systemd-analyze
 
 run: $(VENV)/.installed
 	$(BIN)/talkserver --port=$(PORT) $(ARGS)
@@ -25,8 +25,8 @@ run-postgres: $(VENV)/.installed-postgres
 	@echo "$(BIN)/talkserver --port=$(PORT) --db=... $(ARGS)"
 	@$(BIN)/talkserver --port=$(PORT) --db='$(DB)' $(ARGS)
 
-test: $(VENV)/.installed-test chromium postgresql nodejs nchan tests/browser/node_modules/.installed \
-      benchmarks/peers/node/node_modules/.installed
+test: $(VENV)/.installed-test chromium postgresql nodejs nchan nginx systemd-analyze \
+      tests/browser/node_modules/.installed benchmarks/peers/node/node_modules/.installed
 	$(BIN)/python -m pytest
 
 # The browser tests drive Debian's chromium (Playwright's own browser
@@ -43,6 +43,24 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
 	  echo "PostgreSQL is missing and cannot be installed here: the PostgreSQL store's tests will fail" >&2
+
+# The deployment tests run docs/deploy.md's nginx site under Debian's nginx,
+# as a process of their own (tests/nginx.py), with a certificate made by
+# openssl and the document's checks made with curl.  Install them when
+# missing and we are able to; the system service the nginx package sets up
+# is not used.
+nginx:
+	@{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null && { command -v openssl && command -v curl; } >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl curl; } || \
+	  echo "nginx, openssl or curl is missing and cannot be installed here: the deployment tests will fail" >&2
+
+# systemd-analyze verifies docs/deploy.md's unit (tests/test_deploy_systemd.py);
+# Debian ships it in the systemd package.  Nothing is started with it.
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; } || \
+	  echo "systemd-analyze is missing and cannot be installed here: the systemd unit's test will fail" >&2
 
 # Node.js runs the benchmarks' reference peer (benchmarks/peers/node, tested
 # in tests/test_loadtest_peer.py) and npm installs axe-core, the accessibility
