@@ -201,6 +201,7 @@ def test_bad_arguments_exit_2_with_a_message(args, message):
 
     assert done.returncode == 2
     assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
 
 
@@ -219,6 +220,43 @@ def test_a_server_that_is_not_a_talk_server_exits_2(tmp_path):
 
     assert done.returncode == 2
     assert "does not answer like a talk server: GET /talks answered HTTP 404" in done.stderr
+
+
+def on_a_terminal(*args) -> tuple[int, str]:
+    """Run talkserver-load with a terminal for its output; (exit status, everything it wrote)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "talkserver.loadtest", *map(str, args)],
+        stdout=terminal, stderr=terminal, stdin=subprocess.DEVNULL, text=True,
+    )
+    os.close(terminal)
+    output = b""
+    while True:
+        ready, _, _ = select.select([controller], [], [], 30)
+        try:
+            chunk = os.read(controller, 4096) if ready else b""
+        except OSError:  # the terminal closes when the process ends
+            chunk = b""
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return process.wait(timeout=30), output.decode()
+
+
+def test_the_progress_line_shows_the_drain_and_counts_deliveries_over_a_moving_window():
+    # A server that never sends deletions: the copies never match, so the
+    # drain lasts its full 2.5 s and is shown.
+    with talkserver("drop") as (url, _):
+        status, text = on_a_terminal("--url", url, "--clients", 30, "--duration", 2.5, "--rate", 8, "--drain", 2.5)
+
+    lines = text.split("\r")
+    draining = [line for line in lines if line.startswith("drain")]
+    assert status == 1
+    assert draining and all("copies = GET /talks 0/30" in line for line in draining)
+    # The first second of the drain still counts the writing just before it.
+    rate = int(draining[0].split("deliveries/s")[1].split()[0])
+    assert rate > 0
 
 
 def test_live_progress_is_shown_on_a_terminal(tmp_path):
@@ -245,6 +283,21 @@ def test_live_progress_is_shown_on_a_terminal(tmp_path):
     text = output.decode()
     assert "\rwrite" in text and "connected 30/30" in text and "deliveries/s" in text
     assert "talkserver-load: clean" in text
+
+
+def test_the_percentile_curve_keeps_the_median_and_the_outlier_apart():
+    from talkserver.loadtest.plot import percentile_curve
+
+    latencies = sorted([10.0 + i / 1000 for i in range(9_999)] + [5_000.0])
+
+    xs, ms = percentile_curve(latencies, points=400)
+
+    assert xs[0] == 1 and xs[-1] == 10_000  # from 0 % to the last of 10,000 deliveries
+    assert ms == sorted(ms)
+    assert 10.0 <= ms[0] < 10.1 and ms[-1] == 5_000.0
+    median = ms[min(range(len(xs)), key=lambda i: abs(xs[i] - 2))]  # x = 2 is p50
+    assert 14.9 < median < 15.1
+    assert sum(1 for v in ms if v > 100) < 5  # the outlier is a step at the end, not the scale
 
 
 def test_the_plot_is_a_png(tmp_path):

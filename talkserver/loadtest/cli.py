@@ -34,6 +34,7 @@ import re
 import sys
 from urllib.parse import urlsplit
 
+from talkserver.loadtest.credentials import PASSWORD_VARIABLE, CredentialsError, basic, check_user, read_password, shown_url
 from talkserver.loadtest.crowd import Crowd
 from talkserver.loadtest.plot import plot
 from talkserver.loadtest.report import clean, plot_title, results, summary
@@ -71,14 +72,26 @@ def _count(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake told in one line (exit 2) rather than after the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def parse_plan(argv: list[str] | None = None) -> Plan:
     """The run described by ``argv``; exits with status 2 and a message if it is wrong."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="talkserver-load",
         description="Drive a talk server with long-polling clients and writers; "
         "report fan-out latency and lost, duplicated or failed deliveries.",
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default %(default)s)")
+    parser.add_argument("--user", metavar="NAME",
+                        help="the name for a password-protected server (HTTP Basic); the password comes from "
+                        f"--password-file, ${PASSWORD_VARIABLE} or a prompt, never from the command line")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="a file whose first line is --user's password (the plain password, not talkserver's hashed file)")
     parser.add_argument("--host-header", metavar="HOST",
                         help="the Host header to send, for a proxy that routes or checks by name (default: the URL's host:port)")
     parser.add_argument("--clients", type=_positive(int), default=100, help="long-polling clients (default %(default)s)")
@@ -106,14 +119,25 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     args = parser.parse_args(argv)
 
     url = urlsplit(args.url)
+    shown = shown_url(args.url)  # never the password, in any message
     try:
         port = url.port or 80
     except ValueError:
-        parser.error(f"--url {args.url}: the port is not a number")
+        parser.error(f"--url {shown}: the port is not a number")
     if url.scheme != "http" or not url.hostname:
-        parser.error(f"--url {args.url}: give an http:// URL such as http://127.0.0.1:8000")
+        parser.error(f"--url {shown}: give an http:// URL such as http://127.0.0.1:8000")
     if url.path not in ("", "/") or url.query:
-        parser.error(f"--url {args.url}: give the server's root, without a path")
+        parser.error(f"--url {shown}: give the server's root, without a path")
+    if url.password is not None:
+        parser.error(f"--url {shown}: do not put the password in the URL (other users see the command line); "
+                     f"give --user with --password-file FILE or ${PASSWORD_VARIABLE}")
+    user = args.user
+    if url.username:
+        if user is not None and user != url.username:
+            parser.error(f"--user {user} and the URL's user {url.username} differ: give one")
+        user = url.username
+    if args.password_file is not None and user is None:
+        parser.error("--password-file needs --user NAME")
     if args.host_header is not None and not re.fullmatch(r"[!-~]+", args.host_header):
         parser.error(f"--host-header {args.host_header!r}: give a host name such as talks.example.org (ASCII, no spaces)")
     if args.spaced and args.writers != 1:
@@ -144,8 +168,17 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("--plot needs matplotlib: pip install 'talkserver[plot]'")
+    authorization = None
+    if user is not None:
+        # Last, so a mistake elsewhere is told before the password is asked for.
+        try:
+            check_user(user)
+            authorization = basic(user, read_password(user, args.password_file))
+        except CredentialsError as e:
+            parser.error(str(e))
     return Plan(
-        host=url.hostname, port=port, url=f"http://{url.netloc}", clients=args.clients,
+        host=url.hostname, port=port, url=f"http://{url.netloc.rpartition('@')[2]}", clients=args.clients,
+        user=user, authorization=authorization,
         writers=args.writers, duration=args.duration, rate=args.rate, spaced=args.spaced,
         interval=args.interval, churn=args.churn,
         drain=args.drain, pid=args.pid, json_path=args.json_path, plot_path=args.plot_path,
@@ -156,7 +189,11 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``talkserver-load`` console script."""
-    plan = parse_plan(argv)
+    try:
+        plan = parse_plan(argv)
+    except KeyboardInterrupt:  # at the password prompt
+        print("\ntalkserver-load: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
     async def followers(target, log):
         return Crowd(plan.transport, target, log, range(plan.clients))
@@ -177,12 +214,18 @@ def main(argv: list[str] | None = None) -> None:
         # Piped into head, say: the reader has what it wanted.  Python's
         # advice: point stdout at /dev/null so the exit's flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    if plan.json_path:
-        with open(plan.json_path, "w") as out:
-            json.dump(result, out, indent=2)
-            out.write("\n")
-    if plan.plot_path:
-        plot(run.outcome["latencies_ms"], last_client_ms(run.log, run.outcome["last_receive"]), plan.plot_path, plot_title(result))
+    try:
+        if plan.json_path:
+            with open(plan.json_path, "w") as out:
+                json.dump(result, out, indent=2)
+                out.write("\n")
+        if plan.plot_path:
+            last = last_client_ms(run.log, run.outcome["last_receive"])
+            plot(run.outcome["latencies_ms"], last, plan.plot_path, plot_title(result))
+    except OSError as e:
+        # The directory was checked before the run; it may have gone since.
+        print(f"talkserver-load: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
     raise SystemExit(0 if clean(result) else 1)
 
 

@@ -140,7 +140,10 @@ class Target:
     ``per_address`` to each (0: all from the system's choice).
     """
 
-    def __init__(self, host: str, port: int, per_address: int = 0, host_header: str | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, per_address: int = 0, host_header: str | None = None,
+        authorization: str | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self.per_address = per_address if _is_loopback_ipv4(host) else 0
         # "localhost" may resolve to ::1 first, which no 127.x source can reach.
@@ -148,9 +151,14 @@ class Target:
         # The Host every request names: the URL's, unless a proxy in front
         # routes or checks by another name (--host-header).
         self.host_header = (host_header or f"{host}:{port}").encode("ascii")
+        # The header lines every request carries: Host, and the credentials
+        # of a password-protected server (credentials.py).
+        self.headers = b"Host: " + self.host_header + b"\r\n"
+        if authorization is not None:
+            self.headers += b"Authorization: " + authorization.encode("ascii") + b"\r\n"
         self.get_talks = self.request("GET", "/talks")
         self._poll_prefix = b"GET /talks?changesSince="
-        self._poll_suffix = b" HTTP/1.1\r\nHost: " + self.host_header + b"\r\n\r\n"
+        self._poll_suffix = b" HTTP/1.1\r\n" + self.headers + b"\r\n"
 
     def poll(self, cursor: bytes) -> bytes:
         """``GET /talks?changesSince=cursor``, ready to write."""
@@ -158,10 +166,10 @@ class Target:
 
     def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
         """Any request, ready to write."""
-        lines = [f"{method} {path} HTTP/1.1", "Host: " + self.host_header.decode("ascii")]
+        head = f"{method} {path} HTTP/1.1\r\n".encode("ascii") + self.headers
         if body is not None:
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (body or b"")
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode("ascii")
+        return head + b"\r\n" + (body or b"")
 
     def poller_source(self, index: int) -> str | None:
         """The address poller number ``index`` sends from (127.0.0.2 onwards)."""

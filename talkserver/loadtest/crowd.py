@@ -42,6 +42,8 @@ class Crowd:
         self.size = len(self.clients)
         self._tasks: list[asyncio.Task] = []
         self._churn: asyncio.Task | None = None
+        # While draining: how many copies equal the server's board.
+        self.matching = 0
 
     # -- counts the run reads ----------------------------------------------
 
@@ -108,7 +110,8 @@ class Crowd:
     def copies_matching(self, final: dict) -> int:
         """Clients whose copy of the board equals ``final`` now."""
         self.tally_now()
-        return sum(1 for c in self.clients if c.copy == final)
+        self.matching = sum(1 for c in self.clients if c.copy == final)
+        return self.matching
 
     def error(self, kind: str) -> None:
         """Count an error (the writers' too) with the clients' errors."""

@@ -30,6 +30,7 @@ def results(run) -> dict:
     return {
         "url": plan.url,
         "host_header": plan.host_header,
+        "user": plan.user,
         "started": run.started_at,
         "mode": "spaced" if plan.spaced else "interval" if plan.interval else "load",
         "transport": plan.transport,
@@ -90,6 +91,8 @@ def summary(result: dict) -> str:
     elif result["mode"] == "interval":
         pace = f"a change every {result['interval_s']:g} s by the clock (--interval; at worst {result['schedule_slip_ms']:.0f} ms late)"
     host = f" as Host: {result['host_header']}" if result.get("host_header") else ""
+    if result.get("user"):
+        host += f" as user {result['user']}"
     workers = result.get("workers", 1)
     processes = f" in {plural(workers, 'process', 'processes')}" if workers > 1 else ""
     rows = [

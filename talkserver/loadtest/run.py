@@ -74,11 +74,14 @@ class Plan:
     host_header: str | None = None
     clients_per_address: int = 100
     workers: int = 1
+    user: str | None = None
+    # The Authorization header's value: kept out of repr, so no message shows it.
+    authorization: str | None = field(default=None, repr=False)
     progress: bool = field(default_factory=lambda: sys.stdout.isatty())
 
     def target(self) -> Target:
         """Where the requests go, with their bytes built once."""
-        return Target(self.host, self.port, self.clients_per_address, self.host_header)
+        return Target(self.host, self.port, self.clients_per_address, self.host_header, self.authorization)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,7 +138,10 @@ class Run:
         except (OSError, asyncio.TimeoutError) as e:
             raise Unreachable(f"cannot reach {self.plan.url}: {getattr(e, 'strerror', None) or e or 'timed out'}") from None
         except Refused as e:
-            raise Unreachable(f"{self.plan.url} refused: {e}") from None
+            hint = ""
+            if " 401" in str(e):
+                hint = " (check --user and its password)" if self.plan.user else " (give --user NAME)"
+            raise Unreachable(f"{self.plan.url} refused: {e}{hint}") from None
         except ProtocolError as e:
             raise Unreachable(f"{self.plan.url} does not answer like a talk server: {e}") from None
         idle = rss_kb(self.plan.pid) if self.plan.pid else None
@@ -175,7 +181,7 @@ class Run:
                 task.cancel()
             self.outcome = await followers.finish(final)
             if self.plan.progress:
-                print("\r" + " " * 110 + "\r", end="", flush=True)
+                print("\r" + " " * 120 + "\r", end="", flush=True)
 
     async def _connect(self) -> None:
         followers = self.followers
@@ -331,8 +337,12 @@ class Run:
             then, before = counts[0]
             rate = (counts[-1][1] - before) / (now - then) if now > then else 0.0
             window = sorted(followers.take_window())
+            if self.phase == "drain":
+                clients = f"copies = GET /talks {followers.matching}/{followers.size}"
+            else:
+                clients = f"connected {followers.connected}/{followers.size}"
             print(
-                f"\r{self.phase:8} {now - self.started:6.1f} s  connected {followers.connected}/{followers.size}"
-                f"  changes {self.log.changes}  deliveries/s {rate:9.0f}  p99 {percentile(window, 0.99):7.1f} ms ",
+                f"\r{self.phase:8} {now - self.started:6.1f} s  {clients}  changes {self.log.changes}"
+                f"  deliveries/s {rate:9.0f}  p99 {percentile(window, 0.99):7.1f} ms ",
                 end="", flush=True,
             )
