@@ -7,6 +7,7 @@ It is a client of the server, not part of it, and lives apart:
     crowd.py     the clients one process holds and the tally of what they see
     clients.py   raw HTTP/1.1 clients: pollers (browsers) and writers
     streams.py   the event-stream client (--transport sse)
+    websocket.py the WebSocket client (--transport websocket)
     churn.py     clients that hang up and come back (--churn)
     tally.py     the change log; deliveries, losses, duplicates, fan-out latency
     report.py    the verdict: the JSON's figures and the summary table

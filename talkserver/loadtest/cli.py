@@ -35,7 +35,7 @@ import sys
 from urllib.parse import urlsplit
 
 from talkserver.loadtest.credentials import PASSWORD_VARIABLE, CredentialsError, basic, check_user, read_password, shown_url
-from talkserver.loadtest.crowd import Crowd
+from talkserver.loadtest.crowd import CLIENTS, Crowd
 from talkserver.loadtest.plot import plot
 from talkserver.loadtest.report import clean, plot_title, results, summary
 from talkserver.loadtest.run import Plan, Run, Unreachable
@@ -95,8 +95,9 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--host-header", metavar="HOST",
                         help="the Host header to send, for a proxy that routes or checks by name (default: the URL's host:port)")
     parser.add_argument("--clients", type=_positive(int), default=100, help="long-polling clients (default %(default)s)")
-    parser.add_argument("--transport", choices=("poll", "sse"), default="poll",
-                        help="how clients follow the board: long polls, or server-sent event streams (default %(default)s)")
+    parser.add_argument("--transport", choices=tuple(CLIENTS), default="poll",
+                        help="how clients follow the board: long polls, server-sent event streams, "
+                        "or WebSockets (default %(default)s)")
     parser.add_argument("--writers", type=_count, default=1, help="writers making changes (default %(default)s)")
     parser.add_argument("--duration", type=_positive(float), default=10.0, help="seconds of writing (default %(default)s)")
     parser.add_argument("--rate", type=_positive(float), help="changes per second, all writers together (default: as fast as answered)")

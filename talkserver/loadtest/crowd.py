@@ -16,9 +16,11 @@ from talkserver.loadtest.churn import hang_ups
 from talkserver.loadtest.clients import RETRY_BACKOFF, Hub, Poller, Target, clock
 from talkserver.loadtest.streams import Streamer
 from talkserver.loadtest.tally import ChangeLog, Tally
+from talkserver.loadtest.websocket import Socket
 
-# How a client follows the board, by --transport.
-CLIENTS = {"poll": Poller, "sse": Streamer}
+# How a client follows the board, by --transport: a new transport is one
+# module of clients and one line here.
+CLIENTS = {"poll": Poller, "sse": Streamer, "websocket": Socket}
 
 # Connections opened at once while connecting: enough to connect 10,000
 # clients in a few seconds, few enough not to overflow the server's backlog.
