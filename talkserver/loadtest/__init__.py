@@ -5,6 +5,8 @@ It is a client of the server, not part of it, and lives apart:
     cli.py       the command line: options into a Plan, run it, print the verdict
     run.py       the phases of a run: connect, write, drain; the writers
     crowd.py     the clients one process holds and the tally of what they see
+    workers.py   --workers N: crowds in N processes, their outcomes merged
+    credentials.py  --user and its password (file, environment, prompt)
     clients.py   raw HTTP/1.1 clients: pollers (browsers) and writers
     streams.py   the event-stream client (--transport sse)
     websocket.py the WebSocket client (--transport websocket)

@@ -38,8 +38,9 @@ from talkserver.loadtest.credentials import PASSWORD_VARIABLE, CredentialsError,
 from talkserver.loadtest.crowd import CLIENTS, Crowd
 from talkserver.loadtest.plot import plot
 from talkserver.loadtest.report import clean, plot_title, results, summary
-from talkserver.loadtest.run import Plan, Run, Unreachable
+from talkserver.loadtest.run import Plan, Run, Unreachable, run_on_loop
 from talkserver.loadtest.tally import last_client_ms
+from talkserver.loadtest.workers import Workers
 from talkserver.operation.openfiles import raise_open_files_limit
 
 # File descriptors the tool needs beside one per connection.
@@ -113,6 +114,9 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--clients-per-address", type=_count, default=100, metavar="N",
                         help="on a loopback URL, spread clients over 127.0.0.0/8 source addresses, N each, "
                         "and give each writer its own (0: all from one address; default %(default)s)")
+    parser.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                        help="hold the clients in N processes (each its share of the clients and source addresses), "
+                        "for more clients than one process's open-files limit or one core allows; one verdict (default 1)")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                         help="the client's event loop; auto takes uvloop when installed (extra 'fast')")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the results as JSON to FILE")
@@ -149,10 +153,18 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
         parser.error("--interval makes one change at a time: use it with --writers 1")
     if args.interval and (args.rate or args.spaced):
         parser.error("--interval sets the pace: do not combine it with --rate or --spaced")
-    needed = args.clients + args.writers + SPARE_FILES
+    if args.workers > args.clients:
+        parser.error(f"--workers {args.workers}: more workers than --clients {args.clients}")
+    # Each worker holds its share of the clients; the writers stay with the first process.
+    per_process = -(-args.clients // args.workers)
+    needed = per_process + args.writers + SPARE_FILES
     limit = raise_open_files_limit()
     if needed > limit:
-        parser.error(f"--clients {args.clients} needs {needed} open files, more than the limit {limit} (ulimit -Hn)")
+        parser.error(
+            f"--clients {args.clients} needs {needed} open files, more than the limit {limit}"
+            + (f" of each of --workers {args.workers}" if args.workers > 1 else "")
+            + ": use more --workers, or raise the hard limit (ulimit -Hn, as root)"
+        )
     if args.pid and not os.path.exists(f"/proc/{args.pid}/status"):
         parser.error(f"--pid {args.pid}: no such process")
     if args.loop == "uvloop":
@@ -179,7 +191,7 @@ def parse_plan(argv: list[str] | None = None) -> Plan:
             parser.error(str(e))
     return Plan(
         host=url.hostname, port=port, url=f"http://{url.netloc.rpartition('@')[2]}", clients=args.clients,
-        user=user, authorization=authorization,
+        user=user, authorization=authorization, workers=args.workers,
         writers=args.writers, duration=args.duration, rate=args.rate, spaced=args.spaced,
         interval=args.interval, churn=args.churn,
         drain=args.drain, pid=args.pid, json_path=args.json_path, plot_path=args.plot_path,
@@ -197,11 +209,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
 
     async def followers(target, log):
+        if plan.workers > 1:
+            return await Workers.start(plan, log)
         return Crowd(plan.transport, target, log, range(plan.clients))
 
     run = Run(plan, followers)
     try:
-        run.event_loop = _run_loop(run.go(), plan.loop)
+        run.event_loop = run_on_loop(run.go(), plan.loop)
     except Unreachable as e:
         print(f"talkserver-load: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -228,24 +242,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"talkserver-load: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(0 if clean(result) else 1)
-
-
-def _run_loop(coroutine, loop: str) -> str:
-    """Run ``coroutine`` on the chosen event loop; returns the loop's name."""
-    # uvloop (the 'fast' extra) costs the client less per answer, which
-    # matters when one process must keep up with 10,000 clients.
-    if loop != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-            try:
-                asyncio.run(coroutine)
-            finally:
-                asyncio.set_event_loop_policy(None)
-            return "uvloop"
-    asyncio.run(coroutine)
-    return "asyncio"
-
