@@ -49,7 +49,7 @@ def plot(latencies_ms, last_client_ms: list[float], path: str, title: str = "") 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullLocator
+    from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
     figure, (spread, per_change) = plt.subplots(1, 2, figsize=(11, 4.2))
     values = sorted(latencies_ms)
@@ -71,10 +71,11 @@ def plot(latencies_ms, last_client_ms: list[float], path: str, title: str = "") 
     spread.set(title=f"Fan-out latency by percentile ({len(values):,} deliveries)",
                xlabel="percentile of deliveries", ylabel="ms from write to client (log)")
     spread.grid(True, which="major", alpha=0.3)
-    spread.legend(loc="upper left", fontsize="small")
+    spread.legend(loc="lower right", fontsize="small")
     changes = range(1, len(last_client_ms) + 1)
     per_change.plot(changes, [max(FLOOR_MS, v) for v in last_client_ms], marker=".", linestyle="none", color="#c44e52")
     per_change.set_yscale("log")
+    per_change.xaxis.set_major_locator(MaxNLocator(integer=True))
     per_change.set(title="Time until the last client has it", xlabel="change", ylabel="ms (log)")
     per_change.grid(True, which="major", alpha=0.3)
     if title:
