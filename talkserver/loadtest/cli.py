@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
 
     async def followers(target, log):
+        """The clients: in this process, or in --workers processes."""
         if plan.workers > 1:
             return await Workers.start(plan, log)
         return Crowd(plan.transport, target, log, range(plan.clients))

@@ -94,6 +94,7 @@ class Socket(Follower, asyncio.Protocol):
         self._closed_by_us = False
 
     def connection_made(self, transport) -> None:
+        """Send the upgrade request (resuming from ``cursor`` if there is one)."""
         self.transport = transport
         self.hub.connected += 1
         self._reset()
@@ -105,6 +106,7 @@ class Socket(Follower, asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        """Check the handshake's answer, then take every whole frame."""
         now = clock()
         buffer = self._buffer + data if self._buffer else data
         if not self._open:

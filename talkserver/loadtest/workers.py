@@ -56,6 +56,7 @@ class Channel:
 
     @classmethod
     async def open(cls, sock: socket.socket) -> "Channel":
+        """A channel over ``sock``, read and written by the running loop."""
         return cls(*await asyncio.open_connection(sock=sock))
 
     def send(self, message: tuple) -> None:
@@ -135,25 +136,31 @@ class Workers:
 
     @property
     def connected(self) -> int:
+        """Clients with an open connection, in every worker (as last reported)."""
         return sum(s[0] for s in self._status)
 
     @property
     def waiting(self) -> int:
+        """Clients the server holds for the next change, in every worker."""
         return sum(s[1] for s in self._status)
 
     @property
     def errors(self) -> int:
+        """Errors so far: the workers' and the parent's own."""
         return sum(s[2] for s in self._status) + sum(self._errors.values())
 
     @property
     def deliveries(self) -> int:
+        """Deliveries the workers have tallied so far."""
         return sum(s[3] for s in self._status)
 
     @property
     def matching(self) -> int:
+        """While draining: copies equal to the server's board, in every worker."""
         return sum(s[4] for s in self._status)
 
     def take_window(self) -> list[float]:
+        """Latencies the workers reported since the last call."""
         window, self._window = self._window, []
         return window
 
@@ -164,12 +171,15 @@ class Workers:
     # -- the phases ----------------------------------------------------------
 
     async def connect(self) -> None:
+        """Tell every worker to open its clients' connections."""
         self._send_all(("connect",))
 
     def churn(self, every: float | None) -> None:
+        """Start (``every`` seconds) or stop (None) hang-ups in every worker."""
         self._send_all(("churn", every))
 
     async def drain(self, final: dict, timeout: float) -> int:
+        """Every worker waits for its copies to equal ``final``; returns how many do."""
         self._flush()
         self._send_all(("drain", final, timeout))
         return sum(await self._all("drained", timeout + FINISH_TIMEOUT))
