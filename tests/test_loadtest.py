@@ -396,3 +396,17 @@ def test_the_load_tester_imports_nothing_of_the_server():
     assert "talkserver.loadtest.cli" in loaded
     assert server_modules == []
     assert not any(m == "tornado" or m.startswith("tornado.") for m in loaded)
+
+
+def test_counts_in_the_summary_and_plot_title_take_the_right_plural():
+    from talkserver.loadtest.report import plot_title, plural
+
+    title = plot_title({
+        "clients": 1, "transport": "websocket", "mode": "load", "interval_s": None, "writers": 1, "rate": None,
+        "url": "http://127.0.0.1:8000", "host_header": None, "started": "2026-12-07 12:00:00 UTC", "workers": 2,
+    })
+
+    assert [plural(1, "hang-up"), plural(2, "hang-up"), plural(1, "process", "processes"), plural(4, "process", "processes")] == [
+        "1 hang-up", "2 hang-ups", "1 process", "4 processes",
+    ]
+    assert "1 clients" not in title and "on WebSockets in 2 processes, 1 writer" in title

@@ -146,6 +146,6 @@ def plot_title(result: dict) -> str:
     processes = f" in {plural(workers, 'process', 'processes')}" if workers > 1 else ""
     host = f" (Host: {result['host_header']})" if result.get("host_header") else ""
     return (
-        f"talkserver-load: {result['clients']:,} clients on {follow}{processes}, {pace}\n"
+        f"talkserver-load: {plural(result['clients'], 'client')} on {follow}{processes}, {pace}\n"
         f"{result['url']}{host}, {result['started']}"
     )
