@@ -71,7 +71,7 @@ class Socket(Follower, asyncio.Protocol):
 
     __slots__ = (
         "target", "hub", "source", "transport", "cursor", "copy", "last", "joined",
-        "waiting", "closing", "_key", "_open", "_buffer", "_fragments", "_closed_by_us",
+        "waiting", "closing", "_key", "_open", "_buffer", "_parts", "_need", "_fragments", "_closed_by_us",
     )
 
     def __init__(self, target: Target, hub: Hub, source: str | None = None) -> None:
@@ -89,6 +89,11 @@ class Socket(Follower, asyncio.Protocol):
         self._key = base64.b64encode(os.urandom(16))
         self._open = False  # the 101 has come and been checked
         self._buffer = b""
+        # A frame longer than what has come is gathered in parts, joined
+        # once it is whole (adding each read to the buffer would copy a
+        # large board again at every read): its bytes so far and its size.
+        self._parts: list[bytes] = []
+        self._need = 0
         # The parts of a fragmented message so far (None: no message open).
         self._fragments: list[bytes] | None = None
         self._closed_by_us = False
@@ -108,6 +113,12 @@ class Socket(Follower, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Check the handshake's answer, then take every whole frame."""
         now = clock()
+        if self._need:
+            self._parts.append(data)
+            self._need -= len(data)
+            if self._need > 0:
+                return
+            data, self._parts, self._need = b"".join(self._parts), [], 0
         buffer = self._buffer + data if self._buffer else data
         if not self._open:
             end = buffer.find(b"\r\n\r\n")
@@ -117,7 +128,11 @@ class Socket(Follower, asyncio.Protocol):
             head, buffer = buffer[:end], buffer[end + 4 :]
             if not self._handshake(head, buffer):
                 return
-        self._buffer = self._frames(now, buffer)
+        rest = self._frames(now, buffer)
+        if self._need:
+            self._buffer, self._parts = b"", [rest]
+        else:
+            self._buffer = rest
 
     def _handshake(self, head: bytes, rest: bytes) -> bool:
         """Check the server's answer to the upgrade; False (and the
@@ -168,6 +183,8 @@ class Socket(Follower, asyncio.Protocol):
                 return b""
             stop = start + length
             if len(buffer) < stop:
+                if stop > 65536:
+                    self._need = stop - len(buffer)  # gathered in parts
                 break
             payload = buffer[start:stop]
             buffer = buffer[stop:]
