@@ -27,7 +27,6 @@ when interrupted.  See docs/loadtest.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
