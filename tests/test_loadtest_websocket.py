@@ -356,14 +356,6 @@ class Board:
             socket.push()
 
 
-class Talks(tornado.web.RequestHandler):
-    def initialize(self, board):
-        self.board = board
-
-    def get(self):
-        self.finish(self.board.answer(None))
-
-
 class Talk(tornado.web.RequestHandler):
     def initialize(self, board):
         self.board = board
@@ -392,7 +384,8 @@ class Following(tornado.websocket.WebSocketHandler):
 
     async def get(self, *args, **kwargs):
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            return Talks.get(self)
+            # A plain GET /talks (the writers' and the drain's): the board.
+            return self.finish(self.board.answer(None))
         return await super().get(*args, **kwargs)
 
     def open(self):
