@@ -4,7 +4,9 @@ The peer is Tornado's own WebSocketHandler (a spec-following server: it
 refuses unmasked client frames, so a pong it receives proves the masking),
 or, where a test needs frames Tornado never sends (fragments, a ping inside
 a fragmented message, one byte per read, a wrong Sec-WebSocket-Accept), a
-few lines of asyncio that write those bytes on a real socket.
+few lines of asyncio that write those bytes on a real socket.  At the end:
+the whole command over WebSockets against a small talks server, and a
+poller's large answer gathered across reads as a socket's large frame is.
 """
 
 import asyncio
@@ -456,3 +458,37 @@ def test_a_websocket_server_that_misses_deletions_is_caught(tmp_path):
     assert done.returncode == 1
     assert result["lost"] > 0 and result["lost"] % 20 == 0
     assert "NOT CLEAN" in done.stdout
+
+
+# -- a large board over a long poll, gathered the same way ---------------------
+
+
+class LargeBoard(tornado.web.RequestHandler):
+    def initialize(self, body):
+        self.body = body
+
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.finish(self.body)
+
+
+def test_a_poll_answer_larger_than_many_reads_arrives_whole():
+    from talkserver.loadtest.clients import Poller
+
+    body = json.dumps({"serverTime": 3, "talks": [{"title": f"T{n}", "summary": "x" * 3000} for n in range(1000)]}).encode()
+
+    async def scenario():
+        server, port = await serve([("/talks", LargeBoard, {"body": body})])
+        target = Target("127.0.0.1", port)
+        hub = Hub(target)
+        poller = Poller(target, hub)
+        await target.connect(poller)
+        await until(lambda: len(hub.inbox) >= 2)  # the board, then the first poll's answer
+        poller.close()
+        server.stop()
+        return hub
+
+    hub = asyncio.run(scenario())
+
+    assert [answer for _, _, answer in hub.inbox[:2]] == [body, body]
+    assert hub.errors == {}

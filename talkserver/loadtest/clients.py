@@ -48,11 +48,16 @@ class Connection(asyncio.Protocol):
     clock reading when the answer's last byte arrived.
     """
 
-    __slots__ = ("transport", "_buffer", "_close_after", "source", "retry_after")
+    __slots__ = ("transport", "_buffer", "_parts", "_need", "_close_after", "source", "retry_after")
 
     def __init__(self, source: str | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = b""
+        # A large answer (a big board) is gathered in parts and joined once
+        # it is whole: adding each read to the buffer would copy it again
+        # at every read.  Its bytes so far, and how many are still to come.
+        self._parts: list[bytes] = []
+        self._need = 0
         self._close_after = False
         # The local address to connect from (None: the system's choice).
         self.source = source
@@ -62,9 +67,16 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self._buffer = b""
+        self._parts, self._need = [], 0
 
     def data_received(self, data: bytes) -> None:
         now = clock()
+        if self._need:
+            self._parts.append(data)
+            self._need -= len(data)
+            if self._need > 0:
+                return
+            data, self._parts, self._need = b"".join(self._parts), [], 0
         buffer = self._buffer + data if self._buffer else data
         while True:
             end = buffer.find(b"\r\n\r\n")
@@ -79,6 +91,9 @@ class Connection(asyncio.Protocol):
                 return
             stop = end + 4 + length
             if len(buffer) < stop:
+                if stop - len(buffer) > 65536:
+                    self._need = stop - len(buffer)
+                    self._parts, buffer = [buffer], b""
                 break
             body = buffer[end + 4 : stop]
             buffer = buffer[stop:]
