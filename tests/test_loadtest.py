@@ -259,28 +259,11 @@ def test_the_progress_line_shows_the_drain_and_counts_deliveries_over_a_moving_w
     assert rate > 0
 
 
-def test_live_progress_is_shown_on_a_terminal(tmp_path):
+def test_live_progress_is_shown_on_a_terminal():
     with talkserver() as (url, _):
-        controller, terminal = pty.openpty()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "talkserver.loadtest", "--url", url, "--clients", "30", "--duration", "2.5"],
-            stdout=terminal, stderr=terminal, text=True,
-        )
-        os.close(terminal)
-        output = b""
-        while True:
-            ready, _, _ = select.select([controller], [], [], 30)
-            try:
-                chunk = os.read(controller, 4096) if ready else b""
-            except OSError:  # the terminal closes when the process ends
-                chunk = b""
-            if not chunk:
-                break
-            output += chunk
-        os.close(controller)
-        assert process.wait(timeout=30) == 0
+        status, text = on_a_terminal("--url", url, "--clients", 30, "--duration", 2.5)
 
-    text = output.decode()
+    assert status == 0
     assert "\rwrite" in text and "connected 30/30" in text and "deliveries/s" in text
     assert "talkserver-load: clean" in text
 
