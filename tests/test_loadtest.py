@@ -389,7 +389,8 @@ def test_counts_in_the_summary_and_plot_title_take_the_right_plural():
         "url": "http://127.0.0.1:8000", "host_header": None, "started": "2026-12-07 12:00:00 UTC", "workers": 2,
     })
 
-    assert [plural(1, "hang-up"), plural(2, "hang-up"), plural(1, "process", "processes"), plural(4, "process", "processes")] == [
-        "1 hang-up", "2 hang-ups", "1 process", "4 processes",
+    assert [plural(1, "hang-up"), plural(1037, "hang-up"), plural(1, "process", "processes"), plural(4, "process", "processes")] == [
+        "1 hang-up", "1037 hang-ups", "1 process", "4 processes",
     ]
+    assert plural(10_000, "client", grouped=True) == "10,000 clients"
     assert "1 clients" not in title and "on WebSockets in 2 processes, 1 writer" in title

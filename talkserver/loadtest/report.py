@@ -15,9 +15,11 @@ from talkserver.loadtest.tally import last_client_ms, percentile
 TRANSPORT_NAMES = {"poll": "long polls", "sse": "event streams", "websocket": "WebSockets"}
 
 
-def plural(count: int, one: str, many: str | None = None) -> str:
-    """``1 client``, ``2 clients`` (``many`` for irregular plurals)."""
-    return f"{count:,} {one if count == 1 else many or one + 's'}"
+def plural(count: int, one: str, many: str | None = None, grouped: bool = False) -> str:
+    """``1 client``, ``2 clients`` (``many`` for irregular plurals);
+    ``grouped``: thousands separated, ``10,000 clients``, for titles."""
+    number = f"{count:,}" if grouped else f"{count}"
+    return f"{number} {one if count == 1 else many or one + 's'}"
 
 
 def results(run) -> dict:
@@ -146,6 +148,6 @@ def plot_title(result: dict) -> str:
     processes = f" in {plural(workers, 'process', 'processes')}" if workers > 1 else ""
     host = f" (Host: {result['host_header']})" if result.get("host_header") else ""
     return (
-        f"talkserver-load: {plural(result['clients'], 'client')} on {follow}{processes}, {pace}\n"
+        f"talkserver-load: {plural(result['clients'], 'client', grouped=True)} on {follow}{processes}, {pace}\n"
         f"{result['url']}{host}, {result['started']}"
     )
