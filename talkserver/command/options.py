@@ -258,9 +258,11 @@ define("api", "changes", group="following", metavar="changes|etag", check=one_of
        help="what plain GET /talks answers: changes ({serverTime, talks}, the book's 2nd edition) or "
             "etag (the bare array, with ETag and Prefer: wait polling, its 3rd and 4th)")
 define("heartbeat", streams.DEFAULT_HEARTBEAT, group="following", metavar="SECONDS", check=at_least(0, " (0: none)"),
-       help="seconds between keep-alive comments on an idle event stream (0: none)")
+       help="seconds between keep-alive comments on an idle event stream, and between pings to every "
+            "WebSocket (one that answers none for two intervals is closed) (0: none)")
 define("stream_buffer", streams.DEFAULT_BUFFER_LIMIT, group="following", metavar="BYTES", check=above_zero,
-       help="bytes an event stream's client may leave unread before the stream is closed (it reconnects and catches up)")
+       help="bytes an event stream's or a WebSocket's client may leave unread before it is closed "
+            "(it reconnects and catches up)")
 define("fast_polls", True, group="following",
        help="serve plain long polls without a RequestHandler (half the CPU per poll); "
             "false sends every request through Tornado's routing, for comparison")
