@@ -6,7 +6,8 @@ or, where a test needs frames Tornado never sends (fragments, a ping inside
 a fragmented message, one byte per read, a wrong Sec-WebSocket-Accept), a
 few lines of asyncio that write those bytes on a real socket.  At the end:
 the whole command over WebSockets against a small talks server, and a
-poller's large answer gathered across reads as a socket's large frame is.
+poller's large answer gathered across reads as a socket's large frame is;
+last, talkserver's own WebSocket transport, with hang-ups and a password.
 """
 
 import asyncio
@@ -14,6 +15,8 @@ import base64
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -25,7 +28,7 @@ import tornado.websocket
 from talkserver.loadtest.clients import RETRY_BACKOFF, Hub, Target
 from talkserver.loadtest.websocket import Socket
 
-from .harness import load_json
+from .harness import load_json, running
 
 
 class Peer:
@@ -492,3 +495,36 @@ def test_a_poll_answer_larger_than_many_reads_arrives_whole():
 
     assert [answer for _, _, answer in hub.inbox[:2]] == [body, body]
     assert hub.errors == {}
+
+
+# -- talkserver itself, over its WebSocket transport ---------------------------
+
+
+def test_talkserver_followed_over_websockets_with_hang_ups_runs_clean(tmp_path):
+    with running(sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:") as (url, _):
+        done, result = load_json(
+            tmp_path, "--url", url, "--transport", "websocket", "--clients", 200, "--writers", 2, "--duration", 2,
+            "--churn", 1,
+        )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result["changes"] > 0 and result["deliveries"] == result["changes"] * 200
+    assert (result["lost"], result["duplicates"], result["errors"]) == (0, 0, 0)
+    assert result["hang_ups"] > 0  # each came back with changesSince and missed nothing
+    assert result["copies_matching"] == 200
+
+
+def test_a_password_protected_talkserver_is_followed_over_websockets(tmp_path):
+    users, password = tmp_path / "users", "Socket-Password-55"
+    subprocess.run([sys.executable, "-m", "talkserver.command.passwd", str(users), "ada"],
+                   input=password + "\n", text=True, check=True, capture_output=True, timeout=60)
+    (tmp_path / "password").write_text(password + "\n")
+    with running(sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:", f"--password-file={users}") as (url, _):
+        done, result = load_json(
+            tmp_path, "--url", url, "--transport", "websocket", "--user", "ada", "--password-file", tmp_path / "password",
+            "--clients", 50, "--duration", 1, "--rate", 10,
+        )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result["deliveries"] == result["changes"] * 50 > 0
+    assert password not in done.stdout + done.stderr
