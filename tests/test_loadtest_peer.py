@@ -210,7 +210,10 @@ async def test_a_websocket_handshake_elsewhere_or_with_a_bad_cursor_is_refused()
             assert refused.value.code == status
 
 
-@pytest.mark.parametrize("transport, pace", [("poll", ["--writers", "2"]), ("sse", ["--interval", "0.1"])])
+@pytest.mark.parametrize(
+    "transport, pace",
+    [("poll", ["--writers", "2"]), ("sse", ["--interval", "0.1"]), ("websocket", ["--writers", "2"])],
+)
 def test_talkserver_load_runs_clean_against_the_peer(tmp_path, transport, pace):
     with node_peer(poll_timeout_ms=5000) as url:
         done, result = load_json(
