@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import inspect
 import logging
 import signal
 import socket
@@ -30,37 +29,31 @@ from talkserver.access.auth import PasswordFileError, cookie_secret_path, exposu
 from talkserver.command.options import Refused, options, parse
 from talkserver.operation.shutdown import drain
 from talkserver.stores import (
-    MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
-    WriteOutcomeUnknown, is_postgres_url, wall_clock_ms,
+    Settings, Store, StoreOpenError, StoreWriteFailed, UnknownStore, WriteOutcomeUnknown, open_store, registry,
+    store_class, wall_clock_ms,
 )
-from talkserver.stores.postgres import redact
 from talkserver.operation.openfiles import raise_open_files_limit
 from talkserver.operation.workers import Worker, fork_workers, tag_log_lines
 
 log = logging.getLogger("talkserver")
 
 
-def open_store(path: str, sync: str = "normal") -> Store:
-    """The local store named by ``--db``; ``Refused`` if it cannot be used."""
-    if path == ":memory:":
-        return MemoryStore()
+def store_settings(follow: bool = True) -> Settings:
+    """How to open the store, from the options."""
+    return Settings(sync=options.sync, timeout=options.db_timeout, follow=follow)
+
+
+async def open_db(follow: bool = True) -> Store:
+    """The store named by ``--db`` (talkserver.stores.registry); ``Refused`` if it cannot be used."""
     try:
-        return SQLiteStore(path, sync=sync)
+        return await open_store(options.db, store_settings(follow))
     except StoreOpenError as e:
         raise Refused(str(e)) from None
 
 
-async def open_shared_store(url: str, follow: bool = True) -> Store:
-    """The PostgreSQL store named by ``--db``; ``Refused`` if it cannot be used."""
-    try:
-        return await PostgresStore.open(url, follow=follow, timeout=options.db_timeout)
-    except StoreOpenError as e:
-        raise Refused(str(e)) from None
-
-
-async def check_shared_store(url: str) -> None:
+async def check_store() -> None:
     """Open (creating or migrating the schema) and close the store once, before forking workers."""
-    store = await open_shared_store(url, follow=False)
+    store = await open_db(follow=False)
     await store.close()
 
 
@@ -70,9 +63,7 @@ PRUNE_EVERY_MS = 3600 * 1000
 async def prune_tombstones(store: Store, retention_days: float) -> None:
     """Forget tombstones older than the retention window (a failure waits for the next round)."""
     try:
-        pruned = store.prune(wall_clock_ms() - round(retention_days * 86_400_000))
-        if inspect.isawaitable(pruned):
-            pruned = await pruned
+        pruned = await store.prune(wall_clock_ms() - round(retention_days * 86_400_000))
     except (StoreWriteFailed, WriteOutcomeUnknown) as e:
         log.warning("could not prune old tombstones: %s", e)
         return
@@ -101,16 +92,14 @@ def hardening_settings() -> dict:
     return settings
 
 
-async def serve(store: Store | None, worker: Worker | None = None) -> None:
+async def serve(worker: Worker | None = None) -> None:
     """Run the server until SIGTERM or SIGINT, then drain (talkserver.operation.shutdown).
 
-    ``store`` None means the PostgreSQL store of ``--db``, opened here, in
-    the process (and event loop) that uses it.  A ``worker`` (from
-    ``--processes``) serves the parent's socket and also stops when the
-    parent tells it to.
+    The store of ``--db`` is opened here, in the process (and event loop)
+    that uses it.  A ``worker`` (from ``--processes``) serves the parent's
+    socket and also stops when the parent tells it to.
     """
-    if store is None:
-        store = await open_shared_store(options.db)
+    store = await open_db()
     await prune_tombstones(store, options.retention)
     tornado.ioloop.PeriodicCallback(lambda: prune_tombstones(store, options.retention), PRUNE_EVERY_MS).start()
     try:
@@ -193,7 +182,7 @@ def _where(sockets) -> str:
 
 
 def _store_name(db: str) -> str:
-    return redact(db) if is_postgres_url(db) else db
+    return registry.display(db)
 
 
 def listen(port: int, address: str) -> list[socket.socket]:
@@ -225,7 +214,10 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: list[str]) -> None:
     """Read the options, open the store, serve until stopped."""
     parse(args)
-    shared = is_postgres_url(options.db)
+    try:
+        shared = store_class(options.db).shared
+    except UnknownStore as e:  # checked with the options already; kept for callers of run()
+        raise Refused(f"--db={registry.display(options.db)}: {e}") from None
     if options.processes != 1 and not shared:
         raise Refused(
             f"--processes={options.processes} needs a store the processes can share:"
@@ -241,19 +233,18 @@ def run(args: list[str]) -> None:
         except PasswordFileError as e:
             raise Refused(str(e)) from None
     if not shared:
-        # Opened before the loop starts, so a bad file ends the process at once.
-        asyncio.run(serve(open_store(options.db, options.sync)))
+        asyncio.run(serve())
         return
     if options.processes != 1:
         tag_log_lines("parent")  # every line until the workers start is the parent's
     # Checked (and the schema made or migrated) once, before any worker
     # starts, so a bad URL ends the command at once instead of every worker.
-    asyncio.run(check_shared_store(options.db))
+    asyncio.run(check_store())
     if options.processes == 1:
-        asyncio.run(serve(None))
+        asyncio.run(serve())
         return
     sockets = listen(options.port, options.address)
     announce("talkserver listening on %s (store %s, open-files limit %d), starting the workers",
              _where(sockets), _store_name(options.db), raise_open_files_limit())
     worker = fork_workers(options.processes, sockets)
-    asyncio.run(serve(None, worker))
+    asyncio.run(serve(worker))

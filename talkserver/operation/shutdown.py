@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 
 import tornado.httpserver
@@ -60,9 +59,7 @@ async def drain(
     except asyncio.TimeoutError:
         log.warning("some connections did not close in time")
     talks = len(board.store.all_talks())
-    closed = board.store.close()
-    if inspect.isawaitable(closed):  # the shared store's connections
-        await closed
+    await board.store.close()
     log.info("stopped: answered %d waiting polls; %d talks in the store", answered, talks)
     if streams_ended:
         log.info("ended %d event streams", streams_ended)

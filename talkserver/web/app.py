@@ -48,11 +48,11 @@ DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 
 def default_static_path() -> str:
     """The www/ that ships with talkserver: in a checkout, or installed."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "www", here / "www"):
+    package = Path(__file__).resolve().parent.parent  # this module is talkserver/web/app.py
+    for candidate in (package.parent / "www", package / "www"):
         if (candidate / "index.html").is_file():
             return str(candidate)
-    return str(here.parent / "www")
+    return str(package.parent / "www")
 
 
 def make_app(

@@ -22,7 +22,7 @@ from talkserver.follow import lifecycle, streams, wakeup
 from talkserver.follow.board import Board
 from talkserver.wire import tornado_private
 from talkserver.access.auth import NOT_THE_OWNER
-from talkserver.stores import NotTheOwner, PostgresStore, StoreWriteFailed, WriteOutcomeUnknown
+from talkserver.stores import NotTheOwner, StoreWriteFailed, WriteOutcomeUnknown
 from talkserver.stores import TalkNotFound
 from talkserver.wire.validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
@@ -416,9 +416,11 @@ class HealthHandler(ApiHandler):
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
         health: dict = {"ok": ok}
-        if isinstance(self.board.store, PostgresStore):
-            # Which host of a multi-host --db is primary (docs/deploy.md).
-            health["database"] = self.board.store.health()
+        database = self.board.store.health()
+        if database is not None:
+            # A shared store's connection: which host of a multi-host --db
+            # is primary (docs/deploy.md).
+            health["database"] = database
         if self.board.store.cuts.noticed is not None:
             health["historyCut"] = self.board.store.cuts.noticed.describe()
         self.finish(json.dumps(health))
