@@ -139,7 +139,7 @@ def test_a_database_made_by_schema_version_1_is_migrated_and_keeps_its_board(dat
     finally:
         store.close()
     version = postgres_cluster.psql("SELECT max(version) FROM talkserver_schema", name)
-    assert version == str(SCHEMA_VERSION) == "3"
+    assert version == str(SCHEMA_VERSION) == "4"
     assert kept == {"title": "old", "presenter": "Ada", "summary": "kept",
                     "comments": [{"author": "Bo", "message": "still here"}]}
     assert head == 3000 and stamp > head

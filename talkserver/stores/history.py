@@ -17,9 +17,10 @@ the newest is the board's *epoch* (ETags carry it), so every server of the
 board, running now or started later, answers every cursor the same way.
 
 - **PostgreSQL** (stores.postgres.cuts): each catch-up, and each write's
-  answer, also reads the epoch and the database's stamp of the newest
-  title this server applied (the *witness*), which tell whether the
-  database no longer holds what this server applied; the cut is then
+  answer, also reads the epoch and the database's history id of the
+  server's head (the *witness*: every value the head takes gets a random
+  id), which tell whether the database no longer holds what this server
+  applied, whatever was written since; the cut is then
   recorded under the head lock, once for all servers, and the head moves
   past it.  Every server reloads the board when a cut covers what it applied.
 - **SQLite** (stores.sqlite): one server owns a file and cannot see it
@@ -98,13 +99,6 @@ class Cuts:
     def forget_through(self, pruned_through: int) -> None:
         """Drop cuts wholly older than pruned history: those cursors get a reset anyway."""
         self._cuts = tuple(c for c in self._cuts if c.cut_through >= pruned_through)
-
-
-def newest_change(log: dict[str, int]) -> tuple[str | None, int | None]:
-    """The title and stamp of the newest change in a store's log (``_log``), or (None, None)."""
-    for title, stamp in reversed(log.items()):
-        return title, stamp
-    return None, None
 
 
 # -- SQLite --------------------------------------------------------------------

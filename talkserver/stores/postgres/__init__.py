@@ -32,9 +32,11 @@ once a second through the (possibly multi-host) URL, logging one line per
 change of the database's state.
 
 Every answer (a catch-up's or a write's) also carries the board's epoch and
-a witness, which tell a database that went back in time (a restore, a
-failover that lost commits); a catch-up round then marks the cut for every
-server and reloads the board (stores.history).  docs/storage.md describes
+the history id the database holds for this process's head (the witness),
+which tell a database that went back in time (a restore, a failover that
+lost commits) whatever was written since; a catch-up round then marks the
+cut for every server, or finds it marked, and reloads the board
+(stores.history, stores.postgres.cuts).  docs/storage.md describes
 the schema, the choices and each fault.
 
 The parts, each one job:

@@ -2,7 +2,8 @@
 
 stores.history says what a cut is and how cursors in one are answered.
 Here: ``lost_history`` decides from a catch-up's answer whether the
-database no longer holds what this process applied; ``mark_cut`` records
+database no longer holds what this process applied (by the history id of
+its head, which no later write can hide); ``mark_cut`` records
 the cut once for every server of the board, under the head lock; and a
 catch-up round settles what an answer showed (``CutSettling._settle_cut``):
 marks or learns the cut and reloads the whole board from the database.
@@ -18,24 +19,47 @@ from talkserver.stores.postgres.schema import CATCH_UP, DB_CLOCK_MS
 log = logging.getLogger("talkserver")
 
 
-def lost_history(
-    *, applied_head: int, known_epoch: int, newest_stamp: int | None,
-    db_head: int | None, db_pruned_through: int | None, db_epoch: int, witness: int | None,
-) -> bool:
-    """Whether the database no longer holds everything this server applied.
+def newest_change(log: dict[str, int]) -> tuple[str | None, int | None]:
+    """The title and stamp of the newest change in a store's log (``_log``), or (None, None)."""
+    for title, stamp in reversed(log.items()):
+        return title, stamp
+    return None, None
 
-    The database went back when its head is behind ours (a restore, a
-    failover before new writes), when cuts we know of are gone from it (a
-    restore of a dump older than a cut), or when the newest change we
-    applied is not in its log although writes went on after it (a failover
-    whose new primary has taken writes since): in a history that only goes
-    forward, that title's stamp is ours or newer, unless pruned.
+
+def lost_history(*, asked, db_head: int | None, db_pruned_through: int | None, db_epoch: int,
+                 since_id: int | None, history_from: int | None, witness: int | None) -> bool:
+    """Whether the database no longer holds everything this process had applied when it asked (``asked``).
+
+    The witness no later write can hide is the history id of this
+    process's head (``asked.head_id``, from the answer that brought it
+    there) against the id the database holds for that stamp now
+    (``since_id``).  History is one line (the head lock orders every write;
+    a restore or a failover keeps a prefix of it), so the same id says the
+    database's history runs through this head and holds everything before
+    it.  A missing id, or another (the stamp handed out again after the
+    database went back), says it lost that change, whatever was written
+    since: later writes of the same titles, or a head moved past ours,
+    cannot hide it.  The ids of stamps older than the retention window are
+    pruned (``history_from``: the oldest kept); for a head that old, the
+    head going back still tells.  So do cuts we know going missing (epochs
+    only go up).
+
+    And, for rows removed by hand under a head left in place (a wiped
+    table): the newest change this process applied (``asked.title`` at
+    ``asked.stamp``) must still be in the log, at that stamp or a later
+    one, unless pruned (``witness``: its stamp in the database now).
     """
     if db_head is None or db_pruned_through is None:
         return True  # the head row is gone: a wiped table
-    if db_head < applied_head or db_epoch < known_epoch:
+    if db_epoch < asked.epoch:
+        return True  # cuts we know are gone: a restore older than them (epochs only go up)
+    if asked.head_id is not None and history_from is not None and asked.head >= history_from:
+        if since_id != asked.head_id:
+            return True
+    elif db_head < asked.head:
         return True
-    return newest_stamp is not None and (witness is None or witness < newest_stamp) and db_pruned_through < newest_stamp
+    return (asked.stamp is not None and (witness is None or witness < asked.stamp)
+            and db_pruned_through < asked.stamp)
 
 
 async def pg_cuts(conn) -> list[Cut]:
@@ -131,8 +155,8 @@ class CutSettling:
             async def settle(conn):
                 row = await conn.fetchrow(CATCH_UP, asked.head, asked.title)
                 lost = seen or row is None or (self._loaded and lost_history(
-                    applied_head=asked.head, known_epoch=asked.epoch, newest_stamp=asked.stamp,
-                    db_head=row["db_head"], db_pruned_through=row["db_pruned_through"], db_epoch=row["epoch"],
+                    asked=asked, db_head=row["db_head"], db_pruned_through=row["db_pruned_through"],
+                    db_epoch=row["epoch"], since_id=row["since_id"], history_from=row["history_from"],
                     witness=row["witness"],
                 ))
                 if not lost and row["epoch"] == asked.epoch:
@@ -171,4 +195,4 @@ class CutSettling:
                 log.info("the board's history was cut elsewhere (%s); nothing this process applied was lost",
                          describe(self.cuts.noticed))
         head, pruned_through, reload, changes = tuple(row)[:4]
-        return self._merge(head, pruned_through, reload, changes, stale=False)
+        return self._merge(head, pruned_through, reload, changes, row["head_id"], stale=False)

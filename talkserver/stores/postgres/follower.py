@@ -26,8 +26,7 @@ import time
 from typing import NamedTuple
 
 from talkserver.stores.contract import StoreWriteFailed
-from talkserver.stores.history import newest_change
-from talkserver.stores.postgres.cuts import lost_history
+from talkserver.stores.postgres.cuts import lost_history, newest_change
 from talkserver.stores.postgres.connection import (
     RETRY_EVERY, SESSION_SETTINGS, NoAnswer, asyncpg, failure, host_of, unreachable, within,
 )
@@ -42,7 +41,8 @@ class Asked(NamedTuple):
     applied: int  # answers applied by then (Follower._applied)
     head: int
     epoch: int
-    title: str | None  # the title it changed last, whose stamp in the database is the witness
+    head_id: int | None  # the history id the database gave for ``head`` (None until loaded)
+    title: str | None  # the title it changed last, whose stamp in the database is checked too
     stamp: int | None  # and that change's stamp
 
 
@@ -89,11 +89,11 @@ class Follower:
 
     def _asking(self) -> Asked:
         """What this process has applied now, against which an answer asked for now is checked."""
-        return Asked(self._applied, self.head, self.cuts.epoch, *newest_change(self._log))
+        return Asked(self._applied, self.head, self.cuts.epoch, self._head_id, *newest_change(self._log))
 
-    def _apply(self, head: int, pruned_through: int, reload: bool, changes: str, epoch: int, witness: int | None,
-               *, asked: Asked) -> bool | None:
-        """Apply one answer of talkserver_changes (a catch-up's or a write's); returns whether memory changed.
+    def _apply(self, head: int, pruned_through: int, reload: bool, changes: str, epoch: int, head_id: int | None,
+               since_id: int | None, history_from: int | None, witness: int | None, *, asked: Asked) -> bool | None:
+        """Apply one answer of talkserver_catch_up (a catch-up's or a write's); returns whether memory changed.
 
         One statement is one snapshot: the head and the rows after the
         cursor come from the same moment, so they are a gap-free prefix.
@@ -103,27 +103,26 @@ class Follower:
 
         Returns None, applying nothing, when the answer shows a cut for a
         catch-up round to settle (``_settle_cut``): the database no longer
-        holds what this process had applied when it asked (its head, epoch
-        or witness went back, stores.history; after a restore a write's
-        stamp is the clock, so its head alone may look ahead of ours while
-        the witness is gone), or it has cuts this process does not know; or
-        a round is settling one now.
+        holds what this process had applied when it asked (the history id
+        of its head is gone or another, or its newest change is gone from
+        the log; stores.postgres.cuts), or it has cuts this process does
+        not know; or a round is settling one now.
         """
         if self._settling or self._loss_seen:
             return None
         if self._loaded and lost_history(
-            applied_head=asked.head, known_epoch=asked.epoch, newest_stamp=asked.stamp,
-            db_head=head, db_pruned_through=pruned_through, db_epoch=epoch, witness=witness,
+            asked=asked, db_head=head, db_pruned_through=pruned_through, db_epoch=epoch, since_id=since_id,
+            history_from=history_from, witness=witness,
         ):
-            # Kept for the settling round: the next answer may no longer
-            # show it (a write of the witness's own title hides it).
+            # Kept for the settling round, which asks again.
             self._loss_seen = True
             return None
         if epoch != self.cuts.epoch:
             return None
-        return self._merge(head, pruned_through, reload, changes, stale=asked.applied != self._applied)
+        return self._merge(head, pruned_through, reload, changes, head_id, stale=asked.applied != self._applied)
 
-    def _merge(self, head: int, pruned_through: int, reload: bool, changes: str, *, stale: bool) -> bool:
+    def _merge(self, head: int, pruned_through: int, reload: bool, changes: str, head_id: int | None, *,
+               stale: bool) -> bool:
         """Put one checked answer into memory (see _apply); returns whether anything changed."""
         self._loaded = True
         if head < self.head and stale:
@@ -157,6 +156,7 @@ class Follower:
             self._forget_tombstones(pruned_through + 1)
             self.pruned_through = pruned_through
         self.head = head
+        self._head_id = head_id
         return True
 
     async def _follow(self) -> None:

@@ -19,9 +19,10 @@ MIGRATION_LOCK = 0x74616C6B  # "talk"
 # The database's clock in milliseconds, as the write functions read it.
 DB_CLOCK_MS = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
-# The head, the changes after $1, the epoch and the witness (the stamp of
-# the title $2); see talkserver_changes in sql/v3_one_round_trip.sql.
-CATCH_UP = "SELECT * FROM talkserver_changes($1, $2)"
+# The head, the changes after $1, the epoch, the history ids of the head
+# and of $1, and the stamp of the title $2; see talkserver_catch_up in
+# sql/v4_history_ids.sql.
+CATCH_UP = "SELECT * FROM talkserver_catch_up($1, $2)"
 
 _FILE = re.compile(r"v(\d+)_[a-z0-9_]+\.sql")
 

@@ -59,6 +59,9 @@ class PostgresStore(Writes, Follower, CutSettling, Connection, MemoryStore):
         self._closed = False
         # Until the first catch-up nothing was applied, so nothing can be lost.
         self._loaded = False
+        # The database's history id of ``head`` (stores.postgres.cuts): the
+        # witness that the database still holds what this process applied.
+        self._head_id: int | None = None
         # A catch-up round is settling a cut (CutSettling._settle_cut): other answers wait.
         self._settling = False
         # An answer showed that the database lost what this process applied;

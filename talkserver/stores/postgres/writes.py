@@ -1,6 +1,6 @@
 """The PostgreSQL store's writes, and what their client is told when they fail.
 
-A write is one call of a server-side function (sql/v3_one_round_trip.sql):
+A write is one call of a server-side function (sql/v4_history_ids.sql):
 stamp, change, change log, NOTIFY, then the catch-up from this process's
 head through its own stamp, and COMMIT; one round trip.  It is answered
 once its change is in memory.  Its outcomes:
@@ -36,7 +36,7 @@ class Writes:
         Raises NotTheOwner if ``owner`` is given and the talk has another.
         """
         return await self._write(
-            "SELECT * FROM talkserver_put($1, $2, $3, $4, $5, $6, $7)", title, presenter, summary, owner
+            "SELECT * FROM talkserver_write_put($1, $2, $3, $4, $5, $6, $7)", title, presenter, summary, owner
         )
 
     async def delete(self, title: str, owner: str | None = None) -> int | None:
@@ -46,13 +46,13 @@ class Writes:
         has another owner.
         """
         try:
-            return await self._write("SELECT * FROM talkserver_delete($1, $2, $3, $4, $5)", title, owner)
+            return await self._write("SELECT * FROM talkserver_write_delete($1, $2, $3, $4, $5)", title, owner)
         except TalkNotFound:
             return None
 
     async def add_comment(self, title: str, author: str, message: str) -> int:
         """Append a comment; raises TalkNotFound if there is no such talk."""
-        return await self._write("SELECT * FROM talkserver_comment($1, $2, $3, $4, $5, $6)", title, author, message)
+        return await self._write("SELECT * FROM talkserver_write_comment($1, $2, $3, $4, $5, $6)", title, author, message)
 
     async def prune(self, older_than: int) -> int:
         """Forget tombstones stamped before ``older_than``; returns how many.
