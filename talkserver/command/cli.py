@@ -26,6 +26,7 @@ from talkserver.web.accept import HTTPServer
 from talkserver.web.app import make_app
 from talkserver.access.guard import loopback_hosts, parse_allowed_hosts
 from talkserver.access.auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file
+from talkserver.command.dbwait import open_when_reachable
 from talkserver.command.options import Refused, options, parse
 from talkserver.operation.shutdown import drain
 from talkserver.stores import (
@@ -43,17 +44,24 @@ def store_settings(follow: bool = True) -> Settings:
     return Settings(sync=options.sync, timeout=options.db_timeout, follow=follow)
 
 
-async def open_db(follow: bool = True) -> Store:
-    """The store named by ``--db`` (talkserver.stores.registry); ``Refused`` if it cannot be used."""
+async def open_db(follow: bool = True, wait: float = 0.0) -> Store:
+    """The store named by ``--db`` (talkserver.stores.registry); ``Refused`` if it cannot be used.
+
+    A database that is away is waited for up to ``wait`` seconds
+    (talkserver.command.dbwait).
+    """
     try:
-        return await open_store(options.db, store_settings(follow))
+        return await open_when_reachable(lambda: open_store(options.db, store_settings(follow)), wait)
     except StoreOpenError as e:
         raise Refused(str(e)) from None
 
 
 async def check_store() -> None:
-    """Open (creating or migrating the schema) and close the store once, before forking workers."""
-    store = await open_db(follow=False)
+    """Open (creating or migrating the schema) and close the store once, before forking workers.
+
+    This first open is the one that waits for a database not there yet (``--db-wait``).
+    """
+    store = await open_db(follow=False, wait=options.db_wait)
     await store.close()
 
 
@@ -239,7 +247,11 @@ def run(args: list[str]) -> None:
         tag_log_lines("parent")  # every line until the workers start is the parent's
     # Checked (and the schema made or migrated) once, before any worker
     # starts, so a bad URL ends the command at once instead of every worker.
-    asyncio.run(check_store())
+    try:
+        asyncio.run(check_store())
+    except KeyboardInterrupt:
+        # Ctrl-C while waiting for the database: no traceback for it.
+        raise Refused("stopped while waiting for the database") from None
     if options.processes == 1:
         asyncio.run(serve())
         return

@@ -48,6 +48,7 @@ from talkserver.follow import streams
 from talkserver.follow.conditional import API_MODES
 from talkserver.access.guard import parse_allowed_hosts
 from talkserver.stores import SYNC_MODES, Settings, registry
+from talkserver.command.dbwait import DEFAULT_WAIT
 
 PROGRAM = "talkserver"
 
@@ -203,6 +204,9 @@ define("db", "talks.db", group="storage", metavar="PATH|URL", check=check_db,
 define("db_timeout", Settings.timeout, group="storage", metavar="SECONDS", check=above_zero,
        help="seconds a PostgreSQL call may take; a write with no answer by then gets 504 (outcome unknown) "
             "or 503 (not saved)")
+define("db_wait", DEFAULT_WAIT, group="storage", metavar="SECONDS", check=at_least(0, " (0: give up at once)"),
+       help="seconds to wait at start-up for a PostgreSQL database that is not reachable yet, trying again "
+            "with pauses growing to 5 s (0: give up at once); a wrong password or a missing database fails at once")
 define("sync", "normal", group="storage", metavar="normal|full", check=one_of(SYNC_MODES),
        help="normal: every answered write survives a crash of the server; full: also a power loss, but slower")
 define("retention", 7.0, group="storage", metavar="DAYS",
