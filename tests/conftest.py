@@ -21,8 +21,8 @@ from tornado.httpclient import AsyncHTTPClient
 pytest.register_assert_rewrite("tests.consistency", "tests.follower", "tests.harness")
 
 from talkserver import make_app  # noqa: E402
-from talkserver.stores.sqlite import SQLiteStore
-from talkserver.stores import MemoryStore, PostgresStore
+from talkserver.stores import MemoryStore, SQLiteStore
+from talkserver.stores.postgres import PostgresStore
 
 from .harness import FrozenClock, running_servers, stop_leftovers, write_passwords
 from .postgres import BlockingStore, Cluster
@@ -112,7 +112,7 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture
-def each_store(request, tmp_path, store_kind):
+def each_store(request, tmp_path, store_kind, io_loop):
     """A new store of each kind in turn; tests marked ``frozen_clock`` get one on a clock that never moves.
 
     A module whose tests must hold on every store overrides ``store`` with
@@ -126,20 +126,20 @@ def each_store(request, tmp_path, store_kind):
     close_store(store, request)
 
 
-def close_store(store, request=None):
-    """Close a store from ``new_store``, whichever kind."""
-    if isinstance(store, PostgresStore):
-        request.getfixturevalue("io_loop").run_sync(store.close)
-    else:
+def close_store(store, request):
+    """Close a store from ``new_store``, whichever kind (on the test's IOLoop: closing is a coroutine)."""
+    if isinstance(store, BlockingStore):
         store.close()
+    else:
+        request.getfixturevalue("io_loop").run_sync(store.close)
 
 
 @pytest.fixture
-def store():
+def store(io_loop):
     """An in-memory store; modules that test the rules override it with each kind."""
     store = MemoryStore()
     yield store
-    store.close()
+    io_loop.run_sync(store.close)
 
 
 @pytest.fixture

@@ -137,6 +137,22 @@ class Cluster:
         )
         return done.stdout.strip()
 
+    def dump(self, url: str, path) -> None:
+        """``pg_dump`` the database of ``url`` to ``path`` (custom format)."""
+        subprocess.run(
+            [str(self.bin / "pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+             "-Fc", "-f", str(path), url.rsplit("/", 1)[1]],
+            check=True, capture_output=True, timeout=60,
+        )
+
+    def restore(self, url: str, path) -> None:
+        """Put a dump back under whatever runs on it, in one transaction, as docs/storage.md tells operators to."""
+        subprocess.run(
+            [str(self.bin / "pg_restore"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+             "--clean", "--if-exists", "--single-transaction", "-d", url.rsplit("/", 1)[1], str(path)],
+            check=True, capture_output=True, timeout=60,
+        )
+
     def destroy(self) -> None:
         try:
             self.stop("immediate")
@@ -154,10 +170,11 @@ class BlockingStore:
     """
 
     def __init__(self, url: str, clock=None) -> None:
-        from talkserver.stores import PostgresStore
+        from talkserver.stores import Settings
+        from talkserver.stores.postgres import PostgresStore
 
         self._loop = asyncio.new_event_loop()
-        self._store = self._loop.run_until_complete(PostgresStore.open(url, clock=clock, follow=False))
+        self._store = self._loop.run_until_complete(PostgresStore.open(url, Settings(follow=False), clock=clock))
 
     def __getattr__(self, name: str):
         value = getattr(self._store, name)
