@@ -23,28 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from talkserver.stores.sqlite import SQLiteStore
-from talkserver.stores import MemoryStore, PostgresStore
+from talkserver.stores import MemoryStore, SQLiteStore
+from talkserver.stores.postgres import PostgresStore
 from talkserver.testing.cluster import Cluster
 
 
-def latencies(store, writes: int) -> list[float]:
-    """Seconds each of ``writes`` changes took, sorted."""
-    taken = []
-    for i in range(writes):
-        title = f"talk {i // 3 % 80}"
-        start = time.perf_counter()
-        if i % 3 == 0:
-            store.put(title, "presenter", "s" * 200)
-        else:
-            store.add_comment(title, "author", f"message {i}")
-        taken.append(time.perf_counter() - start)
-    return sorted(taken)
-
-
-async def awaited_latencies(url: str, writes: int) -> list[float]:
-    """Seconds each of ``writes`` changes to a PostgresStore took until applied, sorted."""
-    store = await PostgresStore.open(url)
+async def latencies(store, writes: int) -> list[float]:
+    """Seconds each of ``writes`` changes took until applied, sorted; closes ``store``."""
     taken = []
     try:
         for i in range(writes):
@@ -58,6 +43,11 @@ async def awaited_latencies(url: str, writes: int) -> list[float]:
     finally:
         await store.close()
     return sorted(taken)
+
+
+async def postgres_latencies(url: str, writes: int) -> list[float]:
+    """As latencies, for a PostgresStore on ``url``."""
+    return await latencies(await PostgresStore.open(url), writes)
 
 
 def main() -> None:
@@ -75,13 +65,12 @@ def main() -> None:
             "SQLite (--sync=full)": SQLiteStore(str(Path(work) / "full.db"), sync="full"),
         }
         for name, store in stores.items():
-            taken = latencies(store, n)
-            store.close()
+            taken = asyncio.run(latencies(store, n))
             cells = [taken[n // 2], taken[int(n * 0.99)], taken[int(n * 0.999)], taken[-1]]
             print(f"| {name} | " + " | ".join(f"{1000 * t:.3f}" for t in cells) + " |")
     cluster = Cluster(durable=True)
     try:
-        taken = asyncio.run(awaited_latencies(cluster.new_database(), n))
+        taken = asyncio.run(postgres_latencies(cluster.new_database(), n))
     finally:
         cluster.destroy()
     cells = [taken[n // 2], taken[int(n * 0.99)], taken[int(n * 0.999)], taken[-1]]

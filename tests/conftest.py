@@ -1,7 +1,7 @@
 """Fixtures shared by the tests: a server on a fresh store of each kind, ports, clients, passwords.
 
 The PostgreSQL store runs in a throwaway cluster started once per session
-(tests/postgres.py), with a new database per test.  pytest-tornado serves
+(talkserver.testing.cluster), with a new database per test.  pytest-tornado serves
 the ``app`` fixture on a port of its own and gives ``http_client`` and
 ``base_url`` for it.  Every store kind must follow the same rules, so the
 tests of the rules run on each: a module overrides ``store`` with
@@ -87,7 +87,7 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture
-def each_store(request, tmp_path, store_kind):
+def each_store(request, tmp_path, store_kind, io_loop):
     """A new store of each kind in turn; tests marked ``frozen_clock`` get one on a clock that never moves.
 
     A module whose tests must hold on every store overrides ``store`` with
@@ -102,11 +102,11 @@ def each_store(request, tmp_path, store_kind):
 
 
 @pytest.fixture
-def store():
+def store(io_loop):
     """An in-memory store; modules that test the rules override it with each kind."""
     store = MemoryStore()
     yield store
-    store.close()
+    io_loop.run_sync(store.close)
 
 
 @pytest.fixture

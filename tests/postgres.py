@@ -22,10 +22,11 @@ class BlockingStore:
     """
 
     def __init__(self, url: str, clock=None) -> None:
-        from talkserver.stores import PostgresStore
+        from talkserver.stores import Settings
+        from talkserver.stores.postgres import PostgresStore
 
         self._loop = asyncio.new_event_loop()
-        self._store = self._loop.run_until_complete(PostgresStore.open(url, clock=clock, follow=False))
+        self._store = self._loop.run_until_complete(PostgresStore.open(url, Settings(follow=False), clock=clock))
 
     def __getattr__(self, name: str):
         value = getattr(self._store, name)

@@ -6,8 +6,8 @@ tests/test_follow_contract.py).  A PostgreSQL store gets a database of its
 own in the session's cluster (the ``postgres_cluster`` fixture).
 """
 
-from talkserver.stores import MemoryStore, PostgresStore
-from talkserver.stores.sqlite import SQLiteStore
+from talkserver.stores import MemoryStore, SQLiteStore
+from talkserver.stores.postgres import PostgresStore
 
 from .postgres import BlockingStore
 
@@ -34,9 +34,9 @@ def new_store(kind, tmp_path, clock=None, *, request=None):
     return io_loop.run_sync(lambda: PostgresStore.open(url, clock=clock, catch_up_every=0.2))
 
 
-def close_store(store, request=None):
-    """Close a store from ``new_store``, whichever kind."""
-    if isinstance(store, PostgresStore):
-        request.getfixturevalue("io_loop").run_sync(store.close)
-    else:
+def close_store(store, request):
+    """Close a store from ``new_store``, whichever kind (on the test's IOLoop: closing is a coroutine)."""
+    if isinstance(store, BlockingStore):
         store.close()
+    else:
+        request.getfixturevalue("io_loop").run_sync(store.close)

@@ -226,26 +226,26 @@ async def conditional_closed_while_parked(server: Server) -> None:
 
 async def stream_event_then_closed(server: Server) -> None:
     client = await Client.open(server.port, get("/talks", "Accept: text/event-stream"))
-    await until(lambda: len(server.board.streams) == 1)
+    await until(lambda: len(server.app.following["stream"]) == 1)
     await server.board.put("Pushed", "Ada", "s")
     seen = b""
     while b"Pushed" not in seen:
         seen += await client.some_bytes()
     client.close()
-    await until(lambda: len(server.board.streams) == 0)
+    await until(lambda: len(server.app.following["stream"]) == 0)
 
 
 async def stream_reset(server: Server) -> None:
     client = await Client.open(server.port, get("/talks", "Accept: text/event-stream"))
-    await until(lambda: len(server.board.streams) == 1)
+    await until(lambda: len(server.app.following["stream"]) == 1)
     client.reset()
-    await until(lambda: len(server.board.streams) == 0)
+    await until(lambda: len(server.app.following["stream"]) == 0)
 
 
 async def stream_ended_by_the_server(server: Server) -> None:
     client = await Client.open(server.port, get("/talks", "Accept: text/event-stream"))
-    await until(lambda: len(server.board.streams) == 1)
-    server.board.streams.end_all()
+    await until(lambda: len(server.app.following["stream"]) == 1)
+    server.app.following["stream"].end_all()
     seen = b""
     while not seen.endswith(b"0\r\n\r\n"):  # the chunked body's end
         seen += await client.some_bytes()
@@ -256,6 +256,40 @@ async def stream_bad_cursor(server: Server) -> None:
     client = await Client.open(server.port, get("/talks?changesSince=x", "Accept: text/event-stream"))
     status, _ = await client.answer()
     assert status == 400
+    client.close()
+
+
+WEBSOCKET = ("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+             "Sec-WebSocket-Version: 13")
+
+
+async def websocket_message_then_closed(server: Server) -> None:
+    client = await Client.open(server.port, get("/talks", *WEBSOCKET))
+    await until(lambda: len(server.app.following["websocket"]) == 1)
+    await server.board.put("Pushed", "Ada", "s")
+    seen = b""
+    while b"Pushed" not in seen:
+        seen += await client.some_bytes()
+    assert seen.startswith(b"HTTP/1.1 101 ")
+    client.send(b"\x88\x82abcd" + bytes(x ^ y for x, y in zip(b"\x03\xe8", b"ab")))  # a masked close, 1000
+    await until(lambda: len(server.app.following["websocket"]) == 0)
+    client.close()
+
+
+async def websocket_reset(server: Server) -> None:
+    client = await Client.open(server.port, get("/talks", *WEBSOCKET))
+    await until(lambda: len(server.app.following["websocket"]) == 1)
+    client.reset()
+    await until(lambda: len(server.app.following["websocket"]) == 0)
+
+
+async def websocket_ended_by_the_server(server: Server) -> None:
+    client = await Client.open(server.port, get("/talks", *WEBSOCKET))
+    await until(lambda: len(server.app.following["websocket"]) == 1)
+    server.app.following["websocket"].end_all()
+    seen = b""
+    while b"\x88\x02\x03\xe9" not in seen:  # the close frame, 1001
+        seen += await client.some_bytes()
     client.close()
 
 
@@ -308,7 +342,7 @@ async def drained(server: Server) -> None:
     polls = [await Client.open(server.port, get(f"/talks?changesSince={head}")) for _ in range(3)]
     stream = await Client.open(server.port, get("/talks", "Accept: text/event-stream"))
     # (one poll waits, two are past the cap of one, in the slow lane)
-    await until(lambda: len(server.board.waiters) + len(server.board.slow_lane) == 3 and len(server.board.streams) == 1)
+    await until(lambda: len(server.board.waiters) + len(server.board.slow_lane) == 3 and len(server.app.following["stream"]) == 1)
     answered = await shutdown.drain(server.http, server.app, write_grace=1)
     assert answered == 3
     for poll in polls:
@@ -322,7 +356,8 @@ SCENARIOS = {
         poll_answered, poll_timed_out, poll_closed_while_parked, poll_reset_while_parked, poll_bad_cursor,
         poll_refused_past_the_slow_lane, conditional_answered, conditional_timed_out,
         conditional_closed_while_parked, conditional_reset_while_parked, stream_event_then_closed,
-        stream_reset, stream_ended_by_the_server, stream_bad_cursor, writes_answered_and_refused,
+        stream_reset, stream_ended_by_the_server, stream_bad_cursor, websocket_message_then_closed,
+        websocket_reset, websocket_ended_by_the_server, writes_answered_and_refused,
         put_closed_mid_body, put_reset_mid_body, other_resources, drained,
     ]
 }

@@ -112,12 +112,12 @@ async def test_head_with_a_wait_preference_answers_at_once_with_304(port, board)
 
 
 @pytest.mark.gen_test
-async def test_head_of_an_event_stream_sends_its_headers_and_ends(port, board):
+async def test_head_of_an_event_stream_sends_its_headers_and_ends(port, board, app):
     status, headers, rest = head_and_rest(await exchange(port, "HEAD", "/talks", {"Accept": "text/event-stream"}))
     assert status == "HTTP/1.1 200 OK"
     assert headers["content-type"] == "text/event-stream"
     assert rest == b""
-    assert len(board.streams) == 0
+    assert len(app.following["stream"]) == 0
 
 
 # -- conditional headers (RFC 9110, RFC 7240) ---------------------------------
@@ -162,13 +162,13 @@ async def test_a_wait_with_leading_zeros_waits_that_many_seconds(port, board):
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("headers", [{}, {"Connection": "keep-alive"}])
-async def test_an_http_1_0_stream_is_closed_when_the_server_ends_it(port, board, headers):
-    before = len(board.streams)
+async def test_an_http_1_0_stream_is_closed_when_the_server_ends_it(port, board, headers, app):
+    before = len(app.following["stream"])
     client = await StreamClient.open(port, headers=headers, http10=True)
-    await until(lambda: len(board.streams) > before)
+    await until(lambda: len(app.following["stream"]) > before)
     assert "transfer-encoding" not in client.headers
 
-    board.streams.end_all()
+    app.following["stream"].end_all()
 
     assert await client.ended()
     client.close()
@@ -186,10 +186,13 @@ def slow_hash(password):
     return f"scrypt${n}${r}${p}${b64(salt)}${b64(digest)}"
 
 
+WEBSOCKET = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+             "Sec-WebSocket-Version": "13"}
 TRANSPORTS = {
     "long poll": lambda head: (f"/talks?changesSince={head}", {}),
     "conditional": lambda head: ("/talks", {"If-None-Match": f'"{head}"', "Prefer": "wait=20"}),
     "event stream": lambda head: (f"/talks?changesSince={head}", {"Accept": "text/event-stream"}),
+    "websocket": lambda head: (f"/talks?changesSince={head}", WEBSOCKET),
 }
 
 
@@ -198,7 +201,7 @@ TRANSPORTS = {
 @pytest.mark.parametrize("settings", ["slow password"], indirect=True)
 async def test_a_client_gone_during_a_slow_password_check_is_never_parked(port, app, board, transport):
     path, headers = TRANSPORTS[transport](board.store.head)
-    headers["Authorization"] = "Basic " + base64.b64encode(b"ada:secret").decode()
+    headers = {**headers, "Authorization": "Basic " + base64.b64encode(b"ada:secret").decode()}
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"] + [f"{k}: {v}" for k, v in headers.items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -211,7 +214,7 @@ async def test_a_client_gone_during_a_slow_password_check_is_never_parked(port, 
     await until(lambda: app.access.admits(headers["Authorization"]))
     assert len(board.waiters) == 0
     assert len(board.slow_lane) == 0
-    assert len(board.streams) == 0
+    assert sum(len(each) for each in app.following) == 0
     assert app.limits.polls_held("127.0.0.1") == 0
 
 
@@ -317,7 +320,7 @@ def test_setup_cfg_the_start_up_check_and_nox_name_the_same_tornado_releases():
 
 
 @pytest.mark.gen_test
-async def test_polls_are_counted_not_logged_while_writes_refusals_and_reads_are_logged(port, board, caplog):
+async def test_polls_are_counted_not_logged_while_writes_refusals_and_reads_are_logged(port, board, caplog, app):
     import logging
 
     head = board.store.head
@@ -329,12 +332,12 @@ async def test_polls_are_counted_not_logged_while_writes_refusals_and_reads_are_
         )
         await until(lambda: len(board.waiters) == 2)
         stream = await StreamClient.open(port)
-        await until(lambda: len(board.streams) == 1)
+        await until(lambda: len(app.following["stream"]) == 1)
         await board.put("Logged", "Ada", "s")
         assert b"Logged" in await poll and b"Logged" in await conditional
         await stream.event()
         stream.close()
-        await until(lambda: len(board.streams) == 0)
+        await until(lambda: len(app.following["stream"]) == 0)
         put = await exchange(port, "PUT", "/talks/Written")  # no body: 400
         read = await exchange(port, "GET", "/talks")
 
@@ -359,6 +362,7 @@ FOLLOWERS = {
     "handler long poll": ("handlers only", "long_poll", lambda head: (f"/talks?changesSince={head}", {})),
     "conditional": (None, "conditional", lambda head: ("/talks", {"If-None-Match": f'"{head}"', "Prefer": "wait=20"})),
     "event stream": (None, "stream", lambda head: ("/talks", {"Accept": "text/event-stream"})),
+    "websocket": (None, "websocket", lambda head: ("/talks", WEBSOCKET)),
 }
 
 
@@ -378,7 +382,7 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     # admitted and parked: counted against its address, waiting
-    await until(lambda: len(board.waiters) + len(board.streams) == 1)
+    await until(lambda: len(board.waiters) + sum(len(each) for each in app.following) == 1)
     assert app.limits.polls_held("127.0.0.1") == 1
 
     # delivered: the change reaches it
@@ -386,13 +390,13 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
     seen = b""
     while b"Delivered" not in seen:
         seen += await asyncio.wait_for(reader.read(65536), 30)
-    assert seen.startswith(b"HTTP/1.1 200 OK")
+    assert seen.startswith(b"HTTP/1.1 101 " if transport == "websocket" else b"HTTP/1.1 200 OK")
 
     # released exactly once and counted once, whether the answer ended the
     # request (polls) or the client's leaving did (a stream)
     writer.close()
     await until(lambda: app.limits.polls_held("127.0.0.1") == 0 and polls_answered(board, transport) == 1)
-    assert len(board.waiters) + len(board.slow_lane) + len(board.streams) == 0
+    assert len(board.waiters) + len(board.slow_lane) + sum(len(each) for each in app.following) == 0
     assert app.limits._polls == {} and app.limits._poll_address == {}
 
 
@@ -412,7 +416,8 @@ async def test_a_local_store_has_every_hook_of_the_store_contract_with_its_defau
         metrics = Metrics()
         store.register_metrics(metrics)
         assert metric_families(metrics) == metric_families(Metrics())  # it registered nothing
-        store.close()
+        assert store.health() is None  # no connection to describe in /healthz
+        await store.close()
 
 
 def metric_families(metrics) -> set[str]:
@@ -424,8 +429,8 @@ def test_the_applications_services_are_declared_on_its_class(app):
     from talkserver.web.app import TalkApplication
 
     declared = TalkApplication.__annotations__
-    for name in ("board", "metrics", "streams", "conditional", "limits", "access", "slow_readers", "draining"):
+    for name in ("board", "following", "metrics", "admission", "limits", "access", "slow_readers", "draining"):
         assert name in declared
         assert name in vars(app) or name in vars(TalkApplication)
-    assert app.streams is app.board.streams and app.metrics is app.board.metrics
+    assert app.limits is app.admission.limits and app.metrics is app.board.metrics
     assert app.draining is False

@@ -1,7 +1,7 @@
 """PostgreSQL faults under running servers: a frozen database, a stop and start, a failover.
 
 Real ``python -m talkserver`` processes on real PostgreSQL clusters of the
-test's own (started by tests/postgres.py), which the tests freeze with
+test's own (started by talkserver.testing.cluster), which the tests freeze with
 SIGSTOP, stop, kill and promote.
 """
 

@@ -134,6 +134,22 @@ class Cluster:
         )
         return done.stdout.strip()
 
+    def dump(self, url: str, path) -> None:
+        """``pg_dump`` the database of ``url`` to ``path`` (custom format)."""
+        subprocess.run(
+            [str(self.bin / "pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+             "-Fc", "-f", str(path), url.rsplit("/", 1)[1]],
+            check=True, capture_output=True, timeout=60,
+        )
+
+    def restore(self, url: str, path) -> None:
+        """Put a dump back under whatever runs on it, in one transaction, as docs/storage.md tells operators to."""
+        subprocess.run(
+            [str(self.bin / "pg_restore"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+             "--clean", "--if-exists", "--single-transaction", "-d", url.rsplit("/", 1)[1], str(path)],
+            check=True, capture_output=True, timeout=60,
+        )
+
     def destroy(self) -> None:
         try:
             self.stop("immediate")
