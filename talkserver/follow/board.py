@@ -10,7 +10,9 @@ the database and reads the change back before they return; the local stores
 from __future__ import annotations
 
 import inspect
+from itertools import takewhile
 
+from talkserver.follow.bounds import Bounds, Tally, comment_bytes, entry_bytes, room
 from talkserver.follow.feed import Feed
 from talkserver.operation.metrics import Metrics
 from talkserver.follow.slowlane import DEFAULT_INTERVAL, SlowLane
@@ -30,8 +32,12 @@ class Board:
         slow_lane_interval: float = DEFAULT_INTERVAL,
         heartbeat: float = DEFAULT_HEARTBEAT,
         stream_buffer: int = DEFAULT_BUFFER_LIMIT,
+        bounds: Bounds = Bounds(),
     ) -> None:
         self.store = store
+        # How big the board may grow (talkserver.follow.bounds), and what it holds.
+        self.bounds = bounds
+        self._tally = Tally()
         self.feed = Feed(store)
         self.waiters = Waiters(poll_timeout, self.feed.timeout_answer)
         # Polls over their address's cap (talkserver.slowlane).
@@ -43,6 +49,10 @@ class Board:
             lambda: len(self.slow_lane),
         )
         self.metrics.gauge("talkserver_talks", "Talks on the board.", lambda: len(self.store.all_talks()), merge="max")
+        self.metrics.gauge(
+            "talkserver_board_bytes", "Stored bytes of the board's talks, comments and tombstones"
+            " (as counted against --max-board-bytes).", self.stored_bytes, merge="max",
+        )
         self.streams = Streams(self.feed, self.metrics, heartbeat, stream_buffer)
         self._changes = self.metrics.counter("talkserver_changes_total", "Changes made to talks since start.")
         # A shared store learns of changes from other processes too: it
@@ -52,7 +62,14 @@ class Board:
         store.register_metrics(self.metrics)
 
     async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> None:
-        """Create or replace a talk (``owner``: the browser that now owns it, with --protect-talks)."""
+        """Create or replace a talk (``owner``: the browser that now owns it, with --protect-talks).
+
+        Raises BoardFull, changing nothing, when the talk would take the
+        board past its bounds.
+        """
+        await self._make_room(title, lambda old: entry_bytes(title, {
+            "presenter": presenter, "summary": summary, "comments": [],
+        }))
         await self._changed(self.store.put(title, presenter, summary, owner))
 
     async def delete(self, title: str, owner: str | None = None) -> None:
@@ -60,8 +77,38 @@ class Board:
         await self._changed(self.store.delete(title, owner))
 
     async def add_comment(self, title: str, author: str, message: str) -> None:
-        """Comment on a talk; raises store.TalkNotFound if there is none."""
+        """Comment on a talk; raises store.TalkNotFound if there is none, BoardFull
+        (changing nothing) when the comment would take the board past its bounds."""
+        if self.store.get(title) is not None:
+            await self._make_room(title, lambda old: (old or 0) + comment_bytes(author, message))
         await self._changed(self.store.add_comment(title, author, message))
+
+    def stored_bytes(self) -> int:
+        """The board's stored bytes now (talkserver.follow.bounds)."""
+        self._tally.sync(self.store)
+        return self._tally.used
+
+    async def _make_room(self, title: str, new_size) -> None:
+        """Check that writing ``title`` keeps the board within its bounds,
+        forgetting the oldest tombstones first if that makes room; raises
+        BoardFull otherwise.  ``new_size(old)``: the entry's bytes after
+        the write, from its bytes now (None: a new title)."""
+        if not self.bounds:
+            return
+        tally, store = self._tally, self.store
+        tally.sync(store)
+        old = tally.sizes.get(title)
+        before = room(
+            self.bounds, entries=tally.entries, used=tally.used, title=title, old=old, new=new_size(old),
+            tombstones=tally.tombstones(store),
+        )
+        if before is None:
+            return
+        doomed = [t for t, _stamp, _size in takewhile(lambda t: t[1] < before, tally.tombstones(store))]
+        pruned = store.prune(before)
+        if inspect.isawaitable(pruned):
+            await pruned
+        tally.forget(doomed, store)
 
     async def caught_up(self) -> None:
         """Apply what the database holds now (a shared store; nothing to do for the others).

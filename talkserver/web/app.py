@@ -30,6 +30,7 @@ from talkserver.access import guard
 from talkserver.follow import fastpolls
 from talkserver.access.auth import Access
 from talkserver.follow.board import Board
+from talkserver.follow.bounds import Bounds
 from talkserver.follow.conditional import ConditionalPolls
 from talkserver.web.handlers import CommentsHandler, HealthHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
 from talkserver.wire.idle import IdleConnections
@@ -68,6 +69,9 @@ def make_app(
 ) -> "TalkApplication":
     """Build the talkserver Application around ``store`` (in memory if None).
 
+    ``max_talks`` and ``max_board_bytes`` bound the board
+    (talkserver.follow.bounds); like the limits, they are off unless given.
+
     ``api`` is what a plain ``GET /talks`` answers: ``"changes"`` the
     ``{"serverTime", "talks"}`` object (the book's 2nd edition), ``"etag"``
     the bare array its current edition expects (talkserver.follow.conditional).
@@ -79,6 +83,7 @@ def make_app(
         store if store is not None else MemoryStore(), poll_timeout,
         slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL),
         heartbeat=heartbeat, stream_buffer=stream_buffer,
+        bounds=Bounds(settings.pop("max_talks", None) or 0, settings.pop("max_board_bytes", None) or 0),
     )
     api_mode, api = api, {"board": board}
     routes = [
