@@ -112,6 +112,11 @@ class ApiHandler(RequestHandler):
             wakeup.write_answer(self, head, body)
             wakeup.finish_written(self)
 
+    def send_board(self, body: bytes) -> None:
+        """Finish with one of the Feed's answers, gzip-compressed (once per
+        state) when the client accepts it and it is large."""
+        self.send_json(wakeup.encode_for(self, self.board.feed, body))
+
     def finish_with(self, body: bytes) -> None:
         """finish(body) the Tornado way, without copying a large body.
 
@@ -269,7 +274,7 @@ class TalksHandler(ApiHandler):
         if body is None and head_only:
             body = self.board.feed.timeout_answer()
         if body is not None:
-            self.send_json(body)
+            self.send_board(body)
             return
         self.set_header("Content-Type", JSON_TYPE)
         self._head = wakeup.answer_head(self)
@@ -281,7 +286,7 @@ class TalksHandler(ApiHandler):
         if body is None:
             return  # the client went away
         if self._head is None:
-            self.finish_with(body)
+            self.finish_with(wakeup.encode_for(self, self.board.feed, body))
         else:
             wakeup.finish_written(self)
 
@@ -310,7 +315,7 @@ class TalksHandler(ApiHandler):
         wakeup.py).
         """
         if self._head is not None:
-            wakeup.write_answer(self, self._head, body)
+            wakeup.write_answer(self, *wakeup.encoded(self.board.feed, self._head, body, wakeup.accepts(self)))
         wakeup.later(self._wait, body)
 
     def on_connection_close(self) -> None:
