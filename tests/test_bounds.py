@@ -41,37 +41,57 @@ def test_an_entry_counts_its_texts_in_utf8_and_its_framing():
     assert comment_bytes("a", "b") == 2 + COMMENT_FRAMING
 
 
+def dead(tombstones):
+    return {title: size for title, _stamp, size in tombstones}
+
+
 def test_a_write_that_fits_needs_no_room():
-    assert room(Bounds(2, 100), entries=1, used=50, title="new", old=None, new=50, tombstones=[]) is None
+    assert room(Bounds(2, 100), entries=1, used=50, title="new", old=None, new=50, dead={}, tombstones=[]) == []
 
 
 def test_a_new_title_past_the_talk_bound_forgets_the_oldest_tombstone():
     tombstones = [("gone", 10, 40), ("later", 20, 40)]
-    assert room(Bounds(2, 0), entries=2, used=0, title="new", old=None, new=50, tombstones=tombstones) == 11
+    assert room(
+        Bounds(2, 0), entries=2, used=0, title="new", old=None, new=50, dead=dead(tombstones), tombstones=tombstones,
+    ) == [("gone", 10)]
 
 
 def test_tombstones_are_forgotten_until_the_bytes_fit():
     tombstones = [("a", 10, 40), ("b", 20, 40), ("c", 30, 40)]
-    assert room(Bounds(0, 200), entries=5, used=200, title="t", old=50, new=120, tombstones=tombstones) == 21
+    assert room(
+        Bounds(0, 200), entries=5, used=200, title="t", old=50, new=120, dead=dead(tombstones), tombstones=tombstones,
+    ) == [("a", 10), ("b", 20)]
 
 
 def test_a_title_replacing_its_own_tombstone_is_no_new_entry():
-    assert room(Bounds(1, 0), entries=1, used=0, title="t", old=40, new=60, tombstones=[("t", 5, 40)]) is None
+    tombstones = [("t", 5, 40)]
+    assert room(
+        Bounds(1, 0), entries=1, used=0, title="t", old=40, new=60, dead=dead(tombstones), tombstones=tombstones,
+    ) == []
 
 
 def test_a_board_of_live_talks_refuses_one_more():
     with pytest.raises(BoardFull, match="holds 2 talks, the most it may"):
-        room(Bounds(2, 0), entries=2, used=0, title="new", old=None, new=50, tombstones=[])
+        room(Bounds(2, 0), entries=2, used=0, title="new", old=None, new=50, dead={}, tombstones=[])
 
 
 def test_a_write_past_the_bytes_refuses_even_after_every_tombstone():
     with pytest.raises(BoardFull, match="past 100 stored bytes"):
-        room(Bounds(0, 100), entries=2, used=90, title="t", old=10, new=200, tombstones=[("x", 1, 40)])
+        room(Bounds(0, 100), entries=2, used=90, title="t", old=10, new=200, dead={"x": 40}, tombstones=[("x", 1, 40)])
 
 
 def test_zero_is_no_bound():
     assert not Bounds()
-    assert room(Bounds(), entries=10**6, used=10**12, title="t", old=None, new=10**9, tombstones=[]) is None
+    assert room(Bounds(), entries=10**6, used=10**12, title="t", old=None, new=10**9, dead={}, tombstones=[]) == []
+
+
+def test_a_refusal_reads_no_tombstone():
+    def unread():
+        raise AssertionError("the tombstones were read")
+        yield
+
+    with pytest.raises(BoardFull):
+        room(Bounds(2, 0), entries=2, used=0, title="new", old=None, new=50, dead={}, tombstones=unread())
 
 
 # -- through HTTP, on every store ------------------------------------------------

@@ -10,7 +10,6 @@ the database and reads the change back before they return; the local stores
 from __future__ import annotations
 
 import inspect
-from itertools import takewhile
 
 from talkserver.follow.bounds import Bounds, Tally, comment_bytes, entry_bytes, room
 from talkserver.follow.feed import Feed
@@ -98,17 +97,17 @@ class Board:
         tally, store = self._tally, self.store
         tally.sync(store)
         old = tally.sizes.get(title)
-        before = room(
+        doomed = room(
             self.bounds, entries=tally.entries, used=tally.used, title=title, old=old, new=new_size(old),
-            tombstones=tally.tombstones(store),
+            dead=tally.dead, tombstones=tally.tombstones(store),
         )
-        if before is None:
+        if not doomed:
             return
-        doomed = [t for t, _stamp, _size in takewhile(lambda t: t[1] < before, tally.tombstones(store))]
-        pruned = store.prune(before)
+        # The log is in stamp order: this forgets exactly the doomed ones.
+        pruned = store.prune(doomed[-1][1] + 1)
         if inspect.isawaitable(pruned):
             await pruned
-        tally.forget(doomed, store)
+        tally.forget([name for name, _stamp in doomed], store)
 
     async def caught_up(self) -> None:
         """Apply what the database holds now (a shared store; nothing to do for the others).

@@ -83,17 +83,18 @@ def entry_bytes(title: str, talk: dict | None) -> int:
 
 def room(
     bounds: Bounds, *, entries: int, used: int, title: str, old: int | None, new: int,
-    tombstones: Iterable[tuple[str, int, int]],
-) -> int | None:
-    """Whether writing ``title`` fits: None when it does as things are, else
-    the stamp before which tombstones must be forgotten first to make room.
+    dead: dict[str, int], tombstones: Iterable[tuple[str, int, int]],
+) -> list[tuple[str, int]]:
+    """Whether writing ``title`` fits: the tombstones (title, stamp) to
+    forget first to make room, oldest first; none when it fits as things are.
 
     ``entries`` and ``used`` are the board's now; ``old`` is the bytes of
     the title's entry now (None: a new title), ``new`` its bytes after the
-    write; ``tombstones`` yields (title, stamp, bytes), oldest first, and
-    is read only as far as room is needed.  Raises BoardFull, with a
-    message for the client, when even forgetting every tombstone would not
-    make room.
+    write; ``dead`` maps each tombstone's title to its bytes; ``tombstones``
+    yields (title, stamp, bytes), oldest first, and is read only when
+    forgetting tombstones will make room, and only as far as needed.
+    Raises BoardFull, with a message for the client, when even forgetting
+    every tombstone would not make room (which costs nothing to tell).
     """
     if old is None:
         entries += 1
@@ -101,22 +102,28 @@ def room(
         used -= old  # the entry is replaced
     used += new
     if bounds.fits(entries, used):
-        return None
-    before = None
+        return []
+    # (The written title's own tombstone is replaced anyway: forgetting it frees nothing more.)
+    own = dead.get(title)
+    freeable = len(dead) - (own is not None)
+    if not bounds.fits(entries - freeable, used - (sum(dead.values()) - (own or 0))):
+        if bounds.max_talks and entries - freeable > bounds.max_talks:
+            raise BoardFull(
+                f"the board is full: it holds {bounds.max_talks} talks, the most it may; delete one first"
+            )
+        raise BoardFull(
+            f"the board is full: this change would take it past {bounds.max_bytes} stored bytes, the most it"
+            " may hold; delete a talk first"
+        )
+    doomed = []
     for tombstone, stamp, size in tombstones:
-        before = stamp + 1
+        doomed.append((tombstone, stamp))
         if tombstone != title:
-            # (The written title's own tombstone is replaced anyway: forgetting it frees nothing more.)
             entries -= 1
             used -= size
         if bounds.fits(entries, used):
-            return before
-    if bounds.max_talks and entries > bounds.max_talks:
-        raise BoardFull(f"the board is full: it holds {bounds.max_talks} talks, the most it may; delete one first")
-    raise BoardFull(
-        f"the board is full: this change would take it past {bounds.max_bytes} stored bytes, the most it may"
-        " hold; delete a talk first"
-    )
+            return doomed
+    raise AssertionError("the tombstones counted were not found")  # the Tally and the store disagree
 
 
 class Tally:
@@ -128,6 +135,7 @@ class Tally:
 
     def __init__(self) -> None:
         self.sizes: dict[str, int] = {}
+        self.dead: dict[str, int] = {}  # the tombstones among them
         self.used = 0
         # (head, pruned_through, epoch) of the store when last counted.
         self._seen: tuple[int, int, int] | None = None
@@ -148,21 +156,27 @@ class Tally:
             changes = store.changes_since(last[0])
             if not changes.reset:
                 for talk in changes.talks:
-                    self._set(talk["title"], entry_bytes(talk["title"], talk))
+                    self._set(talk["title"], entry_bytes(talk["title"], talk), bool(talk.get("deleted")))
                 return
         # Pruned, cut or never counted: count everything again (rare).
-        self.sizes = {title: entry_bytes(title, talk) for title, _stamp, talk in store.entries()}
-        self.used = sum(self.sizes.values())
+        self.sizes, self.dead, self.used = {}, {}, 0
+        for title, _stamp, talk in store.entries():
+            self._set(title, entry_bytes(title, talk), talk is None)
 
-    def _set(self, title: str, size: int) -> None:
+    def _set(self, title: str, size: int, dead: bool) -> None:
         self.used += size - self.sizes.get(title, 0)
         self.sizes[title] = size
+        if dead:
+            self.dead[title] = size
+        else:
+            self.dead.pop(title, None)
 
     def forget(self, titles: list[str], store) -> None:
         """``titles``, tombstones the board has just pruned from ``store``,
         are gone: uncount them without a recount."""
         for title in titles:
             self.used -= self.sizes.pop(title, 0)
+            self.dead.pop(title, None)
         if self._seen is not None:
             # Changes applied meanwhile (from other processes) are still
             # to be read: only the pruning is accounted for here.
