@@ -82,6 +82,7 @@ async def write_talks(port: int, count: int, connections: int) -> tuple[Counter,
     bodies = [json.dumps({"presenter": text(rng, 20), "summary": text(rng, 4000)}).encode() for _ in range(200)]
     statuses: Counter = Counter()
     refusal = ""
+    started = time.monotonic()
     numbers = iter(range(count))
 
     async def writer_loop() -> None:
@@ -93,7 +94,7 @@ async def write_talks(port: int, count: int, connections: int) -> tuple[Counter,
                                              {"Content-Type": "application/json"})
             statuses[status] += 1
             if status != 204 and not refusal:
-                refusal = f"{status} {data.decode()}"
+                refusal = f"{status} {data.decode()} (after {time.monotonic() - started:.1f} s)"
         writer.close()
 
     await asyncio.gather(*(writer_loop() for _ in range(connections)))
@@ -117,16 +118,18 @@ async def fetch_board(port: int, pid: int, gets: int, accept: str | None) -> tup
 async def run(args) -> None:
     with tempfile.TemporaryDirectory() as directory:
         server = subprocess.Popen(
-            [sys.executable, "-m", "talkserver", "--port=0", "--logging=error", f"--db={directory}/talks.db"],
+            [sys.executable, "-m", "talkserver", "--port=0", "--logging=error", f"--db={directory}/talks.db",
+             *args.server_option],
             stderr=subprocess.PIPE, text=True,
         )
         try:
             port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", server.stderr.readline()).group(1))
             start_rss = resident_mib(server.pid)
-            started = time.monotonic()
+            started, cpu = time.monotonic(), cpu_seconds(server.pid)
             statuses, refusal = await write_talks(port, args.talks, args.connections)
-            took = time.monotonic() - started
-            print(f"{args.talks} PUTs over {args.connections} connections in {took:.1f} s: "
+            took, cpu = time.monotonic() - started, cpu_seconds(server.pid) - cpu
+            print(f"{args.talks} PUTs over {args.connections} connections in {took:.1f} s "
+                  f"(server CPU {1000 * cpu / args.talks:.2f} ms per PUT): "
                   + ", ".join(f"{n} answered {s}" for s, n in sorted(statuses.items())))
             print(f"first refusal: {refusal}")
             print(f"server RSS: {start_rss:.0f} MiB at start, {resident_mib(server.pid):.0f} MiB after")
@@ -148,6 +151,8 @@ def main() -> None:
     parser.add_argument("--talks", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--gets", type=int, default=5)
+    parser.add_argument("--server-option", action="append", default=[], metavar="OPTION",
+                        help="one more option for the server (--server-option=--max-talks=1000); repeatable")
     asyncio.run(run(parser.parse_args()))
 
 

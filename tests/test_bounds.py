@@ -6,7 +6,10 @@ forgotten to make room for a talk; a full board still answers and restarts.
 The rule itself (talkserver.follow.bounds.room) is tested alone first.
 """
 
+import asyncio
+import gzip
 import json
+import logging
 import tracemalloc
 
 import pytest
@@ -19,7 +22,7 @@ from talkserver.stores import MemoryStore
 from talkserver.stores.sqlite import SQLiteStore
 
 from .conftest import POLL_TIMEOUT
-from .harness import serve_app
+from .harness import ServerProcess, rss_bytes, send, serve_app, split_answer
 
 MAX_TALKS = 4
 MAX_BYTES = 2000
@@ -229,8 +232,10 @@ async def test_a_full_sqlite_board_restarts_full_and_still_answers(http_client, 
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_memory_stays_proportional_to_the_bound(http_client):
+async def test_memory_stays_proportional_to_the_bound(http_client, caplog):
     """Once the board is full, writing on (new talks, deletes, refusals) grows the heap no more."""
+    # No log records: the test's log capture would keep every one.
+    caplog.set_level(logging.CRITICAL)
     store = MemoryStore()
     server, port = serve_app(make_app(store, max_talks=20))
     base = f"http://127.0.0.1:{port}"
@@ -257,3 +262,53 @@ async def test_memory_stays_proportional_to_the_bound(http_client):
     # Unbounded, the second round would have added 60 talks of 4 kB.
     assert after - full < 100_000
     assert len(list(store.entries())) == 20
+
+
+# -- as the issue's done-when: a board written far past its bound, as fast as one address can --
+
+
+async def put_many(port, titles, body, connections=8):
+    """PUT every title over ``connections`` keep-alive connections at once; the statuses and the first refusal."""
+    statuses, refusals = [], []
+    pending = iter(titles)
+
+    async def writer_loop():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for title in pending:
+                writer.write(
+                    f"PUT /talks/{title} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                status_line, headers, _ = split_answer(await reader.readuntil(b"\r\n\r\n"))
+                answer = await reader.readexactly(int(headers.get("content-length", "0")))
+                statuses.append(int(status_line.split()[1]))
+                if statuses[-1] != 204:
+                    refusals.append(json.loads(answer))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(writer_loop() for _ in range(connections)))
+    return statuses, refusals
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_board_written_far_past_its_bound_stops_there_and_its_full_answer_is_compressed():
+    summary = " ".join(f"word{i % 97} and some prose" for i in range(200))[:4000]
+    body = json.dumps({"presenter": "Ada", "summary": summary}).encode()
+    with ServerProcess("--max-talks=300", "--logging=error") as server:
+        statuses, _ = await put_many(server.port, [f"t{i}" for i in range(300)], body)
+        assert statuses == [204] * 300
+        full = rss_bytes(server.process.pid)
+        statuses, refusals = await put_many(server.port, [f"more{i}" for i in range(1200)], body)
+        grown = rss_bytes(server.process.pid) - full
+        compressed = await send(server.port, "GET", "/talks", headers={"Accept-Encoding": "gzip"})
+        plain = await send(server.port, "GET", "/talks")
+    assert statuses == [409] * 1200
+    assert refusals[0] == {"error": "the board is full: it holds 300 talks, the most it may; delete one first"}
+    # Stored, the 1,200 refused talks would have taken 5 MB more.
+    assert grown < 1_500_000
+    assert len(json.loads(plain.body)["talks"]) == 300
+    assert compressed.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(compressed.body) == plain.body
+    assert len(compressed.body) < len(plain.body) / 3
