@@ -11,6 +11,11 @@ server's CPU time (from /proc) per answer: the first gzip answer is
 compressed, the others are the Feed's cached bytes.
 
     .venv/bin/python benchmarks/bounded_board.py --talks 20000
+
+and, for comparison, without the bounds:
+
+    .venv/bin/python benchmarks/bounded_board.py --talks 20000 --levels=1 \
+        --server-option=--max-talks=0 --server-option=--max-board-bytes=0
 """
 
 from __future__ import annotations
@@ -143,7 +148,7 @@ async def run(args) -> None:
                   f"{1000 * gz_costs[0]:.0f} ms for the first (compressed), "
                   f"{1000 * sorted(gz_costs[1:])[len(gz_costs[1:]) // 2]:.0f} ms for the others (cached)")
             # The level chosen (wire.compression.LEVEL) against zlib's default and its best.
-            for level in (1, 6, 9):
+            for level in args.levels:
                 began = time.process_time()
                 packer = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
                 size = len(packer.compress(plain) + packer.flush())
@@ -159,6 +164,8 @@ def main() -> None:
     parser.add_argument("--talks", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--gets", type=int, default=5)
+    parser.add_argument("--levels", type=lambda text: [int(n) for n in text.split(",")], default=[1, 6, 9],
+                        help="zlib levels to compare on the full answer, in this process (default: 1,6,9)")
     parser.add_argument("--server-option", action="append", default=[], metavar="OPTION",
                         help="one more option for the server (--server-option=--max-talks=1000); repeatable")
     asyncio.run(run(parser.parse_args()))

@@ -10,7 +10,11 @@ import asyncio
 import gzip
 import json
 import logging
+import re
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -312,3 +316,16 @@ async def test_a_board_written_far_past_its_bound_stops_there_and_its_full_answe
     assert compressed.headers["content-encoding"] == "gzip"
     assert gzip.decompress(compressed.body) == plain.body
     assert len(compressed.body) < len(plain.body) / 3
+
+
+def test_the_benchmark_of_docs_benchmarks_md_runs_and_finds_the_bound():
+    """benchmarks/bounded_board.py, at a small size: the command docs/benchmarks.md gives."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bounded_board.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--talks", "60", "--gets", "2", "--levels=1", "--server-option=--max-talks=50"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "50 answered 204, 10 answered 409" in done.stdout
+    assert '409 {"error": "the board is full: it holds 50 talks, the most it may; delete one first"}' in done.stdout
+    assert re.search(r"GET /talks gzip: +[0-9.]+ MB \([0-9.]+x smaller\)", done.stdout)
