@@ -87,6 +87,11 @@ def test_a_write_past_the_bytes_refuses_even_after_every_tombstone():
         room(Bounds(0, 100), entries=2, used=90, title="t", old=10, new=200, dead={"x": 40}, tombstones=[("x", 1, 40)])
 
 
+def test_tombstones_counted_but_not_found_refuse_the_write():
+    with pytest.raises(BoardFull, match="holds 2 talks"):
+        room(Bounds(2, 0), entries=2, used=0, title="new", old=None, new=50, dead={"gone": 40}, tombstones=[])
+
+
 def test_zero_is_no_bound():
     assert not Bounds()
     assert room(Bounds(), entries=10**6, used=10**12, title="t", old=None, new=10**9, dead={}, tombstones=[]) == []

@@ -87,7 +87,7 @@ class Board:
         self._tally.sync(self.store)
         return self._tally.used
 
-    async def _make_room(self, title: str, new_size) -> None:
+    async def _make_room(self, title: str, new_size: Callable[[int | None], int]) -> None:
         """Check that writing ``title`` keeps the board within its bounds,
         forgetting the oldest tombstones first if that makes room; raises
         BoardFull otherwise.  ``new_size(old)``: the entry's bytes after

@@ -107,14 +107,7 @@ def room(
     own = dead.get(title)
     freeable = len(dead) - (own is not None)
     if not bounds.fits(entries - freeable, used - (sum(dead.values()) - (own or 0))):
-        if bounds.max_talks and entries - freeable > bounds.max_talks:
-            raise BoardFull(
-                f"the board is full: it holds {bounds.max_talks} talks, the most it may; delete one first"
-            )
-        raise BoardFull(
-            f"the board is full: this change would take it past {bounds.max_bytes} stored bytes, the most it"
-            " may hold; delete a talk first"
-        )
+        raise _full(bounds, entries - freeable)
     doomed = []
     for tombstone, stamp, size in tombstones:
         doomed.append((tombstone, stamp))
@@ -123,7 +116,19 @@ def room(
             used -= size
         if bounds.fits(entries, used):
             return doomed
-    raise AssertionError("the tombstones counted were not found")  # the Tally and the store disagree
+    # The tombstones counted were not all found (the Tally recounts next
+    # time): refuse rather than store past the bound.
+    raise _full(bounds, entries)
+
+
+def _full(bounds: Bounds, entries: int) -> BoardFull:
+    """The refusal, naming the bound the write would pass (``entries``: the board's after it)."""
+    if bounds.max_talks and entries > bounds.max_talks:
+        return BoardFull(f"the board is full: it holds {bounds.max_talks} talks, the most it may; delete one first")
+    return BoardFull(
+        f"the board is full: this change would take it past {bounds.max_bytes} stored bytes, the most it may"
+        " hold; delete a talk first"
+    )
 
 
 class Tally:
@@ -187,3 +192,5 @@ class Tally:
         for title, stamp, talk in store.entries():
             if talk is None:
                 yield title, stamp, self.sizes.get(title, 0)
+        # Read to the end: room() found fewer than counted, so count again.
+        self._seen = None
