@@ -264,6 +264,40 @@ async def stream_bad_cursor(server: Server) -> None:
     client.close()
 
 
+WEBSOCKET = ("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+             "Sec-WebSocket-Version: 13")
+
+
+async def websocket_message_then_closed(server: Server) -> None:
+    client = await Client.open(server.port, get("/talks", *WEBSOCKET))
+    await until(lambda: len(server.app.following["websocket"]) == 1)
+    await server.board.put("Pushed", "Ada", "s")
+    seen = b""
+    while b"Pushed" not in seen:
+        seen += await client.some_bytes()
+    assert seen.startswith(b"HTTP/1.1 101 ")
+    client.send(b"\x88\x82abcd" + bytes(x ^ y for x, y in zip(b"\x03\xe8", b"ab")))  # a masked close, 1000
+    await until(lambda: len(server.app.following["websocket"]) == 0)
+    client.close()
+
+
+async def websocket_reset(server: Server) -> None:
+    client = await Client.open(server.port, get("/talks", *WEBSOCKET))
+    await until(lambda: len(server.app.following["websocket"]) == 1)
+    client.reset()
+    await until(lambda: len(server.app.following["websocket"]) == 0)
+
+
+async def websocket_ended_by_the_server(server: Server) -> None:
+    client = await Client.open(server.port, get("/talks", *WEBSOCKET))
+    await until(lambda: len(server.app.following["websocket"]) == 1)
+    server.app.following["websocket"].end_all()
+    seen = b""
+    while b"\x88\x02\x03\xe9" not in seen:  # the close frame, 1001
+        seen += await client.some_bytes()
+    client.close()
+
+
 async def writes_answered_and_refused(server: Server) -> None:
     client = await Client.open(server.port)
     client.send(put("One", TALK))
@@ -329,7 +363,8 @@ SCENARIOS = {
         poll_answered, poll_timed_out, poll_closed_while_parked, poll_reset_while_parked, poll_bad_cursor,
         poll_refused_past_the_slow_lane, conditional_answered, conditional_timed_out,
         conditional_closed_while_parked, conditional_reset_while_parked, stream_event_then_closed,
-        stream_reset, stream_ended_by_the_server, stream_bad_cursor, writes_answered_and_refused,
+        stream_reset, stream_ended_by_the_server, stream_bad_cursor, websocket_message_then_closed,
+        websocket_reset, websocket_ended_by_the_server, writes_answered_and_refused,
         put_closed_mid_body, put_reset_mid_body, other_resources, drained,
     ]
 }

@@ -186,10 +186,13 @@ def slow_hash(password):
     return f"scrypt${n}${r}${p}${b64(salt)}${b64(digest)}"
 
 
+WEBSOCKET = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+             "Sec-WebSocket-Version": "13"}
 TRANSPORTS = {
     "long poll": lambda head: (f"/talks?changesSince={head}", {}),
     "conditional": lambda head: ("/talks", {"If-None-Match": f'"{head}"', "Prefer": "wait=20"}),
     "event stream": lambda head: (f"/talks?changesSince={head}", {"Accept": "text/event-stream"}),
+    "websocket": lambda head: (f"/talks?changesSince={head}", WEBSOCKET),
 }
 
 
@@ -198,7 +201,7 @@ TRANSPORTS = {
 @pytest.mark.parametrize("settings", ["slow password"], indirect=True)
 async def test_a_client_gone_during_a_slow_password_check_is_never_parked(port, app, board, transport):
     path, headers = TRANSPORTS[transport](board.store.head)
-    headers["Authorization"] = "Basic " + base64.b64encode(b"ada:secret").decode()
+    headers = {**headers, "Authorization": "Basic " + base64.b64encode(b"ada:secret").decode()}
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"] + [f"{k}: {v}" for k, v in headers.items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -211,7 +214,7 @@ async def test_a_client_gone_during_a_slow_password_check_is_never_parked(port, 
     await until(lambda: app.access.admits(headers["Authorization"]))
     assert len(board.waiters) == 0
     assert len(board.slow_lane) == 0
-    assert len(app.following["stream"]) == 0
+    assert sum(len(each) for each in app.following) == 0
     assert app.limits.polls_held("127.0.0.1") == 0
 
 
@@ -296,6 +299,7 @@ FOLLOWERS = {
     "handler long poll": ("handlers only", "long_poll", lambda head: (f"/talks?changesSince={head}", {})),
     "conditional": (None, "conditional", lambda head: ("/talks", {"If-None-Match": f'"{head}"', "Prefer": "wait=20"})),
     "event stream": (None, "stream", lambda head: ("/talks", {"Accept": "text/event-stream"})),
+    "websocket": (None, "websocket", lambda head: ("/talks", WEBSOCKET)),
 }
 
 
@@ -315,7 +319,7 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     # admitted and parked: counted against its address, waiting
-    await until(lambda: len(board.waiters) + len(app.following["stream"]) == 1)
+    await until(lambda: len(board.waiters) + sum(len(each) for each in app.following) == 1)
     assert app.limits.polls_held("127.0.0.1") == 1
 
     # delivered: the change reaches it
@@ -323,13 +327,13 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
     seen = b""
     while b"Delivered" not in seen:
         seen += await asyncio.wait_for(reader.read(65536), 30)
-    assert seen.startswith(b"HTTP/1.1 200 OK")
+    assert seen.startswith(b"HTTP/1.1 101 " if transport == "websocket" else b"HTTP/1.1 200 OK")
 
     # released exactly once and counted once, whether the answer ended the
     # request (polls) or the client's leaving did (a stream)
     writer.close()
     await until(lambda: app.limits.polls_held("127.0.0.1") == 0 and polls_answered(board, transport) == 1)
-    assert len(board.waiters) + len(board.slow_lane) + len(app.following["stream"]) == 0
+    assert len(board.waiters) + len(board.slow_lane) + sum(len(each) for each in app.following) == 0
     assert app.limits._polls == {} and app.limits._poll_address == {}
 
 

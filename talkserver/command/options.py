@@ -49,6 +49,7 @@ from talkserver.follow.conditional import API_MODES
 from talkserver.access.guard import parse_allowed_hosts
 from talkserver.stores import SYNC_MODES
 from talkserver.stores.postgres import DEFAULT_TIMEOUT, URL_SCHEMES
+from talkserver.command.dbwait import DEFAULT_WAIT
 
 PROGRAM = "talkserver"
 
@@ -211,6 +212,9 @@ define("db", "talks.db", group="storage", metavar="PATH|URL", check=check_db,
 define("db_timeout", DEFAULT_TIMEOUT, group="storage", metavar="SECONDS", check=above_zero,
        help="seconds a PostgreSQL call may take; a write with no answer by then gets 504 (outcome unknown) "
             "or 503 (not saved)")
+define("db_wait", DEFAULT_WAIT, group="storage", metavar="SECONDS", check=at_least(0, " (0: give up at once)"),
+       help="seconds to wait at start-up for a PostgreSQL database that is not reachable yet, trying again "
+            "with pauses growing to 5 s (0: give up at once); a wrong password or a missing database fails at once")
 define("sync", "normal", group="storage", metavar="normal|full", check=one_of(SYNC_MODES),
        help="normal: every answered write survives a crash of the server; full: also a power loss, but slower")
 define("retention", 7.0, group="storage", metavar="DAYS",
@@ -259,9 +263,11 @@ define("api", "changes", group="following", metavar="changes|etag", check=one_of
        help="what plain GET /talks answers: changes ({serverTime, talks}, the book's 2nd edition) or "
             "etag (the bare array, with ETag and Prefer: wait polling, its 3rd and 4th)")
 define("heartbeat", streams.DEFAULT_HEARTBEAT, group="following", metavar="SECONDS", check=at_least(0, " (0: none)"),
-       help="seconds between keep-alive comments on an idle event stream (0: none)")
+       help="seconds between keep-alive comments on an idle event stream, and between pings to every "
+            "WebSocket (one that answers none for two intervals is closed) (0: none)")
 define("stream_buffer", streams.DEFAULT_BUFFER_LIMIT, group="following", metavar="BYTES", check=above_zero,
-       help="bytes an event stream's client may leave unread before the stream is closed (it reconnects and catches up)")
+       help="bytes an event stream's or a WebSocket's client may leave unread before it is closed "
+            "(it reconnects and catches up)")
 define("fast_polls", True, group="following",
        help="serve plain long polls without a RequestHandler (half the CPU per poll); "
             "false sends every request through Tornado's routing, for comparison")
