@@ -8,7 +8,9 @@ and refused (with the refusal's message), the time taken and the server's
 resident memory.  Then it fetches the full ``GET /talks`` ``--gets``
 times without gzip and with it, and prints the bytes sent and the
 server's CPU time (from /proc) per answer: the first gzip answer is
-compressed, the others are the Feed's cached bytes.
+compressed, the others are the Feed's cached bytes.  Before and after the
+writes it wakes ``--followers`` waiting long polls with one change, to
+compare fan-out on the empty and on the full board.
 
     .venv/bin/python benchmarks/bounded_board.py --talks 20000
 
@@ -79,7 +81,7 @@ async def exchange(reader, writer, port: int, method: str, path: str, body: byte
         name, _, value = line.partition(":")
         if name:
             answer_headers[name.strip().lower()] = value.strip()
-    data = await reader.readexactly(int(answer_headers.get("content-length", "0")))
+    data = b"" if method == "HEAD" else await reader.readexactly(int(answer_headers.get("content-length", "0")))
     return int(status_line.split()[1]), answer_headers, data
 
 
@@ -121,6 +123,37 @@ async def fetch_board(port: int, pid: int, gets: int, accept: str | None) -> tup
     return size, costs, body, headers
 
 
+async def fanout(port: int, clients: int) -> float:
+    """Seconds from one change until the last of ``clients`` waiting long polls (100 per
+    loopback address, accepting gzip) has its answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _, headers, _ = await exchange(reader, writer, port, "HEAD", "/talks")
+    head = headers["etag"].strip('"')
+    polls = []
+    for i in range(clients):
+        poll_reader, poll_writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.1.{1 + i // 100}", 0))
+        poll_writer.write(f"GET /talks?changesSince={head} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                          "Accept-Encoding: gzip, deflate, br\r\n\r\n".encode())
+        polls.append((poll_reader, poll_writer))
+    await asyncio.sleep(1.0)  # all parked
+
+    async def answered(poll_reader) -> float:
+        await poll_reader.readuntil(b"\r\n\r\n")
+        return time.monotonic()
+
+    waiting = [asyncio.ensure_future(answered(poll_reader)) for poll_reader, _ in polls]
+    started = time.monotonic()
+    # Replacing one talk: it fits on a full board too.
+    status, _, data = await exchange(reader, writer, port, "PUT", "/talks/fan-out",
+                                     json.dumps({"presenter": "A", "summary": f"B {started}"}).encode())
+    assert status == 204, data
+    last = max(await asyncio.gather(*waiting)) - started
+    for _, poll_writer in polls:
+        poll_writer.close()
+    writer.close()
+    return last
+
+
 async def run(args) -> None:
     with tempfile.TemporaryDirectory() as directory:
         server = subprocess.Popen(
@@ -131,6 +164,7 @@ async def run(args) -> None:
         try:
             port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", server.stderr.readline()).group(1))
             start_rss = resident_mib(server.pid)
+            empty = [await fanout(port, args.followers) for _ in range(3)] if args.followers else []
             started, cpu = time.monotonic(), cpu_seconds(server.pid)
             statuses, refusal = await write_talks(port, args.talks, args.connections)
             took, cpu = time.monotonic() - started, cpu_seconds(server.pid) - cpu
@@ -139,6 +173,10 @@ async def run(args) -> None:
                   + ", ".join(f"{n} answered {s}" for s, n in sorted(statuses.items())))
             print(f"first refusal: {refusal}")
             print(f"server RSS: {start_rss:.0f} MiB at start, {resident_mib(server.pid):.0f} MiB after")
+            if args.followers:
+                full = [await fanout(port, args.followers) for _ in range(3)]
+                print(f"one change to {args.followers} waiting long polls, until the last has it (median of 3): "
+                      f"{1000 * sorted(empty)[1]:.0f} ms on the empty board, {1000 * sorted(full)[1]:.0f} ms on the full one")
             plain_size, plain_costs, plain, _ = await fetch_board(port, server.pid, args.gets, None)
             gz_size, gz_costs, packed, headers = await fetch_board(port, server.pid, args.gets, "gzip, deflate, br")
             assert headers.get("content-encoding") == "gzip" and gzip.decompress(packed) == plain
@@ -164,6 +202,8 @@ def main() -> None:
     parser.add_argument("--talks", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--gets", type=int, default=5)
+    parser.add_argument("--followers", type=int, default=500,
+                        help="long polls to wake with one change, on the empty and on the full board (0: none)")
     parser.add_argument("--levels", type=lambda text: [int(n) for n in text.split(",")], default=[1, 6, 9],
                         help="zlib levels to compare on the full answer, in this process (default: 1,6,9)")
     parser.add_argument("--server-option", action="append", default=[], metavar="OPTION",
