@@ -23,10 +23,10 @@ from talkserver import make_app
 from talkserver.stores import Settings
 from talkserver.stores.postgres import PostgresStore
 
-from .conftest import STORE_KINDS, close_store, new_store
 from .follower import Follower, Servers
 from .harness import WAIT, send, until
 from .sse import StreamClient
+from .store_kinds import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(params=STORE_KINDS)

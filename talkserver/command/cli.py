@@ -21,7 +21,7 @@ import tornado.netutil
 
 from talkserver.operation import collector
 from talkserver.access import guard
-from talkserver.wire import tornado_private
+from talkserver.wire import tornado_check
 from talkserver.web.accept import HTTPServer
 from talkserver.web.app import make_app
 from talkserver.access.guard import loopback_hosts, parse_allowed_hosts
@@ -211,7 +211,7 @@ def listen(port: int, address: str) -> list[socket.socket]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``talkserver`` console script: exit 2 with one line if it cannot start."""
-    tornado_private.refuse_unsupported()
+    tornado_check.refuse_unsupported()
     try:
         run(sys.argv[1:] if argv is None else argv[1:])
     except Refused as e:
