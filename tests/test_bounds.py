@@ -226,7 +226,7 @@ async def test_a_full_sqlite_board_restarts_full_and_still_answers(http_client, 
         await fill(http_client, base)
     finally:
         server.stop()
-        store.close()
+        await store.close()
     store = SQLiteStore(path)
     server, port = serve_app(make_app(store, max_talks=MAX_TALKS))
     base = f"http://127.0.0.1:{port}"
@@ -237,7 +237,7 @@ async def test_a_full_sqlite_board_restarts_full_and_still_answers(http_client, 
         assert sorted(t["title"] for t in board["talks"]) == [f"t{i}" for i in range(MAX_TALKS)]
     finally:
         server.stop()
-        store.close()
+        await store.close()
 
 
 @pytest.mark.gen_test(timeout=60)

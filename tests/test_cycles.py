@@ -26,7 +26,7 @@ from talkserver.operation import collector, shutdown
 from talkserver.web.app import make_app
 from talkserver.stores import MemoryStore
 
-from .harness import until
+from .harness import read_answer, until
 
 # The poll timeout of the timed-out scenarios; the others never reach theirs.
 SHORT_TIMEOUT = 0.5
@@ -74,13 +74,8 @@ class Client:
 
     async def answer(self) -> tuple[int, bytes]:
         """The status and body of the next answer (with a Content-Length)."""
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 30)
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        return status, await asyncio.wait_for(self.reader.readexactly(length), 30)
+        answer = await read_answer(self.reader, timeout=30)
+        return answer.status, answer.body
 
     async def some_bytes(self) -> bytes:
         return await asyncio.wait_for(self.reader.read(65536), 30)
@@ -336,11 +331,9 @@ async def other_resources(server: Server) -> None:
         status, body = await client.answer()
         assert status in (200, 404) and body
     client.send(b"HEAD /talks HTTP/1.1\r\nHost: test\r\n\r\n")
-    head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 30)
-    assert head.startswith(b"HTTP/1.1 200")
+    assert (await read_answer(client.reader, head_only=True, timeout=30)).status == 200
     client.send(get("/", ))
-    head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 30)
-    assert head.startswith(b"HTTP/1.1 200")
+    assert (await client.answer())[0] == 200
     client.close()
 
 

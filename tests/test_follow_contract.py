@@ -20,12 +20,13 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from talkserver import make_app
-from talkserver.stores import PostgresStore
+from talkserver.stores import Settings
+from talkserver.stores.postgres import PostgresStore
 
-from .conftest import STORE_KINDS, close_store, new_store
 from .follower import Follower, Servers
 from .harness import WAIT, send, until
 from .sse import StreamClient
+from .store_kinds import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -94,7 +95,7 @@ def writer(kind, database, board, io_loop):
     if kind != "postgres":
         yield Local(board)
         return
-    other = io_loop.run_sync(lambda: PostgresStore.open(database, follow=False))
+    other = io_loop.run_sync(lambda: PostgresStore.open(database, Settings(follow=False)))
     yield Elsewhere(other)
     io_loop.run_sync(other.close)
 

@@ -12,8 +12,7 @@ and after it work as usual.
 
 import asyncio
 import json
-import subprocess
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 from tornado.websocket import websocket_connect
@@ -76,20 +75,11 @@ class Poller(Follower):
 
 
 def dump(cluster, url, path):
-    subprocess.run(
-        [str(cluster.bin / "pg_dump"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
-         "-Fc", "-f", str(path), urlsplit(url).path.lstrip("/")],
-        check=True, capture_output=True, timeout=60,
-    )
+    cluster.dump(url, path)
 
 
 def restore(cluster, url, path):
-    """Put the dump back in one transaction, as docs/storage.md tells operators to."""
-    subprocess.run(
-        [str(cluster.bin / "pg_restore"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
-         "--clean", "--if-exists", "--single-transaction", "-d", urlsplit(url).path.lstrip("/"), str(path)],
-        check=True, capture_output=True, timeout=60,
-    )
+    cluster.restore(url, path)
 
 
 def titles(answer):

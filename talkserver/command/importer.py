@@ -18,7 +18,10 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from talkserver.stores import PostgresStore, SQLiteStore, StoreOpenError, is_postgres_url
+from talkserver.stores import Settings, StoreOpenError, UnknownStore, open_store, store_class
+
+# Neither store follows anything: one copy, then both are closed.
+_ONCE = Settings(follow=False)
 
 
 async def copy_board(source: str, target: str, replace: bool) -> str:
@@ -26,12 +29,12 @@ async def copy_board(source: str, target: str, replace: bool) -> str:
     if not Path(source).is_file():
         raise SystemExit(f"talkserver-import: {source}: no such file")
     try:
-        old = SQLiteStore(source)
+        old = await open_store(source, _ONCE)
     except StoreOpenError as e:
         raise SystemExit(f"talkserver-import: {e}") from None
     try:
         try:
-            new = await PostgresStore.open(target, follow=False)
+            new = await open_store(target, _ONCE)
         except StoreOpenError as e:
             raise SystemExit(f"talkserver-import: {e}") from None
         try:
@@ -46,9 +49,17 @@ async def copy_board(source: str, target: str, replace: bool) -> str:
         finally:
             await new.close()
     finally:
-        old.close()
+        await old.close()
     comments = sum(len(t["comments"]) for t in talks)
     return f"copied {len(talks)} talks and {comments} comments; the new board starts at serverTime {head}"
+
+
+def _shared(db: str) -> bool:
+    """Whether ``db`` names a store several servers share (the PostgreSQL board this copies into)."""
+    try:
+        return store_class(db).shared
+    except UnknownStore:
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("postgresql_url", help="postgresql://user:pass@host:port/dbname")
     parser.add_argument("--replace", action="store_true", help="overwrite a PostgreSQL board that has talks")
     args = parser.parse_args(argv)
-    if not is_postgres_url(args.postgresql_url):
+    if not _shared(args.postgresql_url):
         parser.error(f"{args.postgresql_url!r} is not a postgresql:// URL")
     print(asyncio.run(copy_board(args.sqlite_file, args.postgresql_url, args.replace)))
 

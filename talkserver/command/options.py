@@ -47,8 +47,7 @@ from talkserver.web.app import DEFAULT_MAX_BODY_SIZE
 from talkserver.follow import bounds, streams
 from talkserver.follow.conditional import API_MODES
 from talkserver.access.guard import parse_allowed_hosts
-from talkserver.stores import SYNC_MODES
-from talkserver.stores.postgres import DEFAULT_TIMEOUT, URL_SCHEMES
+from talkserver.stores import SYNC_MODES, Settings, registry
 from talkserver.command.dbwait import DEFAULT_WAIT
 
 PROGRAM = "talkserver"
@@ -69,7 +68,6 @@ FALSE_WORDS = ("false", "no", "off", "0")
 LOG_LEVELS = ("debug", "info", "warning", "error", "none")
 LOG_ROTATE_MODES = ("size", "time")
 _LOG_ROTATE_WHEN = re.compile(r"(?i)^(s|m|h|d|midnight|w[0-6])$")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]*@")
 
 
@@ -165,14 +163,8 @@ def check_port(port: int) -> str | None:
 
 
 def check_db(db: str) -> str | None:
-    """A file path, ``:memory:`` or a PostgreSQL URL; any other scheme is refused by name."""
-    if not db:
-        return "name a file, :memory: or postgresql://..."
-    scheme = _SCHEME.match(db)
-    if scheme and scheme.group(1).lower() not in URL_SCHEMES:
-        return (f"{scheme.group(1)}:// is not a store talkserver knows: give an SQLite file path, "
-                ":memory: or postgresql://user:pass@host:port/dbname")
-    return None
+    """A value some store of talkserver.stores.registry takes; any other scheme is refused by name."""
+    return registry.check(db)
 
 
 def check_static_path(path: str) -> str | None:
@@ -209,7 +201,7 @@ define("gc", "tuned", group="serving", metavar="tuned|python", check=one_of(coll
 define("db", "talks.db", group="storage", metavar="PATH|URL", check=check_db,
        help="an SQLite file (relative to the working directory), :memory: to keep nothing, or "
             "postgresql://user:pass@host:port/dbname to share one board between processes and hosts")
-define("db_timeout", DEFAULT_TIMEOUT, group="storage", metavar="SECONDS", check=above_zero,
+define("db_timeout", Settings.timeout, group="storage", metavar="SECONDS", check=above_zero,
        help="seconds a PostgreSQL call may take; a write with no answer by then gets 504 (outcome unknown) "
             "or 503 (not saved)")
 define("db_wait", DEFAULT_WAIT, group="storage", metavar="SECONDS", check=at_least(0, " (0: give up at once)"),

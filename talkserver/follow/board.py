@@ -2,16 +2,14 @@
 
 Every write goes through here, so each change wakes the waiting polls and
 reaches every transport that pushes (event streams, WebSockets) exactly once, after the store has accepted it.
-The write methods are coroutines: a shared store (stores.postgres) commits to
-the database and reads the change back before they return; the local stores
-(memory, SQLite) finish without suspending.
+The write methods are coroutines, as every store's are (stores.contract):
+whichever store it is, it calls back (``on_change``) once a change is
+applied, here or in another process, and the board wakes the clients then.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-import inspect
+from typing import Callable, Mapping
 
 from talkserver.follow.bounds import Bounds, Tally, comment_bytes, entry_bytes, room
 from talkserver.follow.feed import Feed
@@ -54,11 +52,19 @@ class Board:
         # Transports that push every change (streams, sockets) subscribe here.
         self._subscribers: list[Callable[[], None]] = []
         self._changes = self.metrics.counter("talkserver_changes_total", "Changes made to talks since start.")
-        # A shared store learns of changes from other processes too: it
-        # calls back whenever it has applied some, and the board wakes then.
-        # (A local store never calls it: its writes wake through _changed.)
+        # Every store calls back whenever it has applied changes (its own
+        # writes, and on a shared store other processes' too).
         store.on_change = self._wake
         store.register_metrics(self.metrics)
+
+    @classmethod
+    def from_settings(cls, store: Store, poll_timeout: float, settings: Mapping) -> "Board":
+        """The board of an Application with these settings (``slow_lane_interval``,
+        and the bounds ``max_talks`` and ``max_board_bytes``, off unless given)."""
+        return cls(
+            store, poll_timeout, slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL),
+            bounds=Bounds(settings.get("max_talks") or 0, settings.get("max_board_bytes") or 0),
+        )
 
     async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> None:
         """Create or replace a talk (``owner``: the browser that now owns it, with --protect-talks).
@@ -69,18 +75,18 @@ class Board:
         await self._make_room(title, lambda old: entry_bytes(title, {
             "presenter": presenter, "summary": summary, "comments": [],
         }))
-        await self._changed(self.store.put(title, presenter, summary, owner))
+        self._count(await self.store.put(title, presenter, summary, owner))
 
     async def delete(self, title: str, owner: str | None = None) -> None:
         """Delete a talk if it exists (``owner``: the browser asking, with --protect-talks)."""
-        await self._changed(self.store.delete(title, owner))
+        self._count(await self.store.delete(title, owner))
 
     async def add_comment(self, title: str, author: str, message: str) -> None:
         """Comment on a talk; raises store.TalkNotFound if there is none, BoardFull
         (changing nothing) when the comment would take the board past its bounds."""
         if self.store.get(title) is not None:
             await self._make_room(title, lambda old: (old or 0) + comment_bytes(author, message))
-        await self._changed(self.store.add_comment(title, author, message))
+        self._count(await self.store.add_comment(title, author, message))
 
     def stored_bytes(self) -> int:
         """The board's stored bytes now (talkserver.follow.bounds)."""
@@ -104,9 +110,7 @@ class Board:
         if not doomed:
             return
         # The log is in stamp order: this forgets exactly the doomed ones.
-        pruned = store.prune(doomed[-1][1] + 1)
-        if inspect.isawaitable(pruned):
-            await pruned
+        await store.prune(doomed[-1][1] + 1)
         tally.forget([name for name, _stamp in doomed], store)
 
     async def caught_up(self) -> None:
@@ -122,12 +126,8 @@ class Board:
         """Whether the store can take writes now (for /healthz)."""
         return await self.store.ping()
 
-    async def _changed(self, stamp) -> None:
-        """Count a change the store made (``stamp`` None: nothing changed) and wake the polls."""
-        if inspect.isawaitable(stamp):
-            stamp = await stamp  # the shared store has woken us through on_change
-        elif stamp is not None:
-            self._wake()
+    def _count(self, stamp: int | None) -> None:
+        """Count a change the store made (``stamp`` None: nothing changed); it has woken the polls already."""
         if stamp is not None:
             self._changes.inc()
 
