@@ -10,7 +10,8 @@ times without gzip and with it, and prints the bytes sent and the
 server's CPU time (from /proc) per answer: the first gzip answer is
 compressed, the others are the Feed's cached bytes.  Before and after the
 writes it wakes ``--followers`` waiting long polls with one change, to
-compare fan-out on the empty and on the full board.
+compare fan-out on the empty and on the full board; at the end it
+restarts the server on the full board's file.
 
     .venv/bin/python benchmarks/bounded_board.py --talks 20000
 
@@ -154,15 +155,21 @@ async def fanout(port: int, clients: int) -> float:
     return last
 
 
+def start(directory: str, options: list[str]) -> tuple[subprocess.Popen, int, float]:
+    """The server on ``directory``/talks.db: the process, its port, and the seconds until it listened."""
+    began = time.monotonic()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "talkserver", "--port=0", "--logging=error", f"--db={directory}/talks.db", *options],
+        stderr=subprocess.PIPE, text=True,
+    )
+    port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", server.stderr.readline()).group(1))
+    return server, port, time.monotonic() - began
+
+
 async def run(args) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "talkserver", "--port=0", "--logging=error", f"--db={directory}/talks.db",
-             *args.server_option],
-            stderr=subprocess.PIPE, text=True,
-        )
+        server, port, first_start = start(directory, args.server_option)
         try:
-            port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", server.stderr.readline()).group(1))
             start_rss = resident_mib(server.pid)
             empty = [await fanout(port, args.followers) for _ in range(3)] if args.followers else []
             started, cpu = time.monotonic(), cpu_seconds(server.pid)
@@ -192,6 +199,19 @@ async def run(args) -> None:
                 size = len(packer.compress(plain) + packer.flush())
                 print(f"  gzip level {level}: {size / 1e6:.1f} MB, {1000 * (time.process_time() - began):.0f} ms CPU"
                       " (in this process)")
+        finally:
+            server.terminate()
+            server.wait()
+        # The same file again: the board is loaded whole at start.
+        server, port, restart = start(directory, args.server_option)
+        try:
+            print(f"start: {first_start:.2f} s on a new file; restart on the full board: {restart:.2f} s, "
+                  f"RSS {resident_mib(server.pid):.0f} MiB")
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            status, _, _ = await exchange(reader, writer, port, "PUT", "/talks/after%20restart",
+                                          json.dumps({"presenter": "A", "summary": "B"}).encode())
+            print(f"a new talk after the restart: {status}")
+            writer.close()
         finally:
             server.terminate()
             server.wait()

@@ -337,3 +337,5 @@ def test_the_benchmark_of_docs_benchmarks_md_runs_and_finds_the_bound():
     assert re.search(r"one change to 20 waiting long polls.*: \d+ ms on the empty board, \d+ ms on the full one", done.stdout)
     assert '409 {"error": "the board is full: it holds 50 talks, the most it may; delete one first"}' in done.stdout
     assert re.search(r"GET /talks gzip: +[0-9.]+ MB \([0-9.]+x smaller\)", done.stdout)
+    assert re.search(r"restart on the full board: [0-9.]+ s", done.stdout)
+    assert "a new talk after the restart: 409" in done.stdout
