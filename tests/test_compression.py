@@ -18,7 +18,7 @@ from talkserver import make_app
 from talkserver.wire.compression import GZIP_MIN, accepts_gzip
 
 from .conftest import POLL_TIMEOUT
-from .harness import WAIT, Answer, send, split_answer
+from .harness import WAIT, Answer, send, serve_app, split_answer
 
 GZIP = {"Accept-Encoding": "gzip, deflate, br"}
 PLAIN = {"Accept-Encoding": "identity"}
@@ -166,3 +166,17 @@ async def test_an_answer_is_compressed_once_per_state(board):
     again = feed.gzipped(feed.everything())
     assert again is not first
     assert gzip.decompress(again) == feed.everything()
+
+
+@pytest.mark.gen_test
+async def test_the_bare_array_of_api_etag_is_compressed_too(store):
+    app = make_app(store, poll_timeout=POLL_TIMEOUT, api="etag")
+    await fill(app.board)
+    server, port = serve_app(app)
+    try:
+        compressed = await keep_alive(port, "/talks", GZIP)
+        plain = await keep_alive(port, "/talks", PLAIN)
+    finally:
+        server.stop()
+    assert_gzip_of(compressed, plain)
+    assert plain.body == app.board.feed.talk_array()
