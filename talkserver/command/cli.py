@@ -26,7 +26,9 @@ from talkserver.wire import tornado_private
 from talkserver.web.accept import HTTPServer
 from talkserver.web.app import make_app
 from talkserver.access.guard import loopback_hosts, parse_allowed_hosts
-from talkserver.access.auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file
+from talkserver.access.auth import (
+    CookieSecretError, PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file,
+)
 from talkserver.command.options import Refused, options, parse
 from talkserver.operation.shutdown import drain
 from talkserver.stores import (
@@ -34,6 +36,7 @@ from talkserver.stores import (
     WriteOutcomeUnknown, is_postgres_url, wall_clock_ms,
 )
 from talkserver.stores.postgres import redact
+from talkserver.operation import metrics
 from talkserver.operation.openfiles import raise_open_files_limit
 from talkserver.operation.workers import Worker, fork_workers, tag_log_lines
 
@@ -97,8 +100,16 @@ def hardening_settings() -> dict:
         ),
     }
     if options.protect_talks:
-        settings["cookie_secret"] = options.cookie_secret or load_or_create_secret(cookie_secret_path(options.db))
+        settings["cookie_secret"] = options.cookie_secret or stored_cookie_secret()
     return settings
+
+
+def stored_cookie_secret() -> str:
+    """The --protect-talks secret kept beside --db (made on first use); ``Refused`` if it cannot be."""
+    try:
+        return load_or_create_secret(cookie_secret_path(options.db))
+    except CookieSecretError as e:
+        raise Refused(f"--protect-talks: {e}") from None
 
 
 async def serve(store: Store | None, worker: Worker | None = None) -> None:
@@ -225,6 +236,10 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: list[str]) -> None:
     """Read the options, open the store, serve until stopped."""
     parse(args)
+    ignored = metrics.ignore_inherited_directory()
+    if ignored is not None:
+        log.warning("ignoring PROMETHEUS_MULTIPROC_DIR=%s from the environment: talkserver keeps its "
+                    "metrics in memory, or under --processes in a directory of its own", ignored)
     shared = is_postgres_url(options.db)
     if options.processes != 1 and not shared:
         raise Refused(
@@ -240,6 +255,8 @@ def run(args: list[str]) -> None:
             read_password_file(options.password_file)
         except PasswordFileError as e:
             raise Refused(str(e)) from None
+    if options.protect_talks and not options.cookie_secret:
+        stored_cookie_secret()  # read or made now, so a bad file stops the command before the store opens
     if not shared:
         # Opened before the loop starts, so a bad file ends the process at once.
         asyncio.run(serve(open_store(options.db, options.sync)))

@@ -51,6 +51,26 @@ _PROCESS_LIVE_MODES = {
 }
 
 _shared_directory: str | None = None
+# The variables that switch prometheus_client to its multiprocess mode (the
+# lower-case one is its older spelling).
+_DIRECTORY_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+
+def ignore_inherited_directory() -> str | None:
+    """Forget a multiprocess directory named in this process's environment; returns it, if any.
+
+    talkserver picks that directory itself, a fresh one per start under
+    ``--processes`` (talkserver.operation.workers), and none otherwise.  A
+    variable inherited from a shell or a unit file would make the library
+    write every value to files there: a crash at the first metric if the
+    directory is missing, and files nobody removes (and a sum over old
+    runs) if it is not.  Call it before anything makes a metric.
+    """
+    found = [os.environ.pop(variable) for variable in _DIRECTORY_VARIABLES if variable in os.environ]
+    if not found:
+        return None
+    values.ValueClass = values.get_value_class()
+    return found[0]
 
 
 def share_between_workers(directory: str, worker: int) -> None:
