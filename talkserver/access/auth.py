@@ -281,7 +281,7 @@ class Access:
             try:
                 matched = await self.checks.verify(handler.request.remote_ip or "", name, password, self.users.get(name))
             except TooManyGuesses as e:
-                refuse(handler, 429, f"too many wrong passwords for this name from this address: {e}",
+                refuse(handler, 429, f"too many wrong passwords {e.scope}: {e}",
                        Retry_After=str(e.retry_after))
             if matched:
                 if len(self._good) >= 10_000:
