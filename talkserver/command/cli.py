@@ -38,7 +38,7 @@ from talkserver.stores import (
 from talkserver.stores.postgres import redact
 from talkserver.operation import metrics
 from talkserver.operation.openfiles import raise_open_files_limit
-from talkserver.operation.workers import Worker, fork_workers, tag_log_lines
+from talkserver.operation.workers import HEARTBEAT_EVERY, Worker, fork_workers, tag_log_lines
 
 log = logging.getLogger("talkserver")
 
@@ -173,6 +173,9 @@ async def serve(store: Store | None, worker: Worker | None = None) -> None:
         server.add_sockets(worker.sockets)
         announce("talkserver worker %d serving %s (store %s)",
                  worker.number, _where(worker.sockets), _store_name(options.db))
+        # From now on the parent replaces this worker if these stop.
+        worker.beat()
+        tornado.ioloop.PeriodicCallback(worker.beat, HEARTBEAT_EVERY * 1000).start()
     # In every process that serves (each worker after the fork, too).
     collector.tune(options.gc)
     warning = exposure_warning(options.address, options.password_file, options.protect_talks)
