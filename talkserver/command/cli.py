@@ -38,6 +38,7 @@ from talkserver.stores import (
 from talkserver.stores.postgres import redact
 from talkserver.operation import metrics
 from talkserver.operation.openfiles import raise_open_files_limit
+from talkserver.words import counted
 from talkserver.operation.workers import HEARTBEAT_EVERY, Worker, fork_workers, tag_log_lines
 
 log = logging.getLogger("talkserver")
@@ -80,7 +81,7 @@ async def prune_tombstones(store: Store, retention_days: float) -> None:
         log.warning("could not prune old tombstones: %s", e)
         return
     if pruned:
-        log.info("pruned %d tombstones older than %g days", pruned, retention_days)
+        log.info("pruned %s older than %s", counted(pruned, "tombstone"), counted(retention_days, "day"))
 
 
 def hardening_settings() -> dict:

@@ -10,35 +10,49 @@ the copy can use them).  The new board's history starts after both old
 ones, so a page that followed either server gets one clean reset
 (``"reset": true``) and goes on from there.  Servers already following the
 PostgreSQL board reload it at once.
+
+Whatever stops it is one line on stderr, ``talkserver-import: ...``, and
+exit status 2, as for the other commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
-from talkserver.stores import PostgresStore, SQLiteStore, StoreOpenError, is_postgres_url
+from talkserver.command.dburl import postgres_url_problem
+from talkserver.stores import PostgresStore, SQLiteStore, StoreOpenError
+from talkserver.stores.postgres import URL_SCHEMES
+from talkserver.words import counted
+
+PROGRAM = "talkserver-import"
+DESCRIPTION = "Copy an SQLite board (a talkserver --db file) into a PostgreSQL database."
+
+
+class Refused(Exception):
+    """The copy cannot be made; ``str()`` is the one line that says why."""
 
 
 async def copy_board(source: str, target: str, replace: bool) -> str:
-    """Copy the board; returns a one-line report, or raises SystemExit with one line."""
+    """Copy the board; returns a one-line report, or raises Refused."""
     if not Path(source).is_file():
-        raise SystemExit(f"talkserver-import: {source}: no such file")
+        raise Refused(f"{source}: no such file")
     try:
         old = SQLiteStore(source)
     except StoreOpenError as e:
-        raise SystemExit(f"talkserver-import: {e}") from None
+        raise Refused(str(e)) from None
     try:
         try:
             new = await PostgresStore.open(target, follow=False)
         except StoreOpenError as e:
-            raise SystemExit(f"talkserver-import: {e}") from None
+            raise Refused(str(e)) from None
         try:
             present = await new.talk_count()
             if present and not replace:
-                raise SystemExit(
-                    f"talkserver-import: the PostgreSQL board is not empty ({present} talks and tombstones);"
+                raise Refused(
+                    f"the PostgreSQL board is not empty ({counted(present, 'talk or tombstone', 'talks and tombstones')});"
                     " add --replace to overwrite it"
                 )
             talks = old.all_talks()
@@ -48,19 +62,28 @@ async def copy_board(source: str, target: str, replace: bool) -> str:
     finally:
         old.close()
     comments = sum(len(t["comments"]) for t in talks)
-    return f"copied {len(talks)} talks and {comments} comments; the new board starts at serverTime {head}"
+    return (f"copied {counted(len(talks), 'talk')} and {counted(comments, 'comment')}; "
+            f"the new board starts at serverTime {head}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``talkserver-import`` console script."""
-    parser = argparse.ArgumentParser(prog="talkserver-import", description=__doc__.split("\n\n")[0])
+    """Entry point of the ``talkserver-import`` console script: exit 2 with one line if it cannot copy."""
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=DESCRIPTION)
     parser.add_argument("sqlite_file", help="the SQLite board (a talkserver --db file)")
     parser.add_argument("postgresql_url", help="postgresql://user:pass@host:port/dbname")
     parser.add_argument("--replace", action="store_true", help="overwrite a PostgreSQL board that has talks")
-    args = parser.parse_args(argv)
-    if not is_postgres_url(args.postgresql_url):
-        parser.error(f"{args.postgresql_url!r} is not a postgresql:// URL")
-    print(asyncio.run(copy_board(args.sqlite_file, args.postgresql_url, args.replace)))
+    args = parser.parse_args(argv)  # its own mistakes: usage and exit 2
+    try:
+        scheme, separator, _ = args.postgresql_url.partition("://")
+        if not separator or scheme.lower() not in URL_SCHEMES:
+            raise Refused("the second argument must be a postgresql:// URL")
+        problem = postgres_url_problem(args.postgresql_url)
+        if problem:
+            raise Refused(f"the PostgreSQL URL: {problem}")
+        print(asyncio.run(copy_board(args.sqlite_file, args.postgresql_url, args.replace)))
+    except Refused as e:
+        print(f"{PROGRAM}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

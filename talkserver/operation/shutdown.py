@@ -20,6 +20,8 @@ import logging
 import tornado.httpserver
 import tornado.web
 
+from talkserver.words import counted
+
 log = logging.getLogger("talkserver")
 
 # Long enough for answers just written to reach their clients before the
@@ -54,7 +56,8 @@ async def drain(
             break
         await asyncio.sleep(0.02)
     if limits.writes_in_flight:
-        log.warning("%d writes still unfinished after %.0f s; closing anyway", limits.writes_in_flight, write_grace)
+        log.warning("%s still unfinished after %.0f s; closing anyway",
+                    counted(limits.writes_in_flight, "write"), write_grace)
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=5)
     except asyncio.TimeoutError:
@@ -63,7 +66,7 @@ async def drain(
     closed = board.store.close()
     if inspect.isawaitable(closed):  # the shared store's connections
         await closed
-    log.info("stopped: answered %d waiting polls; %d talks in the store", answered, talks)
+    log.info("stopped: answered %s; %s in the store", counted(answered, "waiting poll"), counted(talks, "talk"))
     if streams_ended:
-        log.info("ended %d event streams", streams_ended)
+        log.info("ended %s", counted(streams_ended, "event stream"))
     return answered
