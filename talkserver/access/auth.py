@@ -261,9 +261,10 @@ class Access:
 
         Credentials seen to match before are let through at once.  Others
         are checked by ``PasswordChecks`` off the event loop, each check
-        taking its turn for that name from that address as it arrives
-        (wrong guesses slow down the next ones); past ``MAX_GUESS_DELAY``
-        of waiting checks the answer is 429, for that pair only.
+        taking its turn for that name from that client (an IPv4 address or
+        an IPv6 /64) as it arrives (wrong guesses slow down the next ones);
+        past ``MAX_GUESS_DELAY`` of waiting checks the answer is 429, with
+        the scope of the count that ran out (talkserver.access.passwords).
         """
         if not self.users:
             return
