@@ -54,6 +54,14 @@ class StreamClient:
         return client
 
     @classmethod
+    async def open_on(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str,
+                      path: str = "/talks", headers: dict[str, str] | None = None) -> "StreamClient":
+        """A stream over a connection the caller opened (through TLS, a proxy), asking for ``Host: host``."""
+        client = cls(reader, writer)
+        await client._request(0, path, headers, False, host)
+        return client
+
+    @classmethod
     async def open_unread(cls, port: int, path: str = "/talks") -> socket.socket:
         """A stream whose client never reads, with a receive window as small as Linux allows."""
         sock = socket.socket()
@@ -64,9 +72,10 @@ class StreamClient:
         await asyncio.get_running_loop().sock_sendall(sock, request.encode())
         return sock
 
-    async def _request(self, port: int, path: str, headers: dict[str, str] | None, http10: bool) -> None:
+    async def _request(self, port: int, path: str, headers: dict[str, str] | None, http10: bool,
+                       host: str | None = None) -> None:
         version = "HTTP/1.0" if http10 else "HTTP/1.1"
-        lines = [f"GET {path} {version}", f"Host: 127.0.0.1:{port}", "Accept: text/event-stream"]
+        lines = [f"GET {path} {version}", f"Host: {host or f'127.0.0.1:{port}'}", "Accept: text/event-stream"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), WAIT)

@@ -268,7 +268,7 @@ async def test_a_short_wait_woken_by_a_change_is_answered_once(port, board, app)
     await board.put("a", "Ann", "s")
     status, headers, _ = await read_answer(stream)
     # The 2 s timer of its group runs, finds it gone, and retires the group.
-    await until(lambda: app.conditional._short == {})
+    await until(lambda: app.following["conditional"]._short == {})
     await stream.write(b"GET /talks HTTP/1.1\r\nHost: x\r\n\r\n")
     after = await read_answer(stream)
 
@@ -331,7 +331,7 @@ async def test_a_short_wait_whose_client_goes_away_is_forgotten_with_its_deadlin
     stream.close()
 
     await until(lambda: len(board.waiters) == 0)
-    assert all(not group for group in app.conditional._short.values())
+    assert all(not group for group in app.following["conditional"]._short.values())
 
 
 # -- shared answers on kept-alive connections -----------------------------------

@@ -231,26 +231,26 @@ async def conditional_closed_while_parked(server: Server) -> None:
 
 async def stream_event_then_closed(server: Server) -> None:
     client = await Client.open(server.port, get("/talks", "Accept: text/event-stream"))
-    await until(lambda: len(server.board.streams) == 1)
+    await until(lambda: len(server.app.following["stream"]) == 1)
     await server.board.put("Pushed", "Ada", "s")
     seen = b""
     while b"Pushed" not in seen:
         seen += await client.some_bytes()
     client.close()
-    await until(lambda: len(server.board.streams) == 0)
+    await until(lambda: len(server.app.following["stream"]) == 0)
 
 
 async def stream_reset(server: Server) -> None:
     client = await Client.open(server.port, get("/talks", "Accept: text/event-stream"))
-    await until(lambda: len(server.board.streams) == 1)
+    await until(lambda: len(server.app.following["stream"]) == 1)
     client.reset()
-    await until(lambda: len(server.board.streams) == 0)
+    await until(lambda: len(server.app.following["stream"]) == 0)
 
 
 async def stream_ended_by_the_server(server: Server) -> None:
     client = await Client.open(server.port, get("/talks", "Accept: text/event-stream"))
-    await until(lambda: len(server.board.streams) == 1)
-    server.board.streams.end_all()
+    await until(lambda: len(server.app.following["stream"]) == 1)
+    server.app.following["stream"].end_all()
     seen = b""
     while not seen.endswith(b"0\r\n\r\n"):  # the chunked body's end
         seen += await client.some_bytes()
@@ -315,7 +315,7 @@ async def drained(server: Server) -> None:
     polls = [await Client.open(server.port, get(f"/talks?changesSince={head}")) for _ in range(3)]
     stream = await Client.open(server.port, get("/talks", "Accept: text/event-stream"))
     # (one poll waits, two are past the cap of one, in the slow lane)
-    await until(lambda: len(server.board.waiters) + len(server.board.slow_lane) == 3 and len(server.board.streams) == 1)
+    await until(lambda: len(server.board.waiters) + len(server.board.slow_lane) == 3 and len(server.app.following["stream"]) == 1)
     answered = await shutdown.drain(server.http, server.app, write_grace=1)
     assert answered == 3
     for poll in polls:

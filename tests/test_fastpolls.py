@@ -267,7 +267,7 @@ async def test_a_poll_woken_by_a_change_gets_the_same_answer_as_from_the_handler
     fast_reply, fast_parked = await answer_after_waiting(fast, summary)
     handler_reply, handler_parked = await answer_after_waiting(handlers, summary)
 
-    assert (fast_parked, handler_parked) == (["PollDelegate"], ["TalksHandler"])
+    assert (fast_parked, handler_parked) == (["PollDelegate"], ["HandlerPoll"])
     assert fast_reply.without_date() == handler_reply.without_date()
     assert fast_reply.json()["talks"][0]["summary"] == summary
     assert len(fast.board.waiters) == len(handlers.board.waiters) == 0
@@ -355,7 +355,7 @@ async def test_a_poll_asking_for_an_event_stream_gets_one_from_a_handler(serve, 
     assert reply.status == 200 and reply.headers["content-type"] == "text/event-stream"
     assert f"id: {server.board.store.head}\ndata: ".encode() in first_event
     assert b'"title":"Juggling"' in first_event
-    assert len(server.board.streams) == 1
+    assert len(server.app.following["stream"]) == 1
 
 
 @pytest.mark.gen_test(timeout=120)

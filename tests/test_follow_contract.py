@@ -120,10 +120,10 @@ async def test_a_waiting_long_poll_gets_a_change_written_elsewhere(port, board, 
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_an_event_stream_gets_each_change_written_elsewhere_once_and_in_order(port, board, writer):
+async def test_an_event_stream_gets_each_change_written_elsewhere_once_and_in_order(port, board, writer, app):
     client = await StreamClient.open(port)
     first = await client.event()
-    await until(lambda: len(board.streams) == 1)
+    await until(lambda: len(app.following["stream"]) == 1)
 
     await writer.put("a", "Ann", "s")
     await writer.add_comment("a", "Bo", "hi")
@@ -155,13 +155,13 @@ async def test_an_event_stream_gets_each_change_written_elsewhere_once_and_in_or
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_stream_resumed_with_last_event_id_gets_exactly_what_was_written_elsewhere_meanwhile(port, board, writer):
+async def test_a_stream_resumed_with_last_event_id_gets_exactly_what_was_written_elsewhere_meanwhile(port, board, writer, app):
     await writer.put("Seen", "Ada", "s")
     await until(lambda: board.store.get("Seen") is not None, message=NOT_HERE)
     client = await StreamClient.open(port)
     last_id = (await client.event()).id
     client.close()
-    await until(lambda: len(board.streams) == 0)
+    await until(lambda: len(app.following["stream"]) == 0)
 
     await writer.put("Missed 1", "Bob", "s")
     await writer.put("Missed 2", "Bob", "s")

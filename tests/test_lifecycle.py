@@ -112,12 +112,12 @@ async def test_head_with_a_wait_preference_answers_at_once_with_304(port, board)
 
 
 @pytest.mark.gen_test
-async def test_head_of_an_event_stream_sends_its_headers_and_ends(port, board):
+async def test_head_of_an_event_stream_sends_its_headers_and_ends(port, board, app):
     status, headers, rest = head_and_rest(await exchange(port, "HEAD", "/talks", {"Accept": "text/event-stream"}))
     assert status == "HTTP/1.1 200 OK"
     assert headers["content-type"] == "text/event-stream"
     assert rest == b""
-    assert len(board.streams) == 0
+    assert len(app.following["stream"]) == 0
 
 
 # -- conditional headers (RFC 9110, RFC 7240) ---------------------------------
@@ -162,13 +162,13 @@ async def test_a_wait_with_leading_zeros_waits_that_many_seconds(port, board):
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("headers", [{}, {"Connection": "keep-alive"}])
-async def test_an_http_1_0_stream_is_closed_when_the_server_ends_it(port, board, headers):
-    before = len(board.streams)
+async def test_an_http_1_0_stream_is_closed_when_the_server_ends_it(port, board, headers, app):
+    before = len(app.following["stream"])
     client = await StreamClient.open(port, headers=headers, http10=True)
-    await until(lambda: len(board.streams) > before)
+    await until(lambda: len(app.following["stream"]) > before)
     assert "transfer-encoding" not in client.headers
 
-    board.streams.end_all()
+    app.following["stream"].end_all()
 
     assert await client.ended()
     client.close()
@@ -211,7 +211,7 @@ async def test_a_client_gone_during_a_slow_password_check_is_never_parked(port, 
     await until(lambda: app.access.admits(headers["Authorization"]))
     assert len(board.waiters) == 0
     assert len(board.slow_lane) == 0
-    assert len(board.streams) == 0
+    assert len(app.following["stream"]) == 0
     assert app.limits.polls_held("127.0.0.1") == 0
 
 
@@ -254,7 +254,7 @@ def test_a_tornado_without_what_talkserver_needs_is_refused_in_one_line(version,
 
 
 @pytest.mark.gen_test
-async def test_polls_are_counted_not_logged_while_writes_refusals_and_reads_are_logged(port, board, caplog):
+async def test_polls_are_counted_not_logged_while_writes_refusals_and_reads_are_logged(port, board, caplog, app):
     import logging
 
     head = board.store.head
@@ -266,12 +266,12 @@ async def test_polls_are_counted_not_logged_while_writes_refusals_and_reads_are_
         )
         await until(lambda: len(board.waiters) == 2)
         stream = await StreamClient.open(port)
-        await until(lambda: len(board.streams) == 1)
+        await until(lambda: len(app.following["stream"]) == 1)
         await board.put("Logged", "Ada", "s")
         assert b"Logged" in await poll and b"Logged" in await conditional
         await stream.event()
         stream.close()
-        await until(lambda: len(board.streams) == 0)
+        await until(lambda: len(app.following["stream"]) == 0)
         put = await exchange(port, "PUT", "/talks/Written")  # no body: 400
         read = await exchange(port, "GET", "/talks")
 
@@ -315,7 +315,7 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     # admitted and parked: counted against its address, waiting
-    await until(lambda: len(board.waiters) + len(board.streams) == 1)
+    await until(lambda: len(board.waiters) + len(app.following["stream"]) == 1)
     assert app.limits.polls_held("127.0.0.1") == 1
 
     # delivered: the change reaches it
@@ -329,7 +329,7 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
     # request (polls) or the client's leaving did (a stream)
     writer.close()
     await until(lambda: app.limits.polls_held("127.0.0.1") == 0 and polls_answered(board, transport) == 1)
-    assert len(board.waiters) + len(board.slow_lane) + len(board.streams) == 0
+    assert len(board.waiters) + len(board.slow_lane) + len(app.following["stream"]) == 0
     assert app.limits._polls == {} and app.limits._poll_address == {}
 
 
@@ -361,8 +361,8 @@ def test_the_applications_services_are_declared_on_its_class(app):
     from talkserver.web.app import TalkApplication
 
     declared = TalkApplication.__annotations__
-    for name in ("board", "metrics", "streams", "conditional", "limits", "access", "slow_readers", "draining"):
+    for name in ("board", "following", "metrics", "admission", "limits", "access", "slow_readers", "draining"):
         assert name in declared
         assert name in vars(app) or name in vars(TalkApplication)
-    assert app.streams is app.board.streams and app.metrics is app.board.metrics
+    assert app.limits is app.admission.limits and app.metrics is app.board.metrics
     assert app.draining is False

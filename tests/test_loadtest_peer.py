@@ -1,7 +1,9 @@
 """The in-repo Node.js peer (benchmarks/peers/node/server.js) answers the
 protocol the benchmarks compare talkserver on, and talkserver-load runs clean
-against it.  ``make test`` installs Debian's nodejs when it is missing."""
+against it.  ``make test`` installs Debian's nodejs when it is missing, and
+the peer's one npm package (ws, for its WebSocket endpoint) with ``npm ci``."""
 
+import asyncio
 import json
 import os
 import re
@@ -16,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import websocket_connect
 
 from .harness import load_json
 
@@ -28,6 +32,8 @@ def node_peer(poll_timeout_ms=1000, heartbeat_ms=15000):
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is missing: `make test` installs Debian's nodejs package (as root)")
+    if not (PEER.parent / "node_modules" / "ws").is_dir():
+        pytest.fail("the Node peer's ws package is missing: `make test` installs it (npm ci in benchmarks/peers/node)")
     env = dict(os.environ, POLL_TIMEOUT_MS=str(poll_timeout_ms), HEARTBEAT_MS=str(heartbeat_ms))
     # Port 0: the peer binds a free port and names it in its first line.
     process = subprocess.Popen([node, str(PEER), "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -128,6 +134,80 @@ def test_an_event_stream_starts_with_the_board_and_sends_each_change():
     assert [t["title"] for t in events[0]["talks"]] == ["First"]
     assert [t["title"] for t in events[1]["talks"]] == ["Second"]
     assert events[1]["serverTime"] > events[0]["serverTime"]
+
+
+def test_the_peer_without_its_ws_package_says_how_to_install_it_in_one_line(tmp_path):
+    alone = tmp_path / "server.js"  # no node_modules beside it or above it
+    alone.write_text(PEER.read_text())
+    env = {k: v for k, v in os.environ.items() if k != "NODE_PATH"}
+    done = subprocess.run([shutil.which("node"), str(alone), "0"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "node peer: the ws package is missing: make benchmarks/peers/node/node_modules/.installed (npm ci there)"
+    ]
+
+
+def put(url, title):
+    """PUT a talk from a thread: the WebSocket tests' event loop keeps reading meanwhile."""
+    return asyncio.get_running_loop().run_in_executor(None, call, f"{url}/talks/{title}", "PUT", TALK)
+
+
+async def next_message(socket_):
+    """The next text frame, parsed."""
+    message = await asyncio.wait_for(socket_.read_message(), 30)
+    assert isinstance(message, str), f"not a text frame: {message!r}"
+    return json.loads(message)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_websocket_gets_the_board_at_once_then_one_frame_per_change():
+    with node_peer() as url:
+        await put(url, "First")
+        socket_ = await websocket_connect(url.replace("http://", "ws://") + "/talks")
+        try:
+            board = await next_message(socket_)
+            assert [t["title"] for t in board["talks"]] == ["First"] and "reset" not in board
+
+            await put(url, "Second")
+            change = await next_message(socket_)
+            assert [t["title"] for t in change["talks"]] == ["Second"]
+            assert change["serverTime"] > board["serverTime"]
+            # Exactly what a poll from the board's cursor answers.
+            assert call(f"{url}/talks?changesSince={board['serverTime']}") == (200, change)
+        finally:
+            socket_.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_websocket_resumes_after_changes_since_and_says_at_once_when_there_are_none():
+    with node_peer() as url:
+        await put(url, "Seen")
+        _, seen = call(url + "/talks")
+        await put(url, "Missed")
+        ws_url = url.replace("http://", "ws://") + "/talks?changesSince="
+
+        behind = await websocket_connect(ws_url + str(seen["serverTime"]))
+        caught_up = await next_message(behind)
+        behind.close()
+        assert [t["title"] for t in caught_up["talks"]] == ["Missed"]
+
+        live = await websocket_connect(ws_url + str(caught_up["serverTime"]))
+        try:
+            assert await next_message(live) == {"serverTime": caught_up["serverTime"], "talks": []}
+            await put(url, "Next")
+            assert [t["title"] for t in (await next_message(live))["talks"]] == ["Next"]
+        finally:
+            live.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_websocket_handshake_elsewhere_or_with_a_bad_cursor_is_refused():
+    with node_peer() as url:
+        ws_url = url.replace("http://", "ws://")
+        for path, status in (("/talks?changesSince=yesterday", 400), ("/nowhere", 404)):
+            with pytest.raises(HTTPClientError) as refused:
+                await websocket_connect(ws_url + path)
+            assert refused.value.code == status
 
 
 @pytest.mark.parametrize("transport, pace", [("poll", ["--writers", "2"]), ("sse", ["--interval", "0.1"])])

@@ -41,12 +41,12 @@ def app(store, settings):
     return make_app(store, poll_timeout=POLL_TIMEOUT, heartbeat=HEARTBEAT, stream_buffer=STREAM_BUFFER, **settings)
 
 
-async def open_stream(port, board, path="/talks", **kwargs):
+async def open_stream(port, app, path="/talks", **kwargs):
     """A stream that the server has registered (so it gets every later change)."""
-    before = len(board.streams)
+    before = len(app.following["stream"])
     client = await StreamClient.open(port, path, **kwargs)
     assert client.status == 200, client.body
-    await until(lambda: len(board.streams) > before)
+    await until(lambda: len(app.following["stream"]) > before)
     return client
 
 
@@ -99,10 +99,10 @@ async def test_the_first_event_after_changes_since_holds_only_the_later_changes(
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_stream_at_the_newest_cursor_gets_no_event_until_something_changes(port, board):
+async def test_a_stream_at_the_newest_cursor_gets_no_event_until_something_changes(port, board, app):
     await board.put("Old", "Ada", "s")
     cursor = board.store.head
-    client = await open_stream(port, board, f"/talks?changesSince={cursor}")
+    client = await open_stream(port, app, f"/talks?changesSince={cursor}")
 
     await board.put("Next", "Bob", "s")
     first = await client.event()
@@ -114,12 +114,12 @@ async def test_a_stream_at_the_newest_cursor_gets_no_event_until_something_chang
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_malformed_last_event_id_is_answered_400_with_a_json_error(port, board):
+async def test_a_malformed_last_event_id_is_answered_400_with_a_json_error(port, board, app):
     client = await StreamClient.open(port, headers={"Last-Event-ID": "yesterday"})
 
     assert client.status == 400
     assert b'"error"' in client.body
-    assert len(board.streams) == 0
+    assert len(app.following["stream"]) == 0
     client.close()
 
 
@@ -127,8 +127,8 @@ async def test_a_malformed_last_event_id_is_answered_400_with_a_json_error(port,
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_each_change_is_one_event_whose_id_is_its_server_time_and_ids_increase(port, board):
-    client = await open_stream(port, board)
+async def test_each_change_is_one_event_whose_id_is_its_server_time_and_ids_increase(port, board, app):
+    client = await open_stream(port, app)
     await client.event()  # the (empty) board
 
     seen = []
@@ -144,8 +144,8 @@ async def test_each_change_is_one_event_whose_id_is_its_server_time_and_ids_incr
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board):
-    client = await open_stream(port, board)
+async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board, app):
+    client = await open_stream(port, app)
     await client.event()
     cursor = board.store.head
 
@@ -158,9 +158,9 @@ async def test_an_event_carries_the_same_json_bytes_a_poll_gets(port, board):
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_deleted_talk_arrives_as_a_tombstone(port, board):
+async def test_a_deleted_talk_arrives_as_a_tombstone(port, board, app):
     await board.put("Doomed", "Ada", "s")
-    client = await open_stream(port, board)
+    client = await open_stream(port, app)
     await client.event()
 
     await board.delete("Doomed")
@@ -182,8 +182,8 @@ async def test_a_cursor_from_the_future_gets_the_whole_board_as_a_reset(port, bo
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_an_idle_stream_gets_a_heartbeat_comment(port, board):
-    client = await open_stream(port, board)
+async def test_an_idle_stream_gets_a_heartbeat_comment(port, board, app):
+    client = await open_stream(port, app)
     await client.event()
 
     block = await client.block(timeout=10 * HEARTBEAT + 5)
@@ -194,8 +194,8 @@ async def test_an_idle_stream_gets_a_heartbeat_comment(port, board):
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events(port, board):
-    client = await open_stream(port, board, http10=True)
+async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events(port, board, app):
+    client = await open_stream(port, app, http10=True)
     await client.event()
 
     await board.put("Plain", "Ada", "s")
@@ -210,14 +210,14 @@ async def test_a_stream_over_http_1_0_is_not_chunked_and_carries_the_same_events
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_reconnect_with_last_event_id_gets_exactly_the_missed_changes_beating_a_stale_query(port, board):
+async def test_a_reconnect_with_last_event_id_gets_exactly_the_missed_changes_beating_a_stale_query(port, board, app):
     await board.put("Seen", "Ada", "s")
     stale = board.store.head
-    client = await open_stream(port, board, f"/talks?changesSince={stale}")
+    client = await open_stream(port, app, f"/talks?changesSince={stale}")
     await board.put("Also seen", "Ada", "s")
     last_id = (await client.event()).id
     client.close()
-    await until(lambda: len(board.streams) == 0)
+    await until(lambda: len(app.following["stream"]) == 0)
     await board.put("Missed 1", "Bob", "s")
     await board.put("Missed 2", "Bob", "s")
 
@@ -234,13 +234,13 @@ async def test_a_reconnect_with_last_event_id_gets_exactly_the_missed_changes_be
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every_change(port, board):
+async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every_change(port, board, app):
     await board.put("Big", "Ada", "s")
-    reader = await open_stream(port, board)
+    reader = await open_stream(port, app)
     await reader.event()
-    before = len(board.streams)
+    before = len(app.following["stream"])
     slow = await StreamClient.open_unread(port)
-    await until(lambda: len(board.streams) == before + 1)
+    await until(lambda: len(app.following["stream"]) == before + 1)
 
     # Each comment makes the talk's event longer, so the unread bytes pile
     # up fast once the slow client's socket buffers are full.
@@ -256,7 +256,7 @@ async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every
     after = await reader.event()
 
     assert titles(after) == ["After"]
-    assert len(board.streams) == 1
+    assert len(app.following["stream"]) == 1
     loop = asyncio.get_running_loop()
     while await asyncio.wait_for(loop.sock_recv(slow, 1 << 20), 30):
         pass  # what was sent before the drop, then the end
@@ -265,8 +265,8 @@ async def test_a_client_that_does_not_read_is_dropped_while_the_others_get_every
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board):
-    client = await open_stream(port, board)
+async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board, app):
+    client = await open_stream(port, app)
     last_id = (await client.event()).id
     client.close()
     for n in range(5):
@@ -286,7 +286,7 @@ async def test_a_dropped_client_catches_up_with_one_coalesced_event(port, board)
 async def test_streams_past_the_per_address_cap_are_served_up_to_five_times_it(port, board, app):
     # The cap is 2: streams 3 to 10 from one address are past it, but served.
     now = f"/talks?changesSince={board.store.head}"
-    crowd = [await open_stream(port, board, now, source="127.0.0.5") for _ in range(10)]
+    crowd = [await open_stream(port, app, now, source="127.0.0.5") for _ in range(10)]
 
     refused = await StreamClient.open(port, source="127.0.0.5")
     elsewhere = await StreamClient.open(port, source="127.0.0.6")
@@ -306,8 +306,8 @@ async def test_streams_past_the_per_address_cap_are_served_up_to_five_times_it(p
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("settings", ["cap"], indirect=True)
 async def test_a_stream_that_ends_gives_its_slot_back(port, board, app):
-    first = await open_stream(port, board, source="127.0.0.7")
-    second = await open_stream(port, board, source="127.0.0.7")
+    first = await open_stream(port, app, source="127.0.0.7")
+    second = await open_stream(port, app, source="127.0.0.7")
 
     first.close()
     await until(lambda: app.limits.polls_held("127.0.0.7") == 1, message=lambda: (
@@ -320,18 +320,18 @@ async def test_a_stream_that_ends_gives_its_slot_back(port, board, app):
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_stream_whose_client_leaves_is_forgotten(port, board):
-    client = await open_stream(port, board)
+async def test_a_stream_whose_client_leaves_is_forgotten(port, board, app):
+    client = await open_stream(port, app)
 
     client.close()
 
-    await until(lambda: len(board.streams) == 0)
+    await until(lambda: len(app.following["stream"]) == 0)
     await board.put("Nobody listens", "Ada", "s")  # and nothing fails
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_metrics_count_open_streams_and_events_sent(port, board):
-    clients = [await open_stream(port, board) for _ in range(3)]
+async def test_metrics_count_open_streams_and_events_sent(port, board, app):
+    clients = [await open_stream(port, app) for _ in range(3)]
     await board.put("Counted", "Ada", "s")
     for client in clients:
         await client.event()
@@ -378,7 +378,7 @@ async def test_sigterm_ends_every_stream_cleanly_and_exits_0():
 
         assert ended == [True, True]
         assert code == 0
-        assert "ended 2 event streams" in server.log()
+        assert "ended 2 clients on the stream transport" in server.log()
 
 
 @pytest.mark.gen_test(timeout=120)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tornado.web import HTTPError, RequestHandler
 
-from talkserver.access.limits import refuse
+from talkserver.access.refusal import Refusal
 from talkserver.access.passwords import PasswordChecks, TooManyGuesses
 from talkserver.stores import Store
 
@@ -256,8 +256,9 @@ class Access:
     def _key(authorization: str) -> str:
         return hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
 
-    async def check_password(self, handler: RequestHandler) -> None:
-        """401 with a realm unless the request carries matching Basic credentials.
+    async def check_password(self, header: str, address: str) -> None:
+        """Refusal (401, with a realm) unless ``header`` (the request's
+        Authorization) holds matching Basic credentials.
 
         Credentials seen to match before are let through at once.  Others
         are checked by ``PasswordChecks`` off the event loop, each check
@@ -268,7 +269,6 @@ class Access:
         """
         if not self.users:
             return
-        header = handler.request.headers.get("Authorization", "")
         key = self._key(header)
         if key in self._good:
             return
@@ -280,17 +280,17 @@ class Access:
             )
         else:
             try:
-                matched = await self.checks.verify(handler.request.remote_ip or "", name, password, self.users.get(name))
+                matched = await self.checks.verify(address, name, password, self.users.get(name))
             except TooManyGuesses as e:
-                refuse(handler, 429, f"too many wrong passwords {e.scope}: {e}",
-                       Retry_After=str(e.retry_after))
+                raise Refusal(429, f"too many wrong passwords {e.scope}: {e}",
+                              Retry_After=str(e.retry_after)) from None
             if matched:
                 if len(self._good) >= 10_000:
                     self._good.clear()
                 self._good.add(key)
                 return
             message = "wrong name or password"
-        refuse(handler, 401, message, WWW_Authenticate=f'Basic realm="{REALM}", charset="UTF-8"')
+        raise Refusal(401, message, WWW_Authenticate=f'Basic realm="{REALM}", charset="UTF-8"')
 
     def claim(self, handler: RequestHandler, title: str, store: Store) -> str | None:
         """Before a PUT: 403 if another browser owns the talk; else the owner to store with it."""

@@ -1,8 +1,10 @@
 """Checks every request passes before any handler sees it.
 
-They run in ``TalkApplication.find_handler`` (app.py), so the page, the API
-and paths that match no route are covered alike, and a refused request is
-answered with ``{"error": ...}`` before a password is checked or a body read.
+The admission policy (admission.py) asks them in ``before_routing``, which
+``TalkApplication.find_handler`` (web/app.py) and the fast path call, so the
+page, the API and paths that match no route are covered alike, and a
+refused request is answered with ``{"error": ...}`` (web/handlers.py,
+``RefusalHandler``) before a password is checked or a body read.
 
 - **Host** (``allowed_hosts``): a request whose ``Host`` names a server this
   one is not is refused with 400.  This stops DNS rebinding: a page on
@@ -26,10 +28,7 @@ answered with ``{"error": ...}`` before a password is checked or a body read.
 
 from __future__ import annotations
 
-import json
-
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, split_host_and_port
-from tornado.web import RequestHandler
 
 MAX_TARGET = 8 * 1024
 MAX_HEADERS = 32 * 1024
@@ -97,19 +96,3 @@ def refusal(target: str, headers: HTTPHeaders, host: str, allowed_hosts: list[st
             and target.partition("?")[0] != HEALTH_PATH):
         return 400, f"this server does not answer to the name {host_name(host)!r} (see --allowed-hosts)"
     return None
-
-
-class RefusalHandler(RequestHandler):
-    """Answers any method with the status and message the guard chose."""
-
-    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
-
-    def initialize(self, status: int, message: str) -> None:
-        self.status, self.message = status, message
-
-    def prepare(self) -> None:
-        self.set_status(self.status)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps({"error": self.message}))

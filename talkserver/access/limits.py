@@ -27,12 +27,13 @@ Limits also counts the writes in flight, so a shutdown can wait for them.
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import time
 from typing import Callable, Hashable
 
-from tornado.web import Finish, HTTPError, RequestHandler
+from tornado.web import HTTPError
+
+from talkserver.access.refusal import Refusal
 
 from talkserver.words import counted
 
@@ -45,19 +46,6 @@ SLOW_LANE_FACTOR = 4
 
 WRITE_METHODS = frozenset({"PUT", "DELETE", "POST", "PATCH"})
 
-
-def refuse(handler: RequestHandler, status: int, message: str, **headers: str) -> None:
-    """End the request now with ``{"error": message}`` and extra headers.
-
-    Raising HTTPError would go through send_error(), which clears headers
-    set before it (Retry-After, WWW-Authenticate); Finish keeps them.
-    """
-    handler.set_status(status)
-    for name, value in headers.items():
-        handler.set_header(name.replace("_", "-"), value)
-    handler.set_header("Content-Type", "application/json; charset=UTF-8")
-    handler.write(json.dumps({"error": message}))
-    raise Finish()
 
 
 class TokenBucket:
@@ -101,7 +89,7 @@ class Limits:
         self._clock = clock
         self._polls: dict[str, int] = {}
         self._poll_address: dict[Hashable, str] = {}
-        self._writing: set[RequestHandler] = set()
+        self._writing: set[Hashable] = set()
         self._buckets: dict[str, TokenBucket] = {}
 
     @property
@@ -120,34 +108,25 @@ class Limits:
             bool(settings.get("limit_local_writes")),
         )
 
-    # -- hooks called by the handlers ------------------------------------
+    # -- the rules (asked through access.admission) ----------------------
 
-    def check_request(self, handler: RequestHandler) -> None:
-        """Refuse a write over the address's rate; count it as in flight."""
-        if handler.request.method not in WRITE_METHODS:
-            return
-        wait = self.write_wait(handler.request.remote_ip or "")
+    def check_write(self, write: Hashable, address: str) -> None:
+        """Refusal (429) for a write over the address's rate; else count
+        ``write`` as in flight until ``release``."""
+        wait = self.write_wait(address)
         if wait:
-            refuse(
-                handler, 429,
-                f"too many writes from your address; try again in {wait} s",
-                Retry_After=str(wait),
-            )
-        self._writing.add(handler)
+            raise Refusal(429, f"too many writes from your address; try again in {wait} s", Retry_After=str(wait))
+        self._writing.add(write)
 
-    def hold_poll(self, handler: RequestHandler) -> bool:
-        """Count a long poll against its address; True if it is over the cap
-        (it goes to the slow lane), 429 if even the slow lane is full."""
-        address = handler.request.remote_ip or ""
+    def hold_poll(self, poll: Hashable, address: str) -> bool:
+        """Count a follower against its address; True if it is over the cap
+        (it goes to the slow lane), Refusal (429) if even the slow lane is full."""
         held = self._polls.get(address, 0)
         over_cap = self._at_cap(held)
         if over_cap and held >= self.max_polls_per_ip * (1 + SLOW_LANE_FACTOR):
-            refuse(
-                handler, 429,
-                f"{held} long polls are already waiting for your address; try again in 5 s",
-                Retry_After="5",
-            )
-        self._count_poll(handler, address, held)
+            raise Refusal(429, f"{held} long polls are already waiting for your address; try again in 5 s",
+                          Retry_After="5")
+        self._count_poll(poll, address, held)
         return over_cap
 
     def hold_poll_under_cap(self, poll: Hashable, address: str) -> bool:

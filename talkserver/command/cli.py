@@ -29,6 +29,7 @@ from talkserver.access.guard import loopback_hosts, parse_allowed_hosts
 from talkserver.access.auth import (
     CookieSecretError, PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file,
 )
+from talkserver.command.dbwait import open_when_reachable
 from talkserver.command.options import Refused, options, parse
 from talkserver.operation.shutdown import drain
 from talkserver.stores import (
@@ -54,17 +55,24 @@ def open_store(path: str, sync: str = "normal") -> Store:
         raise Refused(str(e)) from None
 
 
-async def open_shared_store(url: str, follow: bool = True) -> Store:
-    """The PostgreSQL store named by ``--db``; ``Refused`` if it cannot be used."""
+async def open_shared_store(url: str, follow: bool = True, wait: float = 0.0) -> Store:
+    """The PostgreSQL store named by ``--db``; ``Refused`` if it cannot be used.
+
+    A database that is away is waited for up to ``wait`` seconds
+    (talkserver.command.dbwait).
+    """
     try:
-        return await PostgresStore.open(url, follow=follow, timeout=options.db_timeout)
+        return await open_when_reachable(lambda: PostgresStore.open(url, follow=follow, timeout=options.db_timeout), wait)
     except StoreOpenError as e:
         raise Refused(str(e)) from None
 
 
 async def check_shared_store(url: str) -> None:
-    """Open (creating or migrating the schema) and close the store once, before forking workers."""
-    store = await open_shared_store(url, follow=False)
+    """Open (creating or migrating the schema) and close the store once, before forking workers.
+
+    This first open is the one that waits for a database not there yet (``--db-wait``).
+    """
+    store = await open_shared_store(url, follow=False, wait=options.db_wait)
     await store.close()
 
 
@@ -269,7 +277,11 @@ def run(args: list[str]) -> None:
         tag_log_lines("parent")  # every line until the workers start is the parent's
     # Checked (and the schema made or migrated) once, before any worker
     # starts, so a bad URL ends the command at once instead of every worker.
-    asyncio.run(check_shared_store(options.db))
+    try:
+        asyncio.run(check_shared_store(options.db))
+    except KeyboardInterrupt:
+        # Ctrl-C while waiting for the database: no traceback for it.
+        raise Refused("stopped while waiting for the database") from None
     if options.processes == 1:
         asyncio.run(serve(None))
         return

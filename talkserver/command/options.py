@@ -57,6 +57,7 @@ from talkserver.follow import streams
 from talkserver.follow.conditional import API_MODES
 from talkserver.stores import SYNC_MODES
 from talkserver.stores.postgres import DEFAULT_TIMEOUT
+from talkserver.command.dbwait import DEFAULT_WAIT
 
 PROGRAM = "talkserver"
 
@@ -168,6 +169,9 @@ define("db", "talks.db", group="storage", metavar="PATH|URL", check=check_db,
 define("db_timeout", DEFAULT_TIMEOUT, group="storage", metavar="SECONDS", check=seconds("db_timeout"),
        help="seconds a PostgreSQL call may take; a write with no answer by then gets 504 (outcome unknown) "
             "or 503 (not saved)")
+define("db_wait", DEFAULT_WAIT, group="storage", metavar="SECONDS", check=at_least(0, " (0: give up at once)"),
+       help="seconds to wait at start-up for a PostgreSQL database that is not reachable yet, trying again "
+            "with pauses growing to 5 s (0: give up at once); a wrong password or a missing database fails at once")
 define("sync", "normal", group="storage", metavar="normal|full", check=one_of(SYNC_MODES),
        help="normal: every answered write survives a crash of the server; full: also a power loss, but slower")
 define("retention", 7.0, group="storage", metavar="DAYS", check=check_retention,

@@ -1,7 +1,7 @@
 """The talk board: one store, its encoded answers and the clients following it.
 
 Every write goes through here, so each change wakes the waiting polls and
-reaches the open event streams exactly once, after the store has accepted it.
+reaches every transport that pushes (event streams, WebSockets) exactly once, after the store has accepted it.
 The write methods are coroutines: a shared store (stores.postgres) commits to
 the database and reads the change back before they return; the local stores
 (memory, SQLite) finish without suspending.
@@ -9,13 +9,14 @@ the database and reads the change back before they return; the local stores
 
 from __future__ import annotations
 
+from typing import Callable
+
 import inspect
 
 from talkserver.follow.feed import Feed
 from talkserver.operation.metrics import Metrics
 from talkserver.follow.slowlane import DEFAULT_INTERVAL, SlowLane
 from talkserver.stores import Store
-from talkserver.follow.streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT, Streams
 from talkserver.follow.waiters import Waiters
 
 
@@ -28,8 +29,6 @@ class Board:
         poll_timeout: float,
         metrics: Metrics | None = None,
         slow_lane_interval: float = DEFAULT_INTERVAL,
-        heartbeat: float = DEFAULT_HEARTBEAT,
-        stream_buffer: int = DEFAULT_BUFFER_LIMIT,
     ) -> None:
         self.store = store
         self.feed = Feed(store)
@@ -43,7 +42,8 @@ class Board:
             lambda: len(self.slow_lane),
         )
         self.metrics.gauge("talkserver_talks", "Talks on the board.", lambda: len(self.store.all_talks()), merge="max")
-        self.streams = Streams(self.feed, self.metrics, heartbeat, stream_buffer)
+        # Transports that push every change (streams, sockets) subscribe here.
+        self._subscribers: list[Callable[[], None]] = []
         self._changes = self.metrics.counter("talkserver_changes_total", "Changes made to talks since start.")
         # A shared store learns of changes from other processes too: it
         # calls back whenever it has applied some, and the board wakes then.
@@ -85,6 +85,11 @@ class Board:
         if stamp is not None:
             self._changes.inc()
 
+    def subscribe(self, publish: Callable[[], None]) -> None:
+        """Call ``publish`` after every change, once the parked polls are woken."""
+        self._subscribers.append(publish)
+
     def _wake(self) -> None:
         self.waiters.wake_all(self.feed.since)
-        self.streams.publish()
+        for publish in self._subscribers:
+            publish()

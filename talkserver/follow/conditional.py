@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import re
 from asyncio import Future
-from typing import Callable
+from typing import Callable, Mapping
 
 from tornado.ioloop import IOLoop
 from tornado.web import RequestHandler
 
 from talkserver.follow import lifecycle, wakeup
 from talkserver.follow.board import Board
+from talkserver.follow.transport import Transport
+from talkserver.wire.headers import JSON_TYPE
 
 API_MODES = ("changes", "etag")
-JSON_TYPE = "application/json; charset=UTF-8"
 
 # RFC 9110 entity-tag: an optional W/ and a quoted opaque tag.  ("*" is
 # not a tag: it is only ever the whole field value.)
@@ -108,10 +109,17 @@ def requested_wait(values: list[str], cap: float) -> float:
     return 0
 
 
-class ConditionalPolls:
-    """Conditional ``GET /talks`` for one board: answers, waits and their deadlines."""
+class ConditionalPolls(Transport):
+    """Conditional ``GET /talks`` for one board: answers, waits and their deadlines.
 
-    def __init__(self, board: Board, api: str = "changes") -> None:
+    Setting: ``api``, what a plain ``GET /talks`` answers (``API_MODES``).
+    """
+
+    name = "conditional"
+
+    def __init__(self, board: Board, settings: Mapping) -> None:
+        super().__init__(board, settings)
+        api = settings.get("api", "changes")
         if api not in API_MODES:
             raise ValueError(f"api must be one of {', '.join(API_MODES)}, not {api!r}")
         self.board = board
@@ -126,6 +134,18 @@ class ConditionalPolls:
         self._tagged_head: int | None = None
         self._tag_head: tuple[int, int] | None = None
         self._tag = ""
+
+    def takes(self, headers: Mapping, has_cursor: bool) -> bool:
+        return True  # every GET /talks the others leave
+
+    async def follow(self, handler: RequestHandler) -> None:
+        # A HEAD, or a GET /talks without a tag to match, follows nothing.
+        if handler.request.method != "HEAD" and "If-None-Match" in handler.request.headers:
+            handler.following = self.name
+        await self.answer(handler)
+
+    def client_gone(self, follower: "ConditionalPoll") -> None:
+        follower.cancel()
 
     async def answer(self, handler: RequestHandler) -> None:
         """Answer ``GET /talks`` (no changesSince) at once, with 304, or after a wait."""
@@ -157,14 +177,14 @@ class ConditionalPolls:
         poll = ConditionalPoll(self, handler, head, tags, wait, lane)
         if not lifecycle.park(lane, poll, handler.request.connection.stream):
             return  # the client left while its password was checked
-        handler._conditional = poll  # for on_connection_close
+        handler.follower = poll  # for on_connection_close
         if wait < self.board.waiters.timeout:
             self._park_short(poll)
         result = await poll.future
         # The handler and its poll refer to each other: every end (an
         # answer, a timeout, a client gone, the drain) passes here, and
         # breaking the pair lets reference counting free both at once.
-        handler._conditional = poll.handler = None
+        handler.follower = poll.handler = None
         if result is None:
             return  # the client went away
         if result is NOT_MODIFIED:

@@ -46,18 +46,17 @@ from __future__ import annotations
 
 import re
 import time
-from email.utils import formatdate
 
-import tornado
 from tornado.httputil import HTTPHeaders, RequestStartLine
 from tornado.iostream import StreamClosedError
 
-from talkserver.access import guard
-from talkserver.wire import tornado_private
+from talkserver.access.admission import RequestView
 from talkserver.follow import lifecycle, wakeup
-from talkserver.web.handlers import API_HEADERS, JSON_TYPE
+from talkserver.wire import tornado_private
+from talkserver.wire.headers import poll_answer_head
 from talkserver.wire.validation import BadInput, parse_cursor
 
+LONG_POLL = "long_poll"  # the transport's name (longpolls.LongPolls)
 PREFIX = "/talks?changesSince="
 # Host values the fast path takes as they are: a name or address and a
 # port.  Anything else (none, several, odd characters) goes to Tornado,
@@ -114,27 +113,6 @@ def raw_headers(block: str) -> RawHeaders | None:
     return headers
 
 
-# The header block of a 200 answer, as ApiHandler renders it; only the
-# Date changes, so it is rendered once a second and shared.
-_head_second = -1
-_head = b""
-
-
-def answer_head() -> bytes:
-    """The status line and headers of a poll's 200 answer, without Content-Length."""
-    global _head_second, _head
-    now = int(time.time())
-    if now != _head_second:
-        # As Tornado writes it (never the locale's day and month names).
-        date = formatdate(now, usegmt=True)
-        lines = ["HTTP/1.1 200 OK", f"Server: TornadoServer/{tornado.version}",
-                 f"Content-Type: {JSON_TYPE}", f"Date: {date}"]
-        lines += [f"{name}: {value}" for name, value in API_HEADERS]
-        _head = ("\r\n".join(lines) + "\r\n").encode("latin1")
-        _head_second = now
-    return _head
-
-
 class PollDelegate:
     """One request, as Tornado's ``HTTPMessageDelegate``: a plain long poll
     served here, or anything else passed on to the Application's routing.
@@ -165,14 +143,18 @@ class PollDelegate:
         return self.routed.headers_received(start_line, headers)
 
     def _take(self, method: str, version: str, target: str, headers) -> bool:
-        """Whether this request is a plain poll the fast path serves; if so
-        it is counted against its address and its cursor noted."""
+        """Whether this request is a plain poll the fast path serves and the
+        admission policy lets through at once; if so it is counted against
+        its address and its cursor noted."""
         cursor = self._plain_poll_cursor(method, version, target, headers)
         if cursor is None:
             return False
         address = self.conn.context.remote_ip or ""
-        # Past the cap the handlers' slow lane (or their 429) takes it.
-        if not lifecycle.admit_under_cap(self.app, self, address):
+        # The admission policy's one question, then the cap: past it the
+        # handlers' slow lane (or their 429) takes the poll.
+        view = RequestView(method, target, headers, address)
+        admission = self.app.admission
+        if not admission.admits_at_once(view) or not admission.hold_follower_under_cap(self, address):
             return False
         self.cursor = cursor
         self.address = address
@@ -209,7 +191,7 @@ class PollDelegate:
     def deliver(self, body: bytes) -> None:
         """Send this poll its answer now; the rest waits until after the
         wake loop (wakeup.after_wake), as for the handlers' polls."""
-        wakeup.send_answer(self.conn.stream, answer_head(), body)
+        wakeup.send_answer(self.conn.stream, poll_answer_head(), body)
         wakeup.after_wake(self._finish)
 
     def on_close(self) -> None:
@@ -228,7 +210,7 @@ class PollDelegate:
         stream = self.conn.stream
         self.conn.set_close_callback(None)
         self.app.slow_readers.watch(stream)  # (what lifecycle.release does for a handler)
-        self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started, "long_poll")
+        self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started, LONG_POLL)
         if stream.writing():
             # Back-pressure: what the socket did not take is queued, so the
             # next request on this connection is read only once it has
@@ -303,7 +285,7 @@ class PollDelegate:
             or "Transfer-Encoding" in headers
             or "Expect" in headers
             or "close" in headers.get("Connection", "").lower()
-            or lifecycle.transport_for(headers, True) != lifecycle.LONG_POLL
+            or self.app.following.pick_for(headers, True).name != LONG_POLL
         ):
             return None
         app = self.app
@@ -316,8 +298,4 @@ class PollDelegate:
         host = headers.get("Host")
         if host is None or not _PLAIN_HOST.fullmatch(host) or self.conn.params.no_keep_alive:
             return None  # Tornado's request parsing refuses or answers these itself
-        if guard.refusal(target, headers, host, app.settings.get("allowed_hosts")) is not None:
-            return None
-        if not app.access.admits(headers.get("Authorization", "")):
-            return None
         return cursor

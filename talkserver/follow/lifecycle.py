@@ -2,18 +2,19 @@
 deliver, release, log, end.
 
 A follower is a request that follows the board: a long poll (served by
-the fast path, fastpolls.py, or by ``TalksHandler``), a conditional poll
-(conditional.py) or an event stream (streams.py).  A transport knows three
-things only: how to read its cursor, how to frame its answer, and when its
-client is gone.  Every other step is here, once, so a rule added to a step
-reaches every transport:
+the fast path, fastpolls.py, or through ``TalksHandler``: longpolls.py), a
+conditional poll (conditional.py), an event stream (streams.py) or a
+WebSocket (websockets.py).  A transport knows three things only: how to
+read its cursor, how to frame its answer, and when its client is gone.
+Every other step is here, once, so a rule added to a step reaches every
+transport:
 
-1. **which** transport serves a request: ``transport()``; the fast path
-   takes the plainest long polls before routing and leaves every other
-   request to this same choice in ``TalksHandler.get``.
-2. **admit** (credentials already checked): count the follower against
-   its address; under the cap it waits in the board's Waiters, past it in
-   the SlowLane, past the slow lane it is refused (429).
+1. **which** transport serves a request: the registry (transports.py)
+   asks each registered transport in turn whether it ``takes`` it.
+2. **admit** (credentials and origin already checked by the admission
+   policy, access/admission.py): count the follower against its address;
+   under the cap a poll waits in the board's Waiters, past it in the
+   SlowLane, past the slow lane it is refused (429).
 3. **park**: unless its client left while an earlier step waited (a
    password check, a catch-up), in which case nothing holds it.
 4. **deliver** the shared, encoded bytes (wakeup.py: one framed answer per
@@ -21,13 +22,11 @@ reaches every transport:
 5. **release** what it held, exactly once, and hand the connection to
    SlowReaders if its answer is still unsent.
 6. **log**: counted in /metrics by transport; the access log has it only at
-   debug level (app.TalkApplication.log_answer).
+   debug level (web/app.TalkApplication.log_answer).
 7. **end**: let Tornado read the connection's next request, only once the
    answer has left (back-pressure; fastpolls.py, and Tornado's own
-   ``finish()`` for the handlers).
-
-Adding a transport (say WebSocket) is one module that reads its cursor,
-frames the Feed's bytes, and calls these steps (docs/architecture.md).
+   ``finish()`` for the handlers); on drain, ``end_lanes`` answers every
+   parked poll and each transport ends what it holds.
 """
 
 from __future__ import annotations
@@ -39,12 +38,9 @@ from tornado.iostream import IOStream
 from talkserver.follow.waiters import Waiter
 
 if TYPE_CHECKING:
-    from tornado.httputil import HTTPHeaders, HTTPServerRequest
     from tornado.web import RequestHandler
 
-LONG_POLL = "long_poll"
-CONDITIONAL = "conditional"
-STREAM = "stream"
+    from talkserver.follow.board import Board
 
 
 class Lane(Protocol):
@@ -52,38 +48,17 @@ class Lane(Protocol):
 
     def park(self, waiter: Waiter) -> None: ...
     def forget(self, waiter: Waiter) -> None: ...
-
-
-def transport(request: "HTTPServerRequest") -> str:
-    """Which transport serves a ``GET /talks``: an event stream when asked
-    for one, a long poll with ``changesSince``, else a conditional request
-    (which answers at once unless it matches and asks to wait)."""
-    return transport_for(request.headers, "changesSince" in request.query_arguments)
-
-
-def transport_for(headers: "HTTPHeaders", has_cursor: bool) -> str:
-    """``transport()`` from the headers and whether the query names a
-    cursor, for the fast path, which decides before there is a request object."""
-    # What EventSource sends (streams.EVENT_STREAM_TYPE).
-    if "text/event-stream" in headers.get("Accept", ""):
-        return STREAM
-    return LONG_POLL if has_cursor else CONDITIONAL
+    def deliver_to_all(self, body: bytes) -> None: ...
+    def __len__(self) -> int: ...
 
 
 def admit(handler: "RequestHandler") -> Lane:
     """Count ``handler``'s follower against its address; the lane it waits
-    in (the SlowLane past the cap).  Past the slow lane too: 429, and the
-    request ends here (limits.refuse)."""
+    in (the SlowLane past the cap).  Past the slow lane too: Refusal (429),
+    which the handler answers."""
     app = handler.application
-    over_cap = app.limits.hold_poll(handler)
+    over_cap = app.admission.hold_follower(handler, handler.request.remote_ip or "")
     return app.board.slow_lane if over_cap else app.board.waiters
-
-
-def admit_under_cap(app, poll: Hashable, address: str) -> bool:
-    """The fast path's admit: count ``poll`` if its address is under the
-    cap; False, counting nothing, otherwise (then the request takes
-    ``admit`` through the handlers, which has the slow lane and the 429)."""
-    return app.limits.hold_poll_under_cap(poll, address)
 
 
 def client_gone(stream: IOStream | None) -> bool:
@@ -109,6 +84,17 @@ def park(lane: Lane, waiter: Waiter, stream: IOStream | None) -> bool:
 def release(app, follower: Hashable, stream: IOStream | None = None) -> None:
     """Give back what ``follower`` held (calling it again changes nothing),
     and watch ``stream`` for a client that leaves its answer unread."""
-    app.limits.release(follower)
+    app.admission.release(follower)
     if stream is not None:
         app.slow_readers.watch(stream)
+
+
+def end_lanes(board: "Board") -> int:
+    """Answer every parked poll at once with the empty answer (the drain);
+    returns how many."""
+    waiting = len(board.waiters) + len(board.slow_lane)
+    if waiting:
+        body = board.feed.timeout_answer()
+        board.waiters.deliver_to_all(body)
+        board.slow_lane.deliver_to_all(body)
+    return waiting

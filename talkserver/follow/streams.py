@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 from asyncio import Future
+from typing import Mapping
 
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
@@ -37,9 +38,8 @@ from tornado.web import HTTPError, RequestHandler
 
 from talkserver.follow import lifecycle, wakeup
 from talkserver.wire import tornado_private
-from talkserver.follow.feed import Feed
-from talkserver.operation.metrics import Metrics
 from talkserver.follow.slowreaders import unsent_bytes
+from talkserver.follow.transport import Transport
 from talkserver.wire.validation import BadInput, parse_cursor
 from talkserver.follow.waiters import no_collection
 
@@ -113,19 +113,21 @@ class EventStream:
             self.ended.set_result(None)
 
 
-class Streams:
-    """The open event streams of one board, and the change events they share."""
+class Streams(Transport):
+    """The open event streams of one board, and the change events they share.
 
-    def __init__(
-        self,
-        feed: Feed,
-        metrics: Metrics,
-        heartbeat: float = DEFAULT_HEARTBEAT,
-        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
-    ) -> None:
+    Settings: ``heartbeat`` (seconds between heartbeat comments) and
+    ``stream_buffer`` (unread bytes past which a stream is closed).
+    """
+
+    name = "stream"
+
+    def __init__(self, board, settings: Mapping) -> None:
+        super().__init__(board, settings)
+        feed, metrics = board.feed, board.metrics
         self.feed = feed
-        self.heartbeat = heartbeat
-        self.buffer_limit = buffer_limit
+        self.heartbeat = settings.get("heartbeat", DEFAULT_HEARTBEAT)
+        self.buffer_limit = settings.get("stream_buffer", DEFAULT_BUFFER_LIMIT)
         self._open: dict[EventStream, None] = {}
         # Every open stream has had every change up to here.
         self._head = feed.store.head
@@ -137,8 +139,22 @@ class Streams:
             "talkserver_streams_dropped_total", "Event streams closed because their client did not read."
         )
 
+        board.subscribe(self.publish)
+
     def __len__(self) -> int:
         return len(self._open)
+
+    def takes(self, headers: Mapping, has_cursor: bool) -> bool:
+        # What EventSource sends (EVENT_STREAM_TYPE).
+        return EVENT_STREAM_TYPE in headers.get("Accept", "")
+
+    async def follow(self, handler: RequestHandler) -> None:
+        if handler.request.method != "HEAD":
+            handler.following = self.name
+        await follow(handler, self)
+
+    def client_gone(self, follower: "EventStream") -> None:
+        follower.end()
 
     def first_frame(self, cursor: int | None) -> Frame:
         """What a new stream gets at once: a retry hint, then the board or the
@@ -240,7 +256,7 @@ async def follow(handler: RequestHandler, streams: Streams) -> None:
     first = streams.first_frame(cursor)
     handler.flush()  # the status line and headers; the events follow on the socket
     stream = EventStream(handler)
-    handler.event_stream = stream
+    handler.follower = stream
     if lifecycle.client_gone(handler.request.connection.stream):
         return  # it left while its password was checked: never opened
     streams.add(stream, first)

@@ -2,8 +2,9 @@
 
 1. Stop accepting connections.
 2. Answer every waiting long poll at once with an empty change list, and
-   end every event stream cleanly, so browsers poll or reconnect straight
-   away, reaching whatever replaces this process.  Polls and streams that
+   let every transport end what it holds cleanly (follow/transports.py), so
+   browsers poll or reconnect straight away, reaching whatever replaces
+   this process.  Polls and streams that
    arrive on kept-alive connections meanwhile are answered the same way
    until the end.
 3. Let the writes in flight finish (bounded by ``write_grace`` seconds): a
@@ -37,20 +38,17 @@ async def drain(
     """Shut ``server`` down as described above; returns how many polls were answered."""
     board = app.board  # type: ignore[attr-defined]
     limits = app.limits  # type: ignore[attr-defined]
+    following = app.following  # type: ignore[attr-defined]  # the registered transports
     server.stop()
     app.draining = True  # type: ignore[attr-defined]  # /healthz answers 503 from now on
     loop = asyncio.get_running_loop()
     started = loop.time()
-    answered = 0
-    streams_ended = 0
+    ended: dict[str, int] = {}
     while True:
-        if len(board.streams):
-            streams_ended += board.streams.end_all()
-        waiting = len(board.waiters) + len(board.slow_lane)
-        if waiting:
-            board.waiters.deliver_to_all(board.feed.timeout_answer())
-            board.slow_lane.deliver_to_all(board.feed.timeout_answer())
-            answered += waiting
+        # Followers that come in on kept-alive connections meanwhile are
+        # ended the same way, until the end.
+        for name, count in following.end_all().items():
+            ended[name] = ended.get(name, 0) + count
         elapsed = loop.time() - started
         if (limits.writes_in_flight == 0 and elapsed >= FLUSH_SECONDS) or elapsed >= write_grace:
             break
@@ -66,7 +64,9 @@ async def drain(
     closed = board.store.close()
     if inspect.isawaitable(closed):  # the shared store's connections
         await closed
+    answered = ended.pop("lanes", 0)
     log.info("stopped: answered %s; %s in the store", counted(answered, "waiting poll"), counted(talks, "talk"))
-    if streams_ended:
-        log.info("ended %s", counted(streams_ended, "event stream"))
+    for name, count in ended.items():
+        if count:
+            log.info("ended %s on the %s transport", counted(count, "client"), name)
     return answered

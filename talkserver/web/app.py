@@ -2,7 +2,7 @@
 
     GET    /talks                    every talk (ETag)      TalksHandler
     GET    /talks?changesSince=T     changes after T (waits) TalksHandler
-    GET    /talks  (text/event-stream) every change, pushed  TalksHandler
+    GET    /talks  (a stream, a socket) every change, pushed  TalksHandler
     GET    /talks/{title}            one talk               TalkHandler
     PUT    /talks/{title}            create or replace      TalkHandler
     DELETE /talks/{title}            delete                 TalkHandler
@@ -26,33 +26,34 @@ from typing import TYPE_CHECKING
 import tornado.log
 import tornado.web
 
-from talkserver.access import guard
-from talkserver.follow import fastpolls
+from talkserver.access.admission import Admission, RequestView
 from talkserver.access.auth import Access
-from talkserver.follow.board import Board
-from talkserver.follow.conditional import ConditionalPolls
-from talkserver.web.handlers import CommentsHandler, HealthHandler, MetricsHandler, NoSuchApiPath, PageHandler, TalkHandler, TalksHandler
-from talkserver.wire.idle import IdleConnections
 from talkserver.access.limits import Limits
+from talkserver.follow.board import Board
+from talkserver.follow.slowlane import DEFAULT_INTERVAL
+from talkserver.follow.slowreaders import SlowReaders
+from talkserver.follow.transports import Following
 from talkserver.operation.metrics import Metrics
+from talkserver.stores import MemoryStore, Store
+from talkserver.web.handlers import (
+    ApiHandler, CommentsHandler, HealthHandler, MetricsHandler, NoSuchApiPath, PageHandler, RefusalHandler,
+    TalkHandler, TalksHandler,
+)
+from talkserver.wire.idle import IdleConnections
 
 if TYPE_CHECKING:
     from talkserver.operation.metrics import Counter
-from talkserver.follow.slowlane import DEFAULT_INTERVAL
-from talkserver.follow.slowreaders import SlowReaders
-from talkserver.stores import MemoryStore, Store
-from talkserver.follow.streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT, Streams
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 
 
 def default_static_path() -> str:
     """The www/ that ships with talkserver: in a checkout, or installed."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "www", here / "www"):
+    package = Path(__file__).resolve().parent.parent  # talkserver/
+    for candidate in (package.parent / "www", package / "www"):
         if (candidate / "index.html").is_file():
             return str(candidate)
-    return str(here.parent / "www")
+    return str(package.parent / "www")
 
 
 def make_app(
@@ -62,8 +63,6 @@ def make_app(
     static_path: str | None = None,
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     api: str = "changes",
-    heartbeat: float = DEFAULT_HEARTBEAT,
-    stream_buffer: int = DEFAULT_BUFFER_LIMIT,
     **settings,
 ) -> "TalkApplication":
     """Build the talkserver Application around ``store`` (in memory if None).
@@ -71,6 +70,8 @@ def make_app(
     ``api`` is what a plain ``GET /talks`` answers: ``"changes"`` the
     ``{"serverTime", "talks"}`` object (the book's 2nd edition), ``"etag"``
     the bare array its current edition expects (talkserver.follow.conditional).
+    The transports read their own settings (``heartbeat``,
+    ``stream_buffer``, ...; follow/transports.py).
 
     The Application's ``board`` attribute holds the shared state, for tests
     and for code that embeds the server.
@@ -78,9 +79,9 @@ def make_app(
     board = Board(
         store if store is not None else MemoryStore(), poll_timeout,
         slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL),
-        heartbeat=heartbeat, stream_buffer=stream_buffer,
     )
-    api_mode, api = api, {"board": board}
+    settings["api"] = api
+    api = {"board": board}
     routes = [
         (r"/talks", TalksHandler, api),
         (r"/talks/([^/]+)/comments", CommentsHandler, api),
@@ -91,41 +92,41 @@ def make_app(
         (r"/(.*)", PageHandler, {"path": static_path or default_static_path(), "default_filename": "index.html"}),
     ]
     settings.setdefault("fast_polls", True)
-    return TalkApplication(routes, board, api_mode, max_body_size=max_body_size, **settings)
+    return TalkApplication(routes, board, max_body_size=max_body_size, **settings)
 
 
 class TalkApplication(tornado.web.Application):
-    """An Application whose plain long polls take the fast path of
-    fastpolls.py, and whose other requests pass guard.py's checks before
-    routing.
+    """An Application whose requests first meet the transports' front door
+    (the fast path of long polls, follow/fastpolls.py), and whose other
+    requests pass the admission policy's guard before routing.
 
     Its services are declared here; handlers and transports reach them as
-    ``self.application.<name>``.  The hardening ones (``limits``,
-    ``access``, ``slow_readers``) are off unless named in the settings
-    (talkserver.access.limits, talkserver.access.auth).
+    ``self.application.<name>``.  The admission rules (``admission``, with
+    its ``limits`` and ``access``) and ``slow_readers`` are off unless named
+    in the settings (talkserver.access).
     """
 
-    board: Board  # the store, its feed, waiters, slow lane and streams
+    board: Board  # the store, its feed, waiters and slow lane
+    following: Following  # the registered transports (follow/transports.py)
     metrics: Metrics  # the board's, what /metrics shows
-    streams: Streams  # the open event streams (the board's)
-    conditional: ConditionalPolls  # GET /talks with ETag and Prefer: wait
-    limits: Limits  # per-address poll cap, write rate, comments per talk
-    access: Access  # passwords and talk ownership
+    admission: Admission  # who may do what: guard, password, origin, limits
+    limits: Limits  # the admission's per-address poll cap, write rate, comments per talk
+    access: Access  # the admission's passwords, and talk ownership
     slow_readers: SlowReaders  # connections leaving answers unread
     requests: Counter  # answers by status code
     polls: Counter  # polls answered, by transport (not in the access log)
     idle: IdleConnections  # connections waiting for headers (fast path; talkserver.wire.idle)
     draining: bool = False  # set by shutdown.drain: /healthz answers 503
 
-    def __init__(self, routes, board: Board, api: str = "changes", **settings) -> None:
+    def __init__(self, routes, board: Board, **settings) -> None:
         super().__init__(routes, **settings)
         self.board = board
         self.idle = IdleConnections()
         self.metrics = board.metrics
-        self.streams = board.streams
-        self.conditional = ConditionalPolls(board, api)
-        self.limits = Limits.from_settings(self.settings)
-        self.access = Access.from_settings(self.settings)
+        self.following = Following(board, self.settings)
+        self.admission = Admission.from_settings(self.settings)
+        self.limits = self.admission.limits
+        self.access = self.admission.access
         if self.access.protect_talks:
             board.feed.owner_tag = self.access.owner_tag  # talks show their owner's public tag
         self.slow_readers = SlowReaders(self.settings.get("send_timeout"), self.metrics)
@@ -134,7 +135,7 @@ class TalkApplication(tornado.web.Application):
         )
         self.polls = self.metrics.counter(
             "talkserver_polls_answered_total",
-            "Polls and event streams that ended with an answer, by transport"
+            "Polls, event streams and sockets that ended with an answer, by transport"
             " (written to the access log only at --logging=debug).",
             label="transport",
         )
@@ -145,31 +146,28 @@ class TalkApplication(tornado.web.Application):
 
     @property
     def fast_path(self) -> bool:
-        """Whether every request first meets a fastpolls.PollDelegate."""
+        """Whether every request first meets the transports' front door."""
         return bool(self.settings["fast_polls"]) and not self.transforms
 
     def start_request(self, server_conn, request_conn):
-        if self.fast_path:
-            return fastpolls.PollDelegate(self, server_conn, request_conn)
-        return self.route_request(server_conn, request_conn)
+        delegate = self.following.front_door(self, server_conn, request_conn) if self.fast_path else None
+        return delegate or self.route_request(server_conn, request_conn)
 
     def route_request(self, server_conn, request_conn):
         """Tornado's own delegate for a request: routing, then a handler."""
         return super().start_request(server_conn, request_conn)
 
     def find_handler(self, request, **kwargs):
-        refused = guard.problem(request, self.settings.get("allowed_hosts"))
+        refused = self.admission.before_routing(RequestView.of(request))
         if refused is not None:
             status, message = refused
-            return self.get_handler_delegate(
-                request, guard.RefusalHandler, {"status": status, "message": message}
-            )
+            return self.get_handler_delegate(request, RefusalHandler, {"status": status, "message": message})
         return super().find_handler(request, **kwargs)
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
         """Tornado's hook for every finished request: ``log_answer``."""
         request = handler.request
-        transport = handler.following if isinstance(handler, TalksHandler) else None
+        transport = handler.following if isinstance(handler, ApiHandler) else None
         self.log_answer(handler.get_status(), request.method, request.uri, request.remote_ip,
                         request.request_time(), transport)
 

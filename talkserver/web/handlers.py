@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 from asyncio import Future
-from urllib.parse import urlsplit
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
@@ -18,34 +17,25 @@ from tornado.httputil import responses
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler, stream_request_body
 
-from talkserver.follow import lifecycle, streams, wakeup
-from talkserver.follow.board import Board
-from talkserver.wire import tornado_private
+from talkserver.access.admission import Refusal, RequestView
 from talkserver.access.auth import NOT_THE_OWNER
+from talkserver.follow import lifecycle, wakeup
+from talkserver.follow.board import Board
+from talkserver.follow.transport import Transport
+from talkserver.wire import tornado_private
+from talkserver.wire.headers import API_HEADERS, JSON_TYPE
 from talkserver.stores import NotTheOwner, PostgresStore, StoreWriteFailed, WriteOutcomeUnknown
 from talkserver.stores import TalkNotFound
 from talkserver.wire.validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
 
-JSON_TYPE = "application/json; charset=UTF-8"
-# Every API answer carries these (fastpolls.py renders the same block).
-API_HEADERS = (
-    ("X-Content-Type-Options", "nosniff"),
-    ("Cache-Control", "no-store"),
-    ("Referrer-Policy", "no-referrer"),
-    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
-)
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _normal_origin(url: str) -> tuple | None:
-    """(scheme, host, port) of an origin, with the scheme's default port filled in."""
-    try:
-        parts = urlsplit(url.lower())
-        return parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)
-    except ValueError:
-        return None
+def answer_refusal(handler: RequestHandler, refusal: Refusal) -> None:
+    """Answer an admission rule's no (from ``write_error``, wherever in the
+    request it was raised) as ``{"error": message}`` with its headers."""
+    handler.set_status(refusal.status)
+    for name, value in refusal.headers.items():
+        handler.set_header(name, value)
+    handler.set_header("Content-Type", JSON_TYPE)
+    handler.finish(json.dumps({"error": refusal.message}))
 
 
 def allow_methods(handler: RequestHandler) -> None:
@@ -72,27 +62,16 @@ class ApiHandler(RequestHandler):
         # per change for long polls) would buy nothing.
         return None
 
+    # How this request follows the board (a transport's name), None for
+    # anything else: followers are counted, not logged (app.log_request).
+    following: str | None = None
+
     async def prepare(self) -> None:
-        await self.application.access.check_password(self)
-        self.application.limits.check_request(self)
-        if self.request.method not in ("GET", "HEAD", "OPTIONS"):
-            self._check_same_origin()
+        # The admission policy: password, write rate, origin (access/admission.py).
+        await self.application.admission.admit(RequestView.of(self.request), self)
 
     def on_finish(self) -> None:
         lifecycle.release(self.application, self, self.request.connection.stream)
-
-    def _check_same_origin(self) -> None:
-        """Refuse writes that a page of another origin makes a browser send.
-
-        A request without Origin comes from a script or curl and is allowed;
-        the book's client sends text/plain bodies, so the content type
-        cannot be what tells a cross-site form from our own page.
-        """
-        origin = self.request.headers.get("Origin")
-        if origin is None:
-            return
-        if _normal_origin(origin) != _normal_origin(f"{self.request.protocol}://{self.request.host}"):
-            raise HTTPError(403, "writes from another origin (%s) are not allowed", origin)
 
     def title(self, raw: str) -> str:
         """The talk title from a decoded path segment, checked."""
@@ -127,6 +106,9 @@ class ApiHandler(RequestHandler):
             allow_methods(self)
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = (exc.reason if isinstance(exc, HTTPError) else None) or responses.get(status_code, "Unknown")
+        if isinstance(exc, Refusal):
+            answer_refusal(self, exc)
+            return
         if isinstance(exc, HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif isinstance(exc, StoreWriteFailed):
@@ -144,7 +126,7 @@ class ApiHandler(RequestHandler):
     def log_exception(self, typ, value, tb) -> None:
         # A client's mistake or departure is not the server's problem: the
         # access log already has its line, so only real failures are logged.
-        if isinstance(value, HTTPError) and value.status_code < 500:
+        if isinstance(value, HTTPError) and value.status_code < 500 or isinstance(value, Refusal):
             return
         if isinstance(value, StreamClosedError):
             return
@@ -173,7 +155,7 @@ class BodyHandler(ApiHandler):
         await super().prepare()
         if self._client_gone:
             # It left while its password was being checked: nothing follows.
-            self.application.limits.release(self)
+            self.application.admission.release(self)
             return
         self._chunks: list[bytes] = []
         self._size = 0
@@ -207,7 +189,7 @@ class BodyHandler(ApiHandler):
         super().on_connection_close()
         self._client_gone = True
         self._chunks = []
-        self.application.limits.release(self)
+        self.application.admission.release(self)
         # Tornado raises the departure in its own coroutine, just scheduled
         # to run; the cycles to break are there once it has.
         IOLoop.current().add_callback(self._forget_cycles)
@@ -222,104 +204,31 @@ class BodyHandler(ApiHandler):
 
 
 class TalksHandler(ApiHandler):
-    """``GET /talks``: every talk, or the changes since a cursor (long poll),
-    or an event stream of them (streams.py).
-
-    Without ``changesSince`` it is a conditional request (ETag,
-    If-None-Match, ``Prefer: wait``), answered by talkserver.follow.conditional.
+    """``GET /talks``: every talk, the changes since a cursor, or a stream of
+    them, served by whichever registered transport takes the request
+    (follow/transports.py).
     """
 
-    cursor: int
-    _wait: Future | None = None
-    _head: bytes | None = None
-    _lane = None  # where a poll waits: the board's Waiters, or its SlowLane past the cap
-    _conditional = None  # a parked conditional.ConditionalPoll
-    event_stream: streams.EventStream | None = None
-    # How this request follows the board ("long_poll", "conditional",
-    # "stream"), None for a plain read: polls are counted, not logged.
-    following: str | None = None
+    transport: Transport | None = None
+    follower: object | None = None  # what the transport parked for this request
 
     async def get(self) -> None:
-        head_only = self.request.method == "HEAD"
-        transport = lifecycle.transport(self.request)
-        # A HEAD, or a GET /talks without a tag to match, follows nothing.
-        if not head_only and (transport != lifecycle.CONDITIONAL or "If-None-Match" in self.request.headers):
-            self.following = transport
-        if transport == lifecycle.STREAM:
-            await streams.follow(self, self.board.streams)
-        elif transport == lifecycle.CONDITIONAL:
-            await self.application.conditional.answer(self)
-        else:
-            await self._long_poll(head_only)
-
-    async def _long_poll(self, head_only: bool) -> None:
-        """``GET /talks?changesSince=T``: the changes after T, at once or
-        after a wait (the transport's own part of the lifecycle)."""
-        # strip=False: the grammar is digits only, padding included.
-        try:
-            self.cursor = parse_cursor(self.get_query_argument("changesSince", strip=False))
-        except BadInput as e:
-            raise HTTPError(400, "%s", e) from None
-        # HEAD never waits (see head()), so it holds no poll slot.
-        lane = None if head_only else lifecycle.admit(self)
-        if self.cursor > self.board.store.head:
-            await self._catch_up()
-        body = self.board.feed.since(self.cursor)
-        if body is None and head_only:
-            body = self.board.feed.timeout_answer()
-        if body is not None:
-            self.send_json(body)
-            return
-        self.set_header("Content-Type", JSON_TYPE)
-        self._head = wakeup.answer_head(self)
-        self._wait = Future()
-        self._lane = lane
-        if not lifecycle.park(lane, self, self.request.connection.stream):
-            return  # the client left while its password or cursor was checked
-        body = await self._wait
-        if body is None:
-            return  # the client went away
-        if self._head is None:
-            self.finish_with(body)
-        else:
-            wakeup.finish_written(self)
+        self.transport = self.application.following.pick(self.request)
+        await self.transport.follow(self)
 
     async def head(self) -> None:
         """``HEAD /talks``: GET's status and headers, at once.
 
-        A HEAD is answered with what GET would answer now and never waits:
-        a poll with nothing new gets the headers of the empty answer, a
-        conditional request those of its 200 or 304 as if it had not asked
-        to wait, an event stream its headers alone.
+        A HEAD is answered with what GET would answer now and never waits
+        (each transport sees the method): a poll with nothing new gets the
+        headers of the empty answer, a conditional request those of its 200
+        or 304 as if it had not asked to wait, a stream its headers alone.
         """
         await self.get()
 
-    async def _catch_up(self) -> None:
-        """A cursor ahead of this process may come from another that applied more: catch up first."""
-        try:
-            await self.board.caught_up()
-        except StoreWriteFailed as e:
-            raise HTTPError(503, "cannot check this cursor against the database now (%s); try again", e) from None
-
-    def deliver(self, body: bytes) -> None:
-        """Answer this parked poll (called by Waiters, for thousands at once).
-
-        The answer's bytes go out now; the rest of finishing the request
-        waits until this coroutine resumes, after the whole wake loop (see
-        wakeup.py).
-        """
-        if self._head is not None:
-            wakeup.write_answer(self, self._head, body)
-        wakeup.later(self._wait, body)
-
     def on_connection_close(self) -> None:
-        if self._conditional is not None:
-            self._conditional.cancel()
-        if self.event_stream is not None:
-            self.event_stream.end()
-        if self._wait is not None and not self._wait.done():
-            self._lane.forget(self)
-            self._wait.set_result(None)
+        if self.follower is not None:
+            self.transport.client_gone(self.follower)
 
 
 class TalkHandler(BodyHandler):
@@ -372,6 +281,23 @@ class CommentsHandler(BodyHandler):
         except TalkNotFound:
             raise HTTPError(404, "there is no talk titled %r", title) from None
         self.set_status(204)
+
+
+class RefusalHandler(RequestHandler):
+    """Answers any method with the status and message the guard chose
+    (access/guard.py, asked before routing)."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+    def initialize(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+    def prepare(self) -> None:
+        self.set_status(self.status)
+        for name, value in API_HEADERS:
+            self.set_header(name, value)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(json.dumps({"error": self.message}))
 
 
 class NoSuchApiPath(ApiHandler):
@@ -450,10 +376,14 @@ class PageHandler(StaticFileHandler):
         self.set_header("X-Frame-Options", "DENY")
 
     async def prepare(self) -> None:
-        await self.application.access.check_password(self)
+        await self.application.admission.admit(RequestView.of(self.request), self)
         self.application.access.show_owner(self)
 
     def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, Refusal):
+            answer_refusal(self, exc)
+            return
         if status_code == 405:
             allow_methods(self)
         if _out_of_descriptors(kwargs.get("exc_info", (None, None, None))[1]):
@@ -464,6 +394,8 @@ class PageHandler(StaticFileHandler):
         super().write_error(self.get_status(), **kwargs)
 
     def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, Refusal):
+            return  # the access log has its line
         if _out_of_descriptors(value):
             app_log.warning("cannot open a page file: %s", value)
             return

@@ -1,10 +1,13 @@
-// The skill-sharing protocol in plain Node.js, no dependencies: the reference
-// peer the benchmarks compare talkserver with (see README.md beside this file).
+// The skill-sharing protocol in plain Node.js: the reference peer the
+// benchmarks compare talkserver with (see README.md beside this file).
 //
 //   node benchmarks/peers/node/server.js [PORT]       (default 8300, on 127.0.0.1)
 //
 // Environment: HOST (default 127.0.0.1), POLL_TIMEOUT_MS (default 90000),
 // HEARTBEAT_MS (event-stream comments when idle, default 15000).
+//
+// Its one dependency is the ws package (package.json beside this file, installed
+// with `npm ci` there; `make test` does), for GET /talks upgraded to a WebSocket.
 //
 // It is written the plain way, as the book's server is: everything in memory,
 // each waiting client's answer encoded for that client, the list of changed
@@ -15,6 +18,14 @@
 "use strict";
 
 const http = require("node:http");
+
+let WebSocketServer;
+try {
+  ({ WebSocketServer } = require("ws"));
+} catch (_) {
+  console.error("node peer: the ws package is missing: make benchmarks/peers/node/node_modules/.installed (npm ci there)");
+  process.exit(2);
+}
 
 const PORT = Number(process.argv[2] || 8300);
 const HOST = process.env.HOST || "127.0.0.1";
@@ -105,6 +116,24 @@ function stream(req, res, since) {
   });
 }
 
+// GET /talks upgraded to a WebSocket: the first text frame at once, holding what
+// a poll would answer now (the board, or the changes after changesSince, possibly
+// none), then one frame per change.  What the client sends is ignored.
+function socket(ws, since) {
+  const first = answer(since) || { serverTime: head, talks: [] };
+  since = first.serverTime;
+  ws.send(JSON.stringify(first));
+  const change = () => {
+    const body = answer(since);
+    if (!body) return;
+    since = body.serverTime;
+    ws.send(JSON.stringify(body));
+  };
+  waiters.add(change);
+  ws.on("close", () => waiters.delete(change));
+  ws.on("error", () => ws.terminate()); // a bad frame: drop that socket, not the server
+}
+
 // -- requests --------------------------------------------------------------
 
 function readJSON(req, res, use) {
@@ -193,6 +222,18 @@ const server = http.createServer((req, res) => {
     return commentRequest(req, res, title);
   }
   send(res, 404, { error: `no such path: ${url.pathname}` });
+});
+
+// Upgrades skip the request handler above: only GET /talks becomes a WebSocket.
+// permessage-deflate is off (ws's default), as in talkserver.
+const sockets = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 });
+server.on("upgrade", (req, conn, firstBytes) => {
+  const url = new URL(req.url, "http://peer");
+  const raw = url.searchParams.get("changesSince");
+  const refuse = (status) => conn.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+  if (url.pathname !== "/talks") return refuse("404 Not Found");
+  if (raw !== null && !/^\d+$/.test(raw)) return refuse("400 Bad Request");
+  sockets.handleUpgrade(req, conn, firstBytes, (ws) => socket(ws, raw === null ? null : Number(raw)));
 });
 
 // Long polls stay quiet for POLL_TIMEOUT_MS: no request timeout shorter than that.
