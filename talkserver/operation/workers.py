@@ -134,12 +134,19 @@ class _Watchdog:
         self._partial = data[whole:]
         for number, pid in _BEAT.iter_unpack(data[:whole]):
             known = self.seen.get(number)
-            if known is None or known[0] != pid:
-                if known is not None:
-                    _close(known[1])  # the worker it replaced
-                self.seen[number] = (pid, _pidfd(pid), now)
-            else:
+            if known is not None and known[0] == pid:
                 self.seen[number] = (pid, known[1], now)
+                continue
+            if known is not None:
+                _close(known[1])  # the worker it replaced
+                del self.seen[number]
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # it beat and died since: Tornado restarts it, nothing to watch
+            except (AttributeError, OSError):
+                pidfd = None  # no pidfds on this system: killed by pid
+            self.seen[number] = (pid, pidfd, now)
         for number, (pid, pidfd, last) in list(self.seen.items()):
             if now - last < HANG_AFTER:
                 continue
@@ -162,14 +169,6 @@ class _Watchdog:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         os.close(self.fd)
-
-
-def _pidfd(pid: int) -> int | None:
-    """A handle on process ``pid`` that no later process can take over (None where the system has none)."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
 
 
 def _kill(pid: int, pidfd: int | None) -> bool:
