@@ -10,7 +10,7 @@ every 1,000 pages) are in the tail.
 The PostgreSQL store does not hold the event loop while it commits: its
 figure is the time from calling ``put`` to the change being committed
 *and* read back into memory (the time before the 204), on a throwaway
-local cluster with PostgreSQL's durability defaults (tests/postgres.py).
+local cluster with PostgreSQL's durability defaults (talkserver.testing.cluster).
 
     .venv/bin/python benchmarks/commit_latency.py --writes=6000
 """
@@ -19,35 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from talkserver.stores.sqlite import SQLiteStore
-from talkserver.stores import MemoryStore, PostgresStore
-from tests.postgres import Cluster
+from talkserver.stores import MemoryStore
+from talkserver.stores.postgres import PostgresStore
+from talkserver.testing.cluster import Cluster
 
 
-def latencies(store, writes: int) -> list[float]:
-    """Seconds each of ``writes`` changes took, sorted."""
-    taken = []
-    for i in range(writes):
-        title = f"talk {i // 3 % 80}"
-        start = time.perf_counter()
-        if i % 3 == 0:
-            store.put(title, "presenter", "s" * 200)
-        else:
-            store.add_comment(title, "author", f"message {i}")
-        taken.append(time.perf_counter() - start)
-    return sorted(taken)
-
-
-async def awaited_latencies(url: str, writes: int) -> list[float]:
-    """Seconds each of ``writes`` changes to a PostgresStore took until applied, sorted."""
-    store = await PostgresStore.open(url)
+async def latencies(store, writes: int) -> list[float]:
+    """Seconds each of ``writes`` changes took until applied, sorted; closes ``store``."""
     taken = []
     try:
         for i in range(writes):
@@ -61,6 +44,11 @@ async def awaited_latencies(url: str, writes: int) -> list[float]:
     finally:
         await store.close()
     return sorted(taken)
+
+
+async def postgres_latencies(url: str, writes: int) -> list[float]:
+    """As latencies, for a PostgresStore on ``url``."""
+    return await latencies(await PostgresStore.open(url), writes)
 
 
 def main() -> None:
@@ -78,13 +66,12 @@ def main() -> None:
             "SQLite (--sync=full)": SQLiteStore(str(Path(work) / "full.db"), sync="full"),
         }
         for name, store in stores.items():
-            taken = latencies(store, n)
-            store.close()
+            taken = asyncio.run(latencies(store, n))
             cells = [taken[n // 2], taken[int(n * 0.99)], taken[int(n * 0.999)], taken[-1]]
             print(f"| {name} | " + " | ".join(f"{1000 * t:.3f}" for t in cells) + " |")
     cluster = Cluster(durable=True)
     try:
-        taken = asyncio.run(awaited_latencies(cluster.new_database(), n))
+        taken = asyncio.run(postgres_latencies(cluster.new_database(), n))
     finally:
         cluster.destroy()
     cells = [taken[n // 2], taken[int(n * 0.99)], taken[int(n * 0.999)], taken[-1]]

@@ -21,8 +21,7 @@ from talkserver.access.auth import (
     write_password_file,
 )
 
-from .conftest import PASSWORD, POLL_TIMEOUT
-from .harness import WAIT, ServerProcess, basic, until
+from .harness import PASSWORD, POLL_TIMEOUT, WAIT, ServerProcess, basic, until
 
 TALK = json.dumps({"presenter": "Ada", "summary": "Engines"})
 COMMENT = json.dumps({"author": "Bob", "message": "Nice"})

@@ -104,8 +104,8 @@ def test_an_unknown_option_is_refused_with_a_message():
     assert "no-such-option" in out.stderr.replace("_", "-")
 
 
-def test_a_plain_install_ships_the_page(tmp_path):
-    """A non-editable ``pip install .`` must carry www/ inside the package."""
+def test_a_plain_install_ships_the_page_and_the_postgresql_migrations(tmp_path):
+    """A non-editable ``pip install .`` must carry www/ and the SQL files inside the package."""
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(ROOT)],
@@ -121,6 +121,19 @@ def test_a_plain_install_ships_the_page(tmp_path):
         timeout=30,
     )
     assert Path(out.stdout.strip()) == shipped.parent
+
+    # The PostgreSQL schema's versioned SQL files, found where the package is installed.
+    sql = sorted((ROOT / "talkserver" / "stores" / "postgres" / "sql").glob("v*.sql"),
+                 key=lambda path: int(path.name[1:].split("_")[0]))
+    out = subprocess.run(
+        [sys.executable, "-c", "from talkserver.stores.postgres import schema as s; import json;"
+         " print(json.dumps([s.__file__, s.MIGRATIONS]))"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
+        timeout=30,
+    )
+    where, migrations = json.loads(out.stdout)
+    assert Path(where).is_relative_to(target)
+    assert len(sql) >= 3 and migrations == [path.read_text(encoding="utf-8") for path in sql]
 
 
 def test_an_unknown_collector_policy_is_refused_with_a_message():

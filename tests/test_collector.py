@@ -26,7 +26,7 @@ from talkserver.operation.metrics import Metrics
 from talkserver.stores import MemoryStore
 from talkserver.follow.waiters import Waiters
 
-from .harness import reset_connection as reset, serve_app, until
+from .harness import read_answer, reset_connection as reset, serve_app, until
 
 POLLS = 20
 
@@ -88,12 +88,6 @@ async def open_polls(port: int, cursor: int, count: int = POLLS):
     return connections
 
 
-async def read_answer(reader) -> bytes:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-    return await asyncio.wait_for(reader.readexactly(length), 30)
-
-
 @pytest.mark.gen_test(timeout=120)
 async def test_answered_polls_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
@@ -102,7 +96,7 @@ async def test_answered_polls_are_freed_without_the_collector(server, monkeypatc
     await until(lambda: len(app.board.waiters) == POLLS)
 
     await app.board.put("Unicycling", "Ann", "Riding on one wheel")
-    answers = [await read_answer(reader) for reader, _ in connections]
+    answers = [(await read_answer(reader)).body for reader, _ in connections]
     await until(lambda: handlers.alive() == handlers.alive_between_requests(app))
     for _, writer in connections:
         writer.close()
@@ -136,7 +130,7 @@ async def test_timed_out_polls_are_freed_without_the_collector(server, monkeypat
     connections = await open_polls(port, app.board.store.head)
     await until(lambda: len(app.board.waiters) == POLLS)
 
-    answers = [await read_answer(reader) for reader, _ in connections]  # the 1 s poll timeout
+    answers = [(await read_answer(reader)).body for reader, _ in connections]  # the 1 s poll timeout
     await until(lambda: handlers.alive() == handlers.alive_between_requests(app))
     for _, writer in connections:
         writer.close()
@@ -154,7 +148,7 @@ async def test_refused_polls_are_freed_without_the_collector(server, monkeypatch
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
     writer.write(b"GET /talks?changesSince=soon HTTP/1.1\r\nHost: test\r\n\r\n")
-    answer = await read_answer(reader)
+    answer = (await read_answer(reader)).body
     await until(lambda: handlers.alive() == 0)
 
     assert b'"error"' in answer

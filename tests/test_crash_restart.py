@@ -5,6 +5,7 @@ real sockets; the crash test kills it with SIGKILL in the middle of a storm
 of writes.
 """
 
+import asyncio
 import http.client
 import random
 import threading
@@ -186,13 +187,18 @@ def test_tombstones_older_than_the_retention_are_pruned_at_start(tmp_path):
     day = 86_400_000
     now = int(time.time() * 1000)
     wall = {"now": now - 10 * day}
-    store = SQLiteStore(str(tmp_path / "talks.db"), clock=lambda: wall["now"])
-    before_delete = store.put("Knitting", "Dee", "Two needles")
-    store.delete("Knitting")
-    deleted_at = store.head
-    wall["now"] = now - day
-    store.put("Unicycling", "Ann", "One wheel")
-    store.close()
+
+    async def write():
+        store = SQLiteStore(str(tmp_path / "talks.db"), clock=lambda: wall["now"])
+        before_delete = await store.put("Knitting", "Dee", "Two needles")
+        await store.delete("Knitting")
+        deleted_at = store.head
+        wall["now"] = now - day
+        await store.put("Unicycling", "Ann", "One wheel")
+        await store.close()
+        return before_delete, deleted_at
+
+    before_delete, deleted_at = asyncio.run(write())
 
     server = ServerProcess("--db=talks.db", "--retention=30", cwd=tmp_path)
     try:

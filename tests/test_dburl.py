@@ -2,7 +2,7 @@
 
 import pytest
 
-from talkserver.command.dburl import postgres_url_problem
+from talkserver.command.dburl import url_problem
 
 
 @pytest.mark.parametrize("url", [
@@ -16,7 +16,7 @@ from talkserver.command.dburl import postgres_url_problem
     "postgresql://localhost",
 ])
 def test_a_url_the_driver_can_read_passes(url):
-    assert postgres_url_problem(url) is None
+    assert url_problem(url) is None
 
 
 @pytest.mark.parametrize("url, problem", [
@@ -32,7 +32,7 @@ def test_a_url_the_driver_can_read_passes(url):
     ("postgresql://u:s3c/r3t@h/db", "the port after the host is not a number"),
 ])
 def test_a_url_it_cannot_read_is_named_without_its_password(url, problem):
-    found = postgres_url_problem(url)
+    found = url_problem(url)
 
     assert found is not None and found.startswith(problem)
     assert "s3c" not in found and "r3t" not in found

@@ -98,17 +98,18 @@ async def test_a_server_on_a_restored_file_resets_cursors_from_the_lost_stretch(
     assert str(lost_cursor) in warnings[0] and "talks.db" in warnings[0]
 
 
-def test_the_stretch_before_the_first_write_after_opening_survives_a_restart(tmp_path, clock):
+@pytest.mark.gen_test
+async def test_the_stretch_before_the_first_write_after_opening_survives_a_restart(tmp_path, clock):
     path = str(tmp_path / "talks.db")
     store = SQLiteStore(path, clock=clock)
-    store.put("Kept", "Ann", "s")
+    await store.put("Kept", "Ann", "s")
     opened_at = store.head
-    store.close()
+    await store.close()
 
     clock.now += 1000
     store = SQLiteStore(path, clock=clock)
-    store.put("New", "Bo", "s")
-    store.close()
+    await store.put("New", "Bo", "s")
+    await store.close()
 
     store = SQLiteStore(path, clock=clock)
     try:
@@ -118,16 +119,17 @@ def test_the_stretch_before_the_first_write_after_opening_survives_a_restart(tmp
         assert not ordinary.reset and [t["title"] for t in ordinary.talks] == ["New"]
         assert store.changes_since(store.head).talks == []
     finally:
-        store.close()
+        await store.close()
 
 
-def test_a_new_file_records_no_stretch(tmp_path, clock):
+@pytest.mark.gen_test
+async def test_a_new_file_records_no_stretch(tmp_path, clock):
     store = SQLiteStore(str(tmp_path / "talks.db"), clock=clock)
     created = store.head
     clock.now += 1000
-    store.put("First", "Ann", "s")
+    await store.put("First", "Ann", "s")
     try:
         assert len(store.cuts) == 0
         assert not store.changes_since(created + 10).reset
     finally:
-        store.close()
+        await store.close()

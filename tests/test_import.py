@@ -1,5 +1,6 @@
 """talkserver-import: an SQLite board copied into PostgreSQL, run as the command."""
 
+import asyncio
 import subprocess
 import sys
 
@@ -18,15 +19,17 @@ def run_import(*args, cwd):
 @pytest.fixture
 def sqlite_board(tmp_path):
     """An SQLite board with two talks, a comment and a tombstone; returns (path, its head)."""
-    store = SQLiteStore(str(tmp_path / "talks.db"))
-    store.put("Unicycling", "Ann", "One wheel")
-    store.add_comment("Unicycling", "Bob", "first ✓")
-    store.put("Knitting", "Dee", "Two needles")
-    store.put("Gone", "Eve", "s")
-    store.delete("Gone")
-    head = store.head
-    store.close()
-    return tmp_path / "talks.db", head
+    async def write():
+        store = SQLiteStore(str(tmp_path / "talks.db"))
+        await store.put("Unicycling", "Ann", "One wheel")
+        await store.add_comment("Unicycling", "Bob", "first ✓")
+        await store.put("Knitting", "Dee", "Two needles")
+        await store.put("Gone", "Eve", "s")
+        await store.delete("Gone")
+        await store.close()
+        return store.head
+
+    return tmp_path / "talks.db", asyncio.run(write())
 
 
 def test_the_import_copies_every_talk_and_comment_in_order(sqlite_board, postgres_cluster, tmp_path):

@@ -16,8 +16,7 @@ from talkserver.access import auth, passwords
 from talkserver import make_app
 from talkserver.access.passwords import WORKERS, PasswordChecks
 
-from .conftest import POLL_TIMEOUT
-from .harness import WAIT, basic, send, serve_app, until, write_passwords
+from .harness import POLL_TIMEOUT, WAIT, basic, send, serve_app, until, write_passwords
 
 GOOD = basic("ada", "right")
 

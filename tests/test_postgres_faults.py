@@ -16,8 +16,10 @@ from urllib.parse import quote
 
 import pytest
 
+from talkserver.testing.cluster import Cluster, port_free_now
+
 from .harness import ServerProcess, send, until
-from .postgres import Cluster, port_free_now, processes, stopped
+from .postgres import processes, stopped
 
 # Short, so the tests do not wait long; the default is 5 s.
 DB_TIMEOUT = 2

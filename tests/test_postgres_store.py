@@ -6,8 +6,8 @@ that do not LISTEN, so each test says exactly when a process catches up.
 
 import pytest
 
-from talkserver.stores import NotTheOwner
-from talkserver.stores.postgres import MIGRATIONS, SCHEMA_VERSION, StoreOpenError
+from talkserver.stores import NotTheOwner, StoreOpenError
+from talkserver.stores.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 
 from .postgres import BlockingStore
 
@@ -119,7 +119,7 @@ def test_a_process_that_has_not_seen_the_owner_yet_still_cannot_take_the_talk(tw
 def test_a_database_made_by_schema_version_1_is_migrated_and_keeps_its_board(database, postgres_cluster):
     name = database.rsplit("/", 1)[1]
     # The board as a version 1 talkserver left it: its schema, a talk, a comment.
-    statements = [*MIGRATIONS[0], "CREATE TABLE talkserver_schema (version integer NOT NULL)",
+    statements = [MIGRATIONS[0], "CREATE TABLE talkserver_schema (version integer NOT NULL)",
                   "INSERT INTO talkserver_schema (version) VALUES (1)",
                   "INSERT INTO head (stamp, pruned_through) VALUES (1000, 1000)",
                   "SELECT talkserver_put('old', 'Ada', 'kept', NULL, 2000)",
@@ -139,7 +139,7 @@ def test_a_database_made_by_schema_version_1_is_migrated_and_keeps_its_board(dat
     finally:
         store.close()
     version = postgres_cluster.psql("SELECT max(version) FROM talkserver_schema", name)
-    assert version == str(SCHEMA_VERSION) == "3"
+    assert version == str(SCHEMA_VERSION) == "4"
     assert kept == {"title": "old", "presenter": "Ada", "summary": "kept",
                     "comments": [{"author": "Bo", "message": "still here"}]}
     assert head == 3000 and stamp > head
@@ -147,7 +147,7 @@ def test_a_database_made_by_schema_version_1_is_migrated_and_keeps_its_board(dat
 
 
 def _version_1_board(postgres_cluster, name):
-    for statement in [*MIGRATIONS[0], "CREATE TABLE talkserver_schema (version integer NOT NULL)",
+    for statement in [MIGRATIONS[0], "CREATE TABLE talkserver_schema (version integer NOT NULL)",
                       "INSERT INTO head (stamp, pruned_through) VALUES (1000, 1000)",
                       "SELECT talkserver_put('old', 'Ada', 'kept', NULL, 2000)"]:
         postgres_cluster.psql(statement, name)
@@ -157,7 +157,7 @@ def test_a_database_at_version_2_with_a_cut_is_migrated_and_keeps_the_cut(databa
     name = database.rsplit("/", 1)[1]
     # Version 2 as released: cuts (stores.history), one recorded.
     _version_1_board(postgres_cluster, name)
-    for statement in [*MIGRATIONS[1], "INSERT INTO talkserver_schema (version) VALUES (2)",
+    for statement in [MIGRATIONS[1], "INSERT INTO talkserver_schema (version) VALUES (2)",
                       "INSERT INTO talkserver_cuts (epoch, survived, cut_through) VALUES (1, 1500, 1800)"]:
         postgres_cluster.psql(statement, name)
 
@@ -179,7 +179,9 @@ def test_a_database_a_pre_release_took_to_version_2_without_cuts_is_migrated(dat
     for statement in [
         "CREATE FUNCTION talkserver_changes(since bigint) RETURNS TABLE (db_head bigint, db_pruned_through bigint,"
         " reload boolean, changes text) LANGUAGE sql AS $$ SELECT stamp, pruned_through, false, '[]' FROM head $$",
-        MIGRATIONS[2][-1].replace("CREATE OR REPLACE FUNCTION", "CREATE FUNCTION"),
+        # That build's prune function: the last statement of version 3.
+        MIGRATIONS[2][MIGRATIONS[2].index("CREATE OR REPLACE FUNCTION talkserver_prune"):].replace(
+            "CREATE OR REPLACE FUNCTION", "CREATE FUNCTION"),
         "INSERT INTO talkserver_schema (version) VALUES (2)",
     ]:
         postgres_cluster.psql(statement, name)

@@ -21,13 +21,13 @@ async def exit_code(server):
     return await server.stopped()
 
 
-def stored_titles(server):
+async def stored_titles(server):
     """The titles in the database a stopped server left behind."""
     store = SQLiteStore(str(server.cwd / "talks.db"))
     try:
         return {talk["title"] for talk in store.all_talks()}
     finally:
-        store.close()
+        await store.close()
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -70,7 +70,7 @@ async def test_a_write_still_arriving_at_sigterm_is_finished_and_stored():
 
         assert answer.status == 204
         assert await exit_code(server) == 0
-        assert stored_titles(server) == {"Late"}
+        assert await stored_titles(server) == {"Late"}
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -95,6 +95,6 @@ async def test_writes_acknowledged_during_sigterm_are_all_in_the_store():
         await asyncio.wait_for(asyncio.gather(*writers), WAIT)
 
         assert await exit_code(server) == 0
-        stored = stored_titles(server)
+        stored = await stored_titles(server)
         assert set(acknowledged) <= stored <= set(attempted)
         assert len(acknowledged) >= 50

@@ -4,6 +4,7 @@ The store's rules themselves are MemoryStore's (tests/test_store.py); here
 SQLiteStore must follow them step by step and keep them across restarts.
 """
 
+import asyncio
 import json
 import random
 import sqlite3
@@ -22,16 +23,16 @@ def db_path(tmp_path):
 
 
 @pytest.fixture
-def store(db_path, clock):
+def store(db_path, clock, io_loop):
     # Also the store behind conftest's app, so the HTTP tests here run on SQLite.
     store = SQLiteStore(str(db_path), clock=clock)
     yield store
-    store.close()
+    io_loop.run_sync(store.close)
 
 
-def reopen(store, clock):
+async def reopen(store, clock):
     """Close ``store`` and open its file again, as a restarted server does."""
-    store.close()
+    await store.close()
     return SQLiteStore(store.path, clock=clock)
 
 
@@ -47,17 +48,18 @@ def state(store, cursors=()):
 # -- keeping everything across a reopen ----------------------------------------
 
 
-def test_a_reopened_store_has_every_talk_comment_tombstone_and_the_head(store, clock):
-    store.put("Unicycling", "Ann", "One wheel")
-    store.add_comment("Unicycling", "Bob", "first")
-    store.add_comment("Unicycling", "Cy", "second")
-    store.put("Knitting", "Dee", "Two needles")
-    store.delete("Knitting")
-    store.put("Cooking", "Eve", "Pasta ✓ 🍝")
+@pytest.mark.gen_test
+async def test_a_reopened_store_has_every_talk_comment_tombstone_and_the_head(store, clock):
+    await store.put("Unicycling", "Ann", "One wheel")
+    await store.add_comment("Unicycling", "Bob", "first")
+    await store.add_comment("Unicycling", "Cy", "second")
+    await store.put("Knitting", "Dee", "Two needles")
+    await store.delete("Knitting")
+    await store.put("Cooking", "Eve", "Pasta ✓ 🍝")
     cursors = [0, 1_000_000, 1_000_001, 1_000_003, store.head]
     before = state(store, cursors)
 
-    after = reopen(store, clock)
+    after = await reopen(store, clock)
 
     assert state(after, cursors) == before
     assert after.get("Unicycling")["comments"] == [
@@ -67,10 +69,11 @@ def test_a_reopened_store_has_every_talk_comment_tombstone_and_the_head(store, c
     assert after.changes_since(1_000_003).talks == [
         after.get("Cooking"), {"title": "Knitting", "deleted": True}
     ]
-    after.close()
+    await after.close()
 
 
-def test_a_random_history_matches_the_memory_store_before_and_after_reopening(store, clock):
+@pytest.mark.gen_test
+async def test_a_random_history_matches_the_memory_store_before_and_after_reopening(store, clock):
     """SQLiteStore is MemoryStore plus a file: same answers at every step."""
     memory = MemoryStore(clock=clock)
     rng = random.Random(3)
@@ -82,61 +85,65 @@ def test_a_random_history_matches_the_memory_store_before_and_after_reopening(st
         clock.now += rng.choice([0, 0, 5, -50])
         if op == "put":
             args = (title, f"p{step}", f"summary {step}")
-            assert store.put(*args) == memory.put(*args)
+            assert await store.put(*args) == await memory.put(*args)
         elif op == "delete":
-            assert store.delete(title) == memory.delete(title)
+            assert await store.delete(title) == await memory.delete(title)
         elif memory.get(title) is None:
             with pytest.raises(TalkNotFound):
-                store.add_comment(title, "x", "y")
+                await store.add_comment(title, "x", "y")
         else:
-            assert store.add_comment(title, "x", f"c{step}") == memory.add_comment(title, "x", f"c{step}")
+            assert await store.add_comment(title, "x", f"c{step}") == await memory.add_comment(title, "x", f"c{step}")
         cursors.append(memory.head)
         if step % 50 == 49:
-            assert store.prune(memory.head - 100) == memory.prune(memory.head - 100)
+            assert await store.prune(memory.head - 100) == await memory.prune(memory.head - 100)
         assert store.head == memory.head
     sample = cursors[::17] + [0, memory.head, memory.head + 1]
     assert state(store, sample) == state(memory, sample)
-    assert state(reopen(store, clock), sample) == state(memory, sample)
+    assert state(await reopen(store, clock), sample) == state(memory, sample)
 
 
-def test_a_new_file_keeps_its_first_server_time(store, clock):
+@pytest.mark.gen_test
+async def test_a_new_file_keeps_its_first_server_time(store, clock):
     first = store.head
     clock.now -= 60_000
-    assert reopen(store, clock).head == first
+    assert (await reopen(store, clock)).head == first
 
 
-def test_stamps_continue_after_a_restart_even_when_the_clock_went_back(store, clock):
-    store.put("a", "p", "s")
+@pytest.mark.gen_test
+async def test_stamps_continue_after_a_restart_even_when_the_clock_went_back(store, clock):
+    await store.put("a", "p", "s")
     head = store.head
     clock.now -= 3_600_000
-    after = reopen(store, clock)
-    assert after.put("b", "p", "s") == head + 1
+    after = await reopen(store, clock)
+    assert await after.put("b", "p", "s") == head + 1
     assert after.head == head + 1
 
 
-def test_a_cursor_from_before_the_restart_gets_exactly_the_later_changes(store, clock):
-    store.put("old", "p", "s")
-    store.put("older-cursor", "p", "s")
+@pytest.mark.gen_test
+async def test_a_cursor_from_before_the_restart_gets_exactly_the_later_changes(store, clock):
+    await store.put("old", "p", "s")
+    await store.put("older-cursor", "p", "s")
     cursor = store.head
-    after = reopen(store, clock)
+    after = await reopen(store, clock)
     assert after.changes_since(cursor).talks == []
-    after.add_comment("old", "Ann", "after the restart")
+    await after.add_comment("old", "Ann", "after the restart")
     changes = after.changes_since(cursor)
     assert changes.talks == [after.get("old")]
     assert changes.server_time == after.head and not changes.reset
 
 
-def test_pruned_tombstones_stay_pruned_and_old_cursors_get_a_reset(store, clock):
-    store.put("kept", "p", "s")
-    store.put("gone", "p", "s")
+@pytest.mark.gen_test
+async def test_pruned_tombstones_stay_pruned_and_old_cursors_get_a_reset(store, clock):
+    await store.put("kept", "p", "s")
+    await store.put("gone", "p", "s")
     before_delete = store.head
-    store.delete("gone")
+    await store.delete("gone")
     deleted_at = store.head
     clock.now += 8 * 86_400_000
-    store.put("new", "p", "s")
+    await store.put("new", "p", "s")
 
-    assert store.prune(clock.now - 7 * 86_400_000) == 1
-    after = reopen(store, clock)
+    assert await store.prune(clock.now - 7 * 86_400_000) == 1
+    after = await reopen(store, clock)
 
     assert after.pruned_through == deleted_at
     reset = after.changes_since(before_delete)
@@ -145,12 +152,13 @@ def test_pruned_tombstones_stay_pruned_and_old_cursors_get_a_reset(store, clock)
     assert not diff.reset and [t["title"] for t in diff.talks] == ["new"]
 
 
-def test_pruning_keeps_tombstones_inside_the_window(store, clock):
-    store.put("gone", "p", "s")
-    store.delete("gone")
+@pytest.mark.gen_test
+async def test_pruning_keeps_tombstones_inside_the_window(store, clock):
+    await store.put("gone", "p", "s")
+    await store.delete("gone")
     cursor = store.head - 1
-    assert store.prune(clock.now - 7 * 86_400_000) == 0
-    assert reopen(store, clock).changes_since(cursor).talks == [{"title": "gone", "deleted": True}]
+    assert await store.prune(clock.now - 7 * 86_400_000) == 0
+    assert (await reopen(store, clock)).changes_since(cursor).talks == [{"title": "gone", "deleted": True}]
 
 
 # -- a write that cannot be committed ------------------------------------------
@@ -162,24 +170,25 @@ def fill_the_disk(store):
     store._db.execute(f"PRAGMA max_page_count = {pages}")
 
 
-def test_a_write_that_cannot_be_committed_changes_nothing(store, clock):
-    store.put("Unicycling", "Ann", "One wheel")
+@pytest.mark.gen_test
+async def test_a_write_that_cannot_be_committed_changes_nothing(store, clock):
+    await store.put("Unicycling", "Ann", "One wheel")
     cursors = [0, store.head]
     before = state(store, cursors)
     fill_the_disk(store)
 
     with pytest.raises(StoreWriteFailed, match="full"):
-        store.put("Big", "Bob", "x" * 50_000)
+        await store.put("Big", "Bob", "x" * 50_000)
     with pytest.raises(StoreWriteFailed, match="full"):
-        store.add_comment("Unicycling", "Bob", "y" * 50_000)
+        await store.add_comment("Unicycling", "Bob", "y" * 50_000)
 
     assert state(store, cursors) == before
-    assert state(reopen(store, clock), cursors) == before
+    assert state(await reopen(store, clock), cursors) == before
 
 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_failed_commit_is_answered_503_with_a_message(http_client, base_url, store):
-    store.put("Unicycling", "Ann", "One wheel")
+    await store.put("Unicycling", "Ann", "One wheel")
     fill_the_disk(store)
     response = await http_client.fetch(
         base_url + "/talks/Big", method="PUT", raise_error=False,
@@ -204,30 +213,32 @@ async def test_writes_over_http_are_in_the_file(http_client, base_url, store, cl
     assert rows == [("Unicycling", "Ann", "One wheel")]
 
 
-def test_a_live_store_can_be_copied_with_sqlites_online_backup(store, clock, tmp_path):
-    store.put("Unicycling", "Ann", "One wheel")
-    store.add_comment("Unicycling", "Bob", "Hi")
+@pytest.mark.gen_test
+async def test_a_live_store_can_be_copied_with_sqlites_online_backup(store, clock, tmp_path):
+    await store.put("Unicycling", "Ann", "One wheel")
+    await store.add_comment("Unicycling", "Bob", "Hi")
     at_backup = state(store, [0])
 
     source, copy = sqlite3.connect(store.path), sqlite3.connect(tmp_path / "backup.db")
     source.backup(copy)
     source.close()
     copy.close()
-    store.put("After the backup", "Cy", "s")
+    await store.put("After the backup", "Cy", "s")
 
     restored = SQLiteStore(str(tmp_path / "backup.db"), clock=clock)
     assert state(restored, [0]) == at_backup
-    restored.close()
+    await restored.close()
 
 
 # -- files the store refuses -----------------------------------------------------
 
 
-def test_a_second_store_on_a_file_in_use_is_refused(store):
+@pytest.mark.gen_test
+async def test_a_second_store_on_a_file_in_use_is_refused(store):
     with pytest.raises(StoreOpenError, match="in use by another talkserver"):
         SQLiteStore(store.path)
-    store.close()
-    SQLiteStore(store.path).close()
+    await store.close()
+    await SQLiteStore(store.path).close()
 
 
 def make_database(path, version):
@@ -240,10 +251,13 @@ def make_database(path, version):
 
 def corrupt(path, tmp_path):
     """A talkserver file whose table pages are overwritten with garbage."""
-    store = SQLiteStore(str(path))
-    for i in range(200):
-        store.put(f"talk {i}", "p", "s" * 200)
-    store.close()
+    async def fill():
+        store = SQLiteStore(str(path))
+        for i in range(200):
+            await store.put(f"talk {i}", "p", "s" * 200)
+        await store.close()
+
+    asyncio.run(fill())
     data = bytearray(path.read_bytes())
     page = 4096
     data[page * 2 : page * 2 + 200] = b"\xff" * 200
@@ -296,13 +310,14 @@ def test_a_path_that_cannot_be_written_stops_the_server_with_one_line(tmp_path, 
 
 
 @pytest.mark.parametrize("read_only", ["the file", "its directory"])
-def test_a_database_that_cannot_be_written_stops_the_server_and_stays_as_it_was(tmp_path, read_only):
+@pytest.mark.gen_test
+async def test_a_database_that_cannot_be_written_stops_the_server_and_stays_as_it_was(tmp_path, read_only):
     folder = tmp_path / "data"
     folder.mkdir()
     path = folder / "talks.db"
     store = SQLiteStore(str(path))
-    store.put("Unicycling", "Ann", "One wheel")
-    store.close()
+    await store.put("Unicycling", "Ann", "One wheel")
+    await store.close()
     before = path.read_bytes()
     (path if read_only == "the file" else folder).chmod(0o444 if read_only == "the file" else 0o555)
     try:
@@ -327,26 +342,29 @@ def test_bad_storage_options_stop_the_server_with_one_line(tmp_path, option, mes
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_older_schema_is_migrated_in_place(db_path, clock):
+@pytest.mark.gen_test
+async def test_an_older_schema_is_migrated_in_place(db_path, clock):
     # Version 0 is a file SQLite made but nobody has used yet.
     sqlite3.connect(db_path).close()
     store = SQLiteStore(str(db_path), clock=clock)
-    store.put("a", "p", "s")
-    store.close()
+    await store.put("a", "p", "s")
+    await store.close()
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
 
 
-def test_a_talks_owner_survives_a_reopen(store, clock):
-    store.put("Unicycling", "Ann", "One wheel", owner="browser-1")
-    after = reopen(store, clock)
+@pytest.mark.gen_test
+async def test_a_talks_owner_survives_a_reopen(store, clock):
+    await store.put("Unicycling", "Ann", "One wheel", owner="browser-1")
+    after = await reopen(store, clock)
     assert after.owner("Unicycling") == "browser-1"
-    after.close()
+    await after.close()
 
 
-def test_a_version_1_file_gains_owners_and_keeps_its_talks(db_path, clock):
+@pytest.mark.gen_test
+async def test_a_version_1_file_gains_owners_and_keeps_its_talks(db_path, clock):
     with sqlite3.connect(db_path) as db:
         from talkserver.stores.sqlite import MIGRATIONS
         for statement in MIGRATIONS[0]:
@@ -358,5 +376,5 @@ def test_a_version_1_file_gains_owners_and_keeps_its_talks(db_path, clock):
     db.close()
     store = SQLiteStore(str(db_path), clock=clock)
     assert store.get("Old")["presenter"] == "Ann" and store.owner("Old") is None
-    store.put("Old", "Ann", "s", owner="browser-1")
-    assert reopen(store, clock).owner("Old") == "browser-1"
+    await store.put("Old", "Ann", "s", owner="browser-1")
+    assert (await reopen(store, clock)).owner("Old") == "browser-1"

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from talkserver.access.guard import parse_allowed_hosts
-from talkserver.command.dburl import postgres_url_problem
-from talkserver.stores.postgres import URL_SCHEMES
+from talkserver.command.dburl import url_problem
+from talkserver.stores import registry
 
 Check = Callable[[Any], "str | None"]
 
@@ -93,16 +93,12 @@ def check_port(port: int) -> str | None:
 
 
 def check_db(db: str) -> str | None:
-    """A file path, ``:memory:`` or a PostgreSQL URL; any other scheme is refused by name."""
-    if not db:
-        return "name a file, :memory: or postgresql://..."
-    scheme = _SCHEME.match(db)
-    if scheme and scheme.group(1).lower() not in URL_SCHEMES:
-        return (f"{scheme.group(1)}:// is not a store talkserver knows: give an SQLite file path, "
-                ":memory: or postgresql://user:pass@host:port/dbname")
-    if scheme:
-        return postgres_url_problem(db)
-    return None
+    """A value some store of talkserver.stores.registry takes (any other scheme is refused by name),
+    and, when it is a URL, one that can be read (talkserver.command.dburl)."""
+    problem = registry.check(db)
+    if problem is None and _SCHEME.match(db):
+        problem = url_problem(db)
+    return problem
 
 
 def check_static_path(path: str) -> str | None:

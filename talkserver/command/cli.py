@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import inspect
 import logging
 import signal
 import socket
@@ -22,7 +21,7 @@ import tornado.netutil
 
 from talkserver.operation import collector
 from talkserver.access import guard
-from talkserver.wire import tornado_private
+from talkserver.wire import tornado_check
 from talkserver.web.accept import HTTPServer
 from talkserver.web.app import make_app
 from talkserver.access.guard import loopback_hosts, parse_allowed_hosts
@@ -33,10 +32,9 @@ from talkserver.command.dbwait import open_when_reachable
 from talkserver.command.options import Refused, options, parse
 from talkserver.operation.shutdown import drain
 from talkserver.stores import (
-    MemoryStore, PostgresStore, SQLiteStore, Store, StoreOpenError, StoreWriteFailed,
-    WriteOutcomeUnknown, is_postgres_url, wall_clock_ms,
+    Settings, Store, StoreOpenError, StoreWriteFailed, UnknownStore, WriteOutcomeUnknown, open_store, registry,
+    store_class, wall_clock_ms,
 )
-from talkserver.stores.postgres import redact
 from talkserver.operation import metrics
 from talkserver.operation.openfiles import raise_open_files_limit
 from talkserver.words import counted
@@ -45,34 +43,29 @@ from talkserver.operation.workers import HEARTBEAT_EVERY, Worker, fork_workers, 
 log = logging.getLogger("talkserver")
 
 
-def open_store(path: str, sync: str = "normal") -> Store:
-    """The local store named by ``--db``; ``Refused`` if it cannot be used."""
-    if path == ":memory:":
-        return MemoryStore()
-    try:
-        return SQLiteStore(path, sync=sync)
-    except StoreOpenError as e:
-        raise Refused(str(e)) from None
+def store_settings(follow: bool = True) -> Settings:
+    """How to open the store, from the options."""
+    return Settings(sync=options.sync, timeout=options.db_timeout, follow=follow)
 
 
-async def open_shared_store(url: str, follow: bool = True, wait: float = 0.0) -> Store:
-    """The PostgreSQL store named by ``--db``; ``Refused`` if it cannot be used.
+async def open_db(follow: bool = True, wait: float = 0.0) -> Store:
+    """The store named by ``--db`` (talkserver.stores.registry); ``Refused`` if it cannot be used.
 
     A database that is away is waited for up to ``wait`` seconds
     (talkserver.command.dbwait).
     """
     try:
-        return await open_when_reachable(lambda: PostgresStore.open(url, follow=follow, timeout=options.db_timeout), wait)
+        return await open_when_reachable(lambda: open_store(options.db, store_settings(follow)), wait)
     except StoreOpenError as e:
         raise Refused(str(e)) from None
 
 
-async def check_shared_store(url: str) -> None:
+async def check_store() -> None:
     """Open (creating or migrating the schema) and close the store once, before forking workers.
 
     This first open is the one that waits for a database not there yet (``--db-wait``).
     """
-    store = await open_shared_store(url, follow=False, wait=options.db_wait)
+    store = await open_db(follow=False, wait=options.db_wait)
     await store.close()
 
 
@@ -82,9 +75,7 @@ PRUNE_EVERY_MS = 3600 * 1000
 async def prune_tombstones(store: Store, retention_days: float) -> None:
     """Forget tombstones older than the retention window (a failure waits for the next round)."""
     try:
-        pruned = store.prune(wall_clock_ms() - round(retention_days * 86_400_000))
-        if inspect.isawaitable(pruned):
-            pruned = await pruned
+        pruned = await store.prune(wall_clock_ms() - round(retention_days * 86_400_000))
     except (StoreWriteFailed, WriteOutcomeUnknown) as e:
         log.warning("could not prune old tombstones: %s", e)
         return
@@ -121,16 +112,14 @@ def stored_cookie_secret() -> str:
         raise Refused(f"--protect-talks: {e}") from None
 
 
-async def serve(store: Store | None, worker: Worker | None = None) -> None:
+async def serve(worker: Worker | None = None) -> None:
     """Run the server until SIGTERM or SIGINT, then drain (talkserver.operation.shutdown).
 
-    ``store`` None means the PostgreSQL store of ``--db``, opened here, in
-    the process (and event loop) that uses it.  A ``worker`` (from
-    ``--processes``) serves the parent's socket and also stops when the
-    parent tells it to.
+    The store of ``--db`` is opened here, in the process (and event loop)
+    that uses it.  A ``worker`` (from ``--processes``) serves the parent's
+    socket and also stops when the parent tells it to.
     """
-    if store is None:
-        store = await open_shared_store(options.db)
+    store = await open_db()
     await prune_tombstones(store, options.retention)
     tornado.ioloop.PeriodicCallback(lambda: prune_tombstones(store, options.retention), PRUNE_EVERY_MS).start()
     try:
@@ -216,7 +205,7 @@ def _where(sockets) -> str:
 
 
 def _store_name(db: str) -> str:
-    return redact(db) if is_postgres_url(db) else db
+    return registry.display(db)
 
 
 def listen(port: int, address: str) -> list[socket.socket]:
@@ -237,7 +226,7 @@ def listen(port: int, address: str) -> list[socket.socket]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``talkserver`` console script: exit 2 with one line if it cannot start."""
-    tornado_private.refuse_unsupported()
+    tornado_check.refuse_unsupported()
     try:
         run(sys.argv[1:] if argv is None else argv[1:])
     except Refused as e:
@@ -252,7 +241,10 @@ def run(args: list[str]) -> None:
     if ignored is not None:
         log.warning("ignoring PROMETHEUS_MULTIPROC_DIR=%s from the environment: talkserver keeps its "
                     "metrics in memory, or under --processes in a directory of its own", ignored)
-    shared = is_postgres_url(options.db)
+    try:
+        shared = store_class(options.db).shared
+    except UnknownStore as e:  # checked with the options already; kept for callers of run()
+        raise Refused(f"--db={registry.display(options.db)}: {e}") from None
     if options.processes != 1 and not shared:
         raise Refused(
             f"--processes={options.processes} needs a store the processes can share:"
@@ -270,23 +262,22 @@ def run(args: list[str]) -> None:
     if options.protect_talks and not options.cookie_secret:
         stored_cookie_secret()  # read or made now, so a bad file stops the command before the store opens
     if not shared:
-        # Opened before the loop starts, so a bad file ends the process at once.
-        asyncio.run(serve(open_store(options.db, options.sync)))
+        asyncio.run(serve())
         return
     if options.processes != 1:
         tag_log_lines("parent")  # every line until the workers start is the parent's
     # Checked (and the schema made or migrated) once, before any worker
     # starts, so a bad URL ends the command at once instead of every worker.
     try:
-        asyncio.run(check_shared_store(options.db))
+        asyncio.run(check_store())
     except KeyboardInterrupt:
         # Ctrl-C while waiting for the database: no traceback for it.
         raise Refused("stopped while waiting for the database") from None
     if options.processes == 1:
-        asyncio.run(serve(None))
+        asyncio.run(serve())
         return
     sockets = listen(options.port, options.address)
     announce("talkserver listening on %s (store %s, open-files limit %d), starting the workers",
              _where(sockets), _store_name(options.db), raise_open_files_limit())
     worker = fork_workers(options.processes, sockets)
-    asyncio.run(serve(None, worker))
+    asyncio.run(serve(worker))

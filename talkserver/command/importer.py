@@ -22,13 +22,16 @@ import asyncio
 import sys
 from pathlib import Path
 
-from talkserver.command.dburl import postgres_url_problem
-from talkserver.stores import PostgresStore, SQLiteStore, StoreOpenError
-from talkserver.stores.postgres import URL_SCHEMES
+from talkserver.command.dburl import url_problem
+from talkserver.stores import Settings, StoreOpenError, UnknownStore, open_store, store_class
 from talkserver.words import counted
 
 PROGRAM = "talkserver-import"
 DESCRIPTION = "Copy an SQLite board (a talkserver --db file) into a PostgreSQL database."
+
+
+# Neither store follows anything: one copy, then both are closed.
+_ONCE = Settings(follow=False)
 
 
 class Refused(Exception):
@@ -40,12 +43,12 @@ async def copy_board(source: str, target: str, replace: bool) -> str:
     if not Path(source).is_file():
         raise Refused(f"{source}: no such file")
     try:
-        old = SQLiteStore(source)
+        old = await open_store(source, _ONCE)
     except StoreOpenError as e:
         raise Refused(str(e)) from None
     try:
         try:
-            new = await PostgresStore.open(target, follow=False)
+            new = await open_store(target, _ONCE)
         except StoreOpenError as e:
             raise Refused(str(e)) from None
         try:
@@ -60,10 +63,18 @@ async def copy_board(source: str, target: str, replace: bool) -> str:
         finally:
             await new.close()
     finally:
-        old.close()
+        await old.close()
     comments = sum(len(t["comments"]) for t in talks)
     return (f"copied {counted(len(talks), 'talk')} and {counted(comments, 'comment')}; "
             f"the new board starts at serverTime {head}")
+
+
+def _shared(db: str) -> bool:
+    """Whether ``db`` names a store several servers share (the PostgreSQL board this copies into)."""
+    try:
+        return store_class(db).shared
+    except UnknownStore:
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,10 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replace", action="store_true", help="overwrite a PostgreSQL board that has talks")
     args = parser.parse_args(argv)  # its own mistakes: usage and exit 2
     try:
-        scheme, separator, _ = args.postgresql_url.partition("://")
-        if not separator or scheme.lower() not in URL_SCHEMES:
+        if not _shared(args.postgresql_url):
             raise Refused("the second argument must be a postgresql:// URL")
-        problem = postgres_url_problem(args.postgresql_url)
+        problem = url_problem(args.postgresql_url)
         if problem:
             raise Refused(f"the PostgreSQL URL: {problem}")
         print(asyncio.run(copy_board(args.sqlite_file, args.postgresql_url, args.replace)))

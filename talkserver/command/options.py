@@ -55,8 +55,7 @@ from talkserver.access import limits
 from talkserver.web.app import DEFAULT_MAX_BODY_SIZE
 from talkserver.follow import streams
 from talkserver.follow.conditional import API_MODES
-from talkserver.stores import SYNC_MODES
-from talkserver.stores.postgres import DEFAULT_TIMEOUT
+from talkserver.stores import SYNC_MODES, Settings
 from talkserver.command.dbwait import DEFAULT_WAIT
 
 PROGRAM = "talkserver"
@@ -166,7 +165,7 @@ define("gc", "tuned", group="serving", metavar="tuned|python", check=one_of(coll
 define("db", "talks.db", group="storage", metavar="PATH|URL", check=check_db,
        help="an SQLite file (relative to the working directory), :memory: to keep nothing, or "
             "postgresql://user:pass@host:port/dbname to share one board between processes and hosts")
-define("db_timeout", DEFAULT_TIMEOUT, group="storage", metavar="SECONDS", check=seconds("db_timeout"),
+define("db_timeout", Settings.timeout, group="storage", metavar="SECONDS", check=seconds("db_timeout"),
        help="seconds a PostgreSQL call may take; a write with no answer by then gets 504 (outcome unknown) "
             "or 503 (not saved)")
 define("db_wait", DEFAULT_WAIT, group="storage", metavar="SECONDS", check=at_least(0, " (0: give up at once)"),
@@ -215,9 +214,11 @@ define("api", "changes", group="following", metavar="changes|etag", check=one_of
             "etag (the bare array, with ETag and Prefer: wait polling, its 3rd and 4th)")
 define("heartbeat", streams.DEFAULT_HEARTBEAT, group="following", metavar="SECONDS",
        check=seconds("heartbeat", off="none"),
-       help="seconds between keep-alive comments on an idle event stream (0: none)")
+       help="seconds between keep-alive comments on an idle event stream, and between pings to every "
+            "WebSocket (one that answers none for two intervals is closed) (0: none)")
 define("stream_buffer", streams.DEFAULT_BUFFER_LIMIT, group="following", metavar="BYTES", check=above_zero,
-       help="bytes an event stream's client may leave unread before the stream is closed (it reconnects and catches up)")
+       help="bytes an event stream's or a WebSocket's client may leave unread before it is closed "
+            "(it reconnects and catches up)")
 define("fast_polls", True, group="following",
        help="serve plain long polls without a RequestHandler (half the CPU per poll); "
             "false sends every request through Tornado's routing, for comparison")

@@ -2,16 +2,14 @@
 
 Every write goes through here, so each change wakes the waiting polls and
 reaches every transport that pushes (event streams, WebSockets) exactly once, after the store has accepted it.
-The write methods are coroutines: a shared store (stores.postgres) commits to
-the database and reads the change back before they return; the local stores
-(memory, SQLite) finish without suspending.
+The write methods are coroutines, as every store's are (stores.contract):
+whichever store it is, it calls back (``on_change``) once a change is
+applied, here or in another process, and the board wakes the clients then.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-import inspect
+from typing import Callable, Mapping
 
 from talkserver.follow.feed import Feed
 from talkserver.operation.metrics import Metrics
@@ -45,23 +43,27 @@ class Board:
         # Transports that push every change (streams, sockets) subscribe here.
         self._subscribers: list[Callable[[], None]] = []
         self._changes = self.metrics.counter("talkserver_changes_total", "Changes made to talks since start.")
-        # A shared store learns of changes from other processes too: it
-        # calls back whenever it has applied some, and the board wakes then.
-        # (A local store never calls it: its writes wake through _changed.)
+        # Every store calls back whenever it has applied changes (its own
+        # writes, and on a shared store other processes' too).
         store.on_change = self._wake
         store.register_metrics(self.metrics)
 
+    @classmethod
+    def from_settings(cls, store: Store, poll_timeout: float, settings: Mapping) -> "Board":
+        """The board of an Application with these settings (``slow_lane_interval``)."""
+        return cls(store, poll_timeout, slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL))
+
     async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> None:
         """Create or replace a talk (``owner``: the browser that now owns it, with --protect-talks)."""
-        await self._changed(self.store.put(title, presenter, summary, owner))
+        self._count(await self.store.put(title, presenter, summary, owner))
 
     async def delete(self, title: str, owner: str | None = None) -> None:
         """Delete a talk if it exists (``owner``: the browser asking, with --protect-talks)."""
-        await self._changed(self.store.delete(title, owner))
+        self._count(await self.store.delete(title, owner))
 
     async def add_comment(self, title: str, author: str, message: str) -> None:
         """Comment on a talk; raises store.TalkNotFound if there is none."""
-        await self._changed(self.store.add_comment(title, author, message))
+        self._count(await self.store.add_comment(title, author, message))
 
     async def caught_up(self) -> None:
         """Apply what the database holds now (a shared store; nothing to do for the others).
@@ -76,12 +78,8 @@ class Board:
         """Whether the store can take writes now (for /healthz)."""
         return await self.store.ping()
 
-    async def _changed(self, stamp) -> None:
-        """Count a change the store made (``stamp`` None: nothing changed) and wake the polls."""
-        if inspect.isawaitable(stamp):
-            stamp = await stamp  # the shared store has woken us through on_change
-        elif stamp is not None:
-            self._wake()
+    def _count(self, stamp: int | None) -> None:
+        """Count a change the store made (``stamp`` None: nothing changed); it has woken the polls already."""
         if stamp is not None:
             self._changes.inc()
 

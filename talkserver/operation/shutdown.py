@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 
 import tornado.httpserver
@@ -61,9 +60,7 @@ async def drain(
     except asyncio.TimeoutError:
         log.warning("some connections did not close in time")
     talks = len(board.store.all_talks())
-    closed = board.store.close()
-    if inspect.isawaitable(closed):  # the shared store's connections
-        await closed
+    await board.store.close()
     answered = ended.pop("lanes", 0)
     log.info("stopped: answered %s; %s in the store", counted(answered, "waiting poll"), counted(talks, "talk"))
     for name, count in ended.items():

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, ClassVar, Protocol
 
 from talkserver.stores.history import Cuts
 
@@ -78,35 +78,62 @@ class Changes:
 class Store(Protocol):
     """What the server needs from a store; stores.memory.MemoryStore shows the rules.
 
-    A shared store (stores.postgres) has the same methods, but its writes,
-    ``prune`` and ``close`` are coroutines, and it calls ``on_change`` when
-    changes from any process have been applied; talkserver.follow.board awaits
-    and wakes accordingly.  Its writes may also raise WriteOutcomeUnknown
-    (sent, but no answer in time), besides StoreWriteFailed (not saved).
+    One contract for every store, local or shared: the writes (``put``,
+    ``delete``, ``add_comment``), ``prune`` and ``close`` are coroutines.  A
+    local store (memory, SQLite) finishes them without suspending; a shared
+    one (PostgreSQL) commits to the database and reads the change back
+    first.  Nobody who holds a Store asks which kind it is.
+
+    After every change it has applied (made here, or by another process on
+    a shared store), a store calls ``on_change``; talkserver.follow.board
+    wakes the clients then.  A shared store's writes may also raise
+    WriteOutcomeUnknown (sent, but no answer in time), besides
+    StoreWriteFailed (not saved).
 
     The hooks after the rules have defaults here, which a store gets by
     naming Store as its base (MemoryStore does, so every store here has
     them): a store of one process has no other writer to catch up with,
-    nothing to ping, and no metrics of its own.
+    nothing to ping, no connection to describe, and no metrics of its own.
+
+    A new kind of store is one module (a class with ``open``) plus one line
+    in the table of talkserver.stores.registry.
     """
 
     head: int
     cuts: Cuts  # stretches of history the database lost (stores.history)
-    # Set by the Board: what to call once changes made elsewhere (another
-    # process, another host) have been applied.  A local store never calls it.
+    # Set by the Board: what to call once changes have been applied, this
+    # process's own writes and (on a shared store) other processes' alike.
     on_change: Callable[[], None] | None = None
+    # Whether several processes (and hosts) can serve one board from it
+    # (--processes above 1 needs that).
+    shared: ClassVar[bool] = False
+
+    @classmethod
+    async def open(cls, db: str, settings: "Settings") -> "Store":
+        """Open the store ``--db`` names; raises StoreOpenError with one line for the operator."""
+        ...
 
     def all_talks(self) -> list[dict]: ...
     def get(self, title: str) -> dict | None: ...
     def owner(self, title: str) -> str | None: ...
-    def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int: ...
-    def delete(self, title: str, owner: str | None = None) -> int | None: ...
-    def add_comment(self, title: str, author: str, message: str) -> int: ...
+    async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int: ...
+    async def delete(self, title: str, owner: str | None = None) -> int | None: ...
+    async def add_comment(self, title: str, author: str, message: str) -> int: ...
     def changes_since(self, cursor: int) -> Changes: ...
-    def prune(self, older_than: int) -> int: ...
-    def close(self) -> None: ...
+    async def prune(self, older_than: int) -> int: ...
+    async def close(self) -> None: ...
 
-    # -- optional hooks, with defaults for a store of one process ----------
+    # -- hooks, with their defaults for a store of one process ---------------
+
+    @staticmethod
+    def check_db(db: str) -> str | None:
+        """What is wrong with ``db`` as this store's --db value, checked before anything opens (None: nothing)."""
+        return None
+
+    @staticmethod
+    def display(db: str) -> str:
+        """``db`` as logs may show it (a URL without its password)."""
+        return db
 
     async def catch_up(self) -> None:
         """Apply every change other writers have committed by now (then call
@@ -116,5 +143,20 @@ class Store(Protocol):
         """Whether the store can take writes now (for /healthz)."""
         return True
 
+    def health(self) -> dict | None:
+        """What /healthz says of the store's connection (None: nothing to say)."""
+        return None
+
     def register_metrics(self, metrics) -> None:
         """Add the store's own gauges and counters to ``metrics`` (a talkserver.operation.metrics.Metrics)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to open a store, from the options; each kind reads what concerns it."""
+
+    sync: str = "normal"  # SQLite: normal or full (--sync)
+    timeout: float = 5.0  # PostgreSQL: seconds a database call may take (--db-timeout)
+    # PostgreSQL: follow other processes' changes (LISTEN); off for a
+    # one-off check or copy.
+    follow: bool = True

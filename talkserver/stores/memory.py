@@ -2,12 +2,15 @@
 
 It is the reference implementation of the contract in stores.contract, and
 the in-memory half of every durable store (SQLiteStore keeps its state in a
-MemoryStore and commits each change to disk first).
+MemoryStore and commits each change to disk first).  Its writes are
+coroutines, as the contract says, that finish without suspending; the
+durable stores reuse the synchronous halves (``_put``, ``_delete``,
+``_add_comment``, ``_forget_tombstones``) once their change is committed.
 """
 
 from __future__ import annotations
 
-from talkserver.stores.contract import Changes, Store, TalkNotFound, next_stamp, wall_clock_ms
+from talkserver.stores.contract import Changes, Settings, Store, TalkNotFound, next_stamp, wall_clock_ms
 from talkserver.stores.history import Cuts
 
 
@@ -34,6 +37,11 @@ class MemoryStore(Store):
         # Stretches of history the database lost (stores.history); a
         # memory store never loses any, the durable ones fill this in.
         self.cuts = Cuts()
+
+    @classmethod
+    async def open(cls, db: str = ":memory:", settings: Settings = Settings()) -> "MemoryStore":
+        """A new, empty board (``--db=:memory:``)."""
+        return cls()
 
     # -- reading ---------------------------------------------------------
 
@@ -73,13 +81,39 @@ class MemoryStore(Store):
         self._log.pop(title, None)
         self._log[title] = stamp
         self.head = stamp
+        if self.on_change is not None:
+            self.on_change()
         return stamp
 
-    def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int:
+    async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int:
         """Create or replace a talk (a replaced talk loses its comments).
 
         ``owner`` becomes the talk's owner; None keeps the one it has.
         """
+        return self._put(title, presenter, summary, owner)
+
+    async def delete(self, title: str, owner: str | None = None) -> int | None:
+        """Delete a talk; returns its stamp, or None if there was no talk.
+
+        ``owner`` is for stores shared between processes, which check it
+        again themselves; in one process talkserver.access.auth has checked it.
+        """
+        return self._delete(title)
+
+    async def add_comment(self, title: str, author: str, message: str) -> int:
+        """Append a comment; raises TalkNotFound if there is no such talk."""
+        return self._add_comment(title, author, message)
+
+    async def prune(self, older_than: int) -> int:
+        """Forget tombstones stamped before ``older_than``; returns how many."""
+        return self._forget_tombstones(older_than)
+
+    async def close(self) -> None:
+        """Nothing to release for the memory store."""
+
+    # -- the changes in memory, for this store and the durable ones ----------
+
+    def _put(self, title: str, presenter: str, summary: str, owner: str | None) -> int:
         if owner is not None:
             self._owners[title] = owner
         self._talks[title] = {
@@ -90,19 +124,13 @@ class MemoryStore(Store):
         }
         return self._stamp(title)
 
-    def delete(self, title: str, owner: str | None = None) -> int | None:
-        """Delete a talk; returns its stamp, or None if there was no talk.
-
-        ``owner`` is for stores shared between processes, which check it
-        again themselves; in one process talkserver.access.auth has checked it.
-        """
+    def _delete(self, title: str) -> int | None:
         if self._talks.pop(title, None) is None:
             return None
         self._owners.pop(title, None)
         return self._stamp(title)
 
-    def add_comment(self, title: str, author: str, message: str) -> int:
-        """Append a comment; raises TalkNotFound if there is no such talk."""
+    def _add_comment(self, title: str, author: str, message: str) -> int:
         talk = self._talks.get(title)
         if talk is None:
             raise TalkNotFound(title)
@@ -113,8 +141,7 @@ class MemoryStore(Store):
         )
         return self._stamp(title)
 
-    def prune(self, older_than: int) -> int:
-        """Forget tombstones stamped before ``older_than``; returns how many."""
+    def _forget_tombstones(self, older_than: int) -> int:
         doomed = [
             t for t, stamp in self._log.items() if stamp < older_than and t not in self._talks
         ]
@@ -122,6 +149,3 @@ class MemoryStore(Store):
             self.pruned_through = max(self.pruned_through, self._log.pop(title))
         self.cuts.forget_through(self.pruned_through)
         return len(doomed)
-
-    def close(self) -> None:
-        """Nothing to release for the memory store."""

@@ -36,7 +36,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from talkserver.stores import history
-from talkserver.stores.contract import Changes, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms
+from talkserver.stores.contract import (
+    Changes, Settings, StoreOpenError, StoreWriteFailed, TalkNotFound, next_stamp, wall_clock_ms,
+)
 from talkserver.stores.memory import MemoryStore
 
 log = logging.getLogger("talkserver")
@@ -88,8 +90,13 @@ class SQLiteStore(MemoryStore):
             self._load()
         # KeyError: a comment on a talk that is not there (a hand-edited file).
         except (sqlite3.Error, StoreWriteFailed, KeyError) as e:
-            self.close()
+            self._release()
             raise StoreOpenError(f"{path}: cannot load the database ({e})") from None
+
+    @classmethod
+    async def open(cls, db: str, settings: Settings = Settings()) -> "SQLiteStore":
+        """Open (or create) the file ``--db`` names; StoreOpenError if it is not ours to use."""
+        return cls(db, sync=settings.sync)
 
     def _load(self) -> None:
         db = self._db
@@ -140,7 +147,7 @@ class SQLiteStore(MemoryStore):
 
     # -- writing: commit first, then the same change in memory -------------
 
-    def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int:
+    async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int:
         """Create or replace a talk (a replaced talk loses its comments); None keeps the owner."""
         self._commit_change(title, [
             (
@@ -151,9 +158,9 @@ class SQLiteStore(MemoryStore):
             ),
             ("DELETE FROM comments WHERE title = ?", (title,)),
         ])
-        return super().put(title, presenter, summary, owner)
+        return self._put(title, presenter, summary, owner)
 
-    def delete(self, title: str, owner: str | None = None) -> int | None:
+    async def delete(self, title: str, owner: str | None = None) -> int | None:
         """Delete a talk; returns its stamp, or None if there was no talk (``owner``: see MemoryStore)."""
         if self.get(title) is None:
             return None
@@ -161,18 +168,18 @@ class SQLiteStore(MemoryStore):
             ("DELETE FROM talks WHERE title = ?", (title,)),
             ("DELETE FROM comments WHERE title = ?", (title,)),
         ])
-        return super().delete(title)
+        return self._delete(title)
 
-    def add_comment(self, title: str, author: str, message: str) -> int:
+    async def add_comment(self, title: str, author: str, message: str) -> int:
         """Append a comment; raises TalkNotFound if there is no such talk."""
         if self.get(title) is None:
             raise TalkNotFound(title)
         self._commit_change(title, [
             ("INSERT INTO comments (title, author, message) VALUES (?, ?, ?)", (title, author, message)),
         ])
-        return super().add_comment(title, author, message)
+        return self._add_comment(title, author, message)
 
-    def prune(self, older_than: int) -> int:
+    async def prune(self, older_than: int) -> int:
         """Forget tombstones stamped before ``older_than``; returns how many."""
         tombstone = "stamp < ? AND title NOT IN (SELECT title FROM talks)"
         self._transaction([
@@ -185,10 +192,13 @@ class SQLiteStore(MemoryStore):
             # Cuts wholly older than pruned history tell nothing more.
             ("DELETE FROM cuts WHERE cut_through < (SELECT value FROM meta WHERE key = 'pruned_through')", ()),
         ])
-        return super().prune(older_than)
+        return self._forget_tombstones(older_than)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the database and let another server open the file."""
+        self._release()
+
+    def _release(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-from asyncio import Future
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
@@ -24,9 +23,9 @@ from talkserver.follow.board import Board
 from talkserver.follow.transport import Transport
 from talkserver.wire import tornado_private
 from talkserver.wire.headers import API_HEADERS, JSON_TYPE
-from talkserver.stores import NotTheOwner, PostgresStore, StoreWriteFailed, WriteOutcomeUnknown
+from talkserver.stores import NotTheOwner, StoreWriteFailed, WriteOutcomeUnknown
 from talkserver.stores import TalkNotFound
-from talkserver.wire.validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
+from talkserver.wire.validation import BadInput, check_title, parse_comment, parse_talk
 
 def answer_refusal(handler: RequestHandler, refusal: Refusal) -> None:
     """Answer an admission rule's no (from ``write_error``, wherever in the
@@ -342,9 +341,11 @@ class HealthHandler(ApiHandler):
         self.set_status(200 if ok else 503)
         self.set_header("Content-Type", JSON_TYPE)
         health: dict = {"ok": ok}
-        if isinstance(self.board.store, PostgresStore):
-            # Which host of a multi-host --db is primary (docs/deploy.md).
-            health["database"] = self.board.store.health()
+        database = self.board.store.health()
+        if database is not None:
+            # A shared store's connection: which host of a multi-host --db
+            # is primary (docs/deploy.md).
+            health["database"] = database
         if self.board.store.cuts.noticed is not None:
             health["historyCut"] = self.board.store.cuts.noticed.describe()
         self.finish(json.dumps(health))
