@@ -132,7 +132,9 @@ async def fanout(port: int, clients: int) -> float:
     head = headers["etag"].strip('"')
     polls = []
     for i in range(clients):
-        poll_reader, poll_writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.1.{1 + i // 100}", 0))
+        # 100 per loopback address: under the default --max-polls-per-ip.
+        source = (f"127.0.1.{1 + i // 100}", 0)
+        poll_reader, poll_writer = await asyncio.open_connection("127.0.0.1", port, local_addr=source)
         poll_writer.write(f"GET /talks?changesSince={head} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                           "Accept-Encoding: gzip, deflate, br\r\n\r\n".encode())
         polls.append((poll_reader, poll_writer))
@@ -183,7 +185,8 @@ async def run(args) -> None:
             if args.followers:
                 full = [await fanout(port, args.followers) for _ in range(3)]
                 print(f"one change to {args.followers} waiting long polls, until the last has it (median of 3): "
-                      f"{1000 * sorted(empty)[1]:.0f} ms on the empty board, {1000 * sorted(full)[1]:.0f} ms on the full one")
+                      f"{1000 * sorted(empty)[1]:.0f} ms on the empty board, "
+                      f"{1000 * sorted(full)[1]:.0f} ms on the full one")
             plain_size, plain_costs, plain, _ = await fetch_board(port, server.pid, args.gets, None)
             gz_size, gz_costs, packed, headers = await fetch_board(port, server.pid, args.gets, "gzip, deflate, br")
             assert headers.get("content-encoding") == "gzip" and gzip.decompress(packed) == plain

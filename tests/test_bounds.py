@@ -285,10 +285,8 @@ async def put_many(port, titles, body, connections=8):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for title in pending:
-                writer.write(
-                    f"PUT /talks/{title} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
+                head = f"PUT /talks/{title} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
+                writer.write(head.encode() + body)
                 status_line, headers, _ = split_answer(await reader.readuntil(b"\r\n\r\n"))
                 answer = await reader.readexactly(int(headers.get("content-length", "0")))
                 statuses.append(int(status_line.split()[1]))
@@ -334,7 +332,8 @@ def test_the_benchmark_of_docs_benchmarks_md_runs_and_finds_the_bound():
     assert done.returncode == 0, done.stderr
     # The fan-out's own talk, written on the empty board, holds one place.
     assert "49 answered 204, 11 answered 409" in done.stdout
-    assert re.search(r"one change to 20 waiting long polls.*: \d+ ms on the empty board, \d+ ms on the full one", done.stdout)
+    fan_out = r"one change to 20 waiting long polls.*: \d+ ms on the empty board, \d+ ms on the full one"
+    assert re.search(fan_out, done.stdout)
     assert '409 {"error": "the board is full: it holds 50 talks, the most it may; delete one first"}' in done.stdout
     assert re.search(r"GET /talks gzip: +[0-9.]+ MB \([0-9.]+x smaller\)", done.stdout)
     assert re.search(r"restart on the full board: [0-9.]+ s", done.stdout)
