@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from talkserver.stores import MemoryStore, SQLiteStore
+from talkserver.stores.sqlite import SQLiteStore
+from talkserver.stores import MemoryStore
 from talkserver.stores.postgres import PostgresStore
 from talkserver.testing.cluster import Cluster
 

@@ -6,8 +6,9 @@ tests/test_follow_contract.py).  A PostgreSQL store gets a database of its
 own in the session's cluster (the ``postgres_cluster`` fixture).
 """
 
-from talkserver.stores import MemoryStore, SQLiteStore
+from talkserver.stores import MemoryStore
 from talkserver.stores.postgres import PostgresStore
+from talkserver.stores.sqlite import SQLiteStore
 
 from .postgres import BlockingStore
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -224,3 +226,34 @@ def test_collections_are_counted_and_timed_per_generation_in_the_metrics():
     assert 'talkserver_gc_collections_total{generation="1"} 1' in text
     assert 'talkserver_gc_seconds_total{generation="1"}' in text
     assert 'talkserver_gc_collected_total{generation="1"}' in text
+
+
+# Under --processes, prometheus_client keeps every value behind one lock
+# that cannot be re-entered.  A collection may start on any allocation,
+# also one the library makes while it holds that lock (a new labelled
+# child, say); the callback then must not need the lock.
+HOLDING_THE_LOCK = """
+import gc, sys
+from prometheus_client import values
+from talkserver.operation import collector
+from talkserver.operation.metrics import Metrics, share_between_workers
+
+share_between_workers(sys.argv[1], 0)
+metrics = Metrics()
+collector.instrument(metrics)
+inc = values.ValueClass.inc  # the lock is a variable of the function that makes the class
+lock = dict(zip(inc.__code__.co_freevars, (cell.cell_contents for cell in inc.__closure__)))["lock"]
+with lock:
+    gc.collect(1)
+    gc.collect(1)
+print(metrics.render())
+"""
+
+
+def test_a_collection_while_the_metrics_lock_is_held_completes_and_is_counted(tmp_path):
+    done = subprocess.run([sys.executable, "-c", HOLDING_THE_LOCK, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert 'talkserver_gc_collections_total{generation="1"} 2.0' in done.stdout
+    assert 'talkserver_gc_collected_total{generation="1"}' in done.stdout

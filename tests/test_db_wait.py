@@ -1,7 +1,7 @@
 """Starting before PostgreSQL does: the server waits for it (``--db-wait``), within a bound.
 
 At boot the database may come up after talkserver.  These tests start the
-real command against a real cluster of their own (talkserver.testing.cluster) that
+real command against a real cluster of their own (tests/postgres.py) that
 is stopped, and start the cluster once the server says it is waiting.
 """
 
@@ -13,9 +13,8 @@ import urllib.request
 
 import pytest
 
-from talkserver.testing.cluster import Cluster
-
 from .harness import WAIT, ServerProcess, until
+from talkserver.testing.cluster import Cluster
 
 WAITING = "waiting for the database"
 # The first log line of a server that serves (tests/harness.py reads the same).

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from talkserver.testing.cluster import Cluster
-
 from .deploy_doc import DEPLOY, block, filled, indented_commands, markers
 from .harness import WAIT, ServerProcess, refused_port, send, until
+from talkserver.testing.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 TALK = {"presenter": "Ann", "summary": "As documented"}
