@@ -25,8 +25,7 @@ from talkserver.follow.bounds import (
 from talkserver.stores import MemoryStore
 from talkserver.stores.sqlite import SQLiteStore
 
-from .conftest import POLL_TIMEOUT
-from .harness import ServerProcess, rss_bytes, send, serve_app, split_answer
+from .harness import POLL_TIMEOUT, ServerProcess, read_answer, rss_bytes, send, serve_app
 
 MAX_TALKS = 4
 MAX_BYTES = 2000
@@ -287,11 +286,10 @@ async def put_many(port, titles, body, connections=8):
             for title in pending:
                 head = f"PUT /talks/{title} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
                 writer.write(head.encode() + body)
-                status_line, headers, _ = split_answer(await reader.readuntil(b"\r\n\r\n"))
-                answer = await reader.readexactly(int(headers.get("content-length", "0")))
-                statuses.append(int(status_line.split()[1]))
-                if statuses[-1] != 204:
-                    refusals.append(json.loads(answer))
+                answer = await read_answer(reader)
+                statuses.append(answer.status)
+                if answer.status != 204:
+                    refusals.append(answer.json())
         finally:
             writer.close()
 

@@ -17,8 +17,7 @@ import pytest
 from talkserver import make_app
 from talkserver.wire.compression import GZIP_MIN, accepts_gzip
 
-from .conftest import POLL_TIMEOUT
-from .harness import WAIT, Answer, send, serve_app, split_answer
+from .harness import POLL_TIMEOUT, read_answer, send, serve_app
 
 GZIP = {"Accept-Encoding": "gzip, deflate, br"}
 PLAIN = {"Accept-Encoding": "identity"}
@@ -59,12 +58,9 @@ async def keep_alive(port, path, headers=None, after_sent=None):
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         if after_sent is not None:
             await after_sent()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        status_line, answer_headers, _ = split_answer(head)
-        body = await asyncio.wait_for(reader.readexactly(int(answer_headers["content-length"])), WAIT)
+        return await read_answer(reader)
     finally:
         writer.close()
-    return Answer(int(status_line.split()[1]), answer_headers, body)
 
 
 def assert_gzip_of(compressed, plain):
