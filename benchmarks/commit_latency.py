@@ -10,7 +10,7 @@ every 1,000 pages) are in the tail.
 The PostgreSQL store does not hold the event loop while it commits: its
 figure is the time from calling ``put`` to the change being committed
 *and* read back into memory (the time before the 204), on a throwaway
-local cluster with PostgreSQL's durability defaults (tests/postgres.py).
+local cluster with PostgreSQL's durability defaults (talkserver.testing.cluster).
 
     .venv/bin/python benchmarks/commit_latency.py --writes=6000
 """
@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from talkserver.stores import MemoryStore, SQLiteStore
+from talkserver.stores.sqlite import SQLiteStore
+from talkserver.stores import MemoryStore
 from talkserver.stores.postgres import PostgresStore
-from tests.postgres import Cluster
+from talkserver.testing.cluster import Cluster
 
 
 async def latencies(store, writes: int) -> list[float]:

@@ -29,12 +29,9 @@ import json
 import re
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from harness import ServerProcess  # noqa: E402
+from talkserver.testing.servers import ServerProcess
 
 _SERVER_TIME = re.compile(rb'"serverTime":(-?[0-9]+)')
 _ETAG = re.compile(rb"\r\netag: *([^\r]*)", re.I)

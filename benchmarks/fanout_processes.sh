@@ -6,7 +6,7 @@
 #     sh benchmarks/fanout_processes.sh 1
 #
 # The PostgreSQL cluster is a throwaway one with its durability defaults
-# (tests/postgres.py); the load client shares the machine's cores.
+# (talkserver.testing.cluster); the load client shares the machine's cores.
 set -e
 ROUNDS=${1:-1}
 CLIENTS=${CLIENTS:-10000}
@@ -16,8 +16,7 @@ PY=.venv/bin/python
 URL_FILE=$(mktemp)
 $PY -c "
 import sys, time, signal
-sys.path.insert(0, '.')
-from tests.postgres import Cluster
+from talkserver.testing.cluster import Cluster
 c = Cluster(durable=True)
 open('$URL_FILE', 'w').write(c.url())
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))

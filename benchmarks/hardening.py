@@ -26,13 +26,13 @@ import base64
 import os
 import resource
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from harness import ServerProcess, send  # noqa: E402
+from talkserver.access.auth import hash_password, write_password_file
+from talkserver.testing.rawhttp import send
+from talkserver.testing.servers import ServerProcess
 
 
 def rss_mb(pid: int) -> float:
@@ -134,8 +134,8 @@ def main() -> None:
     options = ["--db=:memory:", "--max-comments=0", "--max-polls-per-ip=0"]
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "logins":
-            sys.path.insert(0, args.code or str(Path(__file__).resolve().parent.parent))
-            from talkserver.access.auth import hash_password, write_password_file
+            # Written by this checkout's code: a tree given with --code must
+            # read the same password file format.
             write_password_file(Path(tmp) / "passwords", {"ada": hash_password("right")})
             options.append(f"--password-file={Path(tmp) / 'passwords'}")
         with ServerProcess(*options, cwd=Path(tmp)) as server:

@@ -9,7 +9,7 @@ after round, so the machine's noise hits them alike; the report gives the
 median per store, its ratio to :memory:, and the server's CPU time per
 write (from /proc, so it shows the store's cost even when the client is the
 bottleneck).  The PostgreSQL store runs against a throwaway local cluster
-(tests/postgres.py) with PostgreSQL's own durability defaults (fsync on,
+(talkserver.testing.cluster) with PostgreSQL's own durability defaults (fsync on,
 synchronous_commit on), a new database per run.
 
     .venv/bin/python benchmarks/write_throughput.py --rounds=5 --seconds=5
@@ -26,15 +26,12 @@ import json
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from harness import ServerProcess  # noqa: E402
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.postgres import Cluster  # noqa: E402
+from talkserver.testing.cluster import Cluster
+from talkserver.testing.servers import ServerProcess
 
 STORES = {
     ":memory:": ["--db=:memory:"],

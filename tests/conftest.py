@@ -7,9 +7,11 @@ the ``app`` fixture on a port of its own and gives ``http_client`` and
 tests of the rules run on each: a module overrides ``store`` with
 ``each_store`` (autouse when some of its tests reach the server only
 through ``http_client``, since pytest-tornado looks ``app`` up by name at
-run time).  The poll timeout is short so the timeout path can be tested
-without waiting 90 seconds.  The helpers themselves live in
-tests/harness.py (docs/testing.md).
+run time).  The poll timeout is short (harness.POLL_TIMEOUT) so the
+timeout path can be tested without waiting 90 seconds.  Fixtures reach
+the tests through pytest only: no test module imports this one.  The
+helpers themselves live in tests/harness.py, and the stores of each kind
+in tests/store_kinds.py (docs/testing.md).
 """
 
 import gc
@@ -21,15 +23,11 @@ from tornado.httpclient import AsyncHTTPClient
 pytest.register_assert_rewrite("tests.consistency", "tests.follower", "tests.harness")
 
 from talkserver import make_app  # noqa: E402
-from talkserver.stores import MemoryStore, SQLiteStore
-from talkserver.stores.postgres import PostgresStore
+from talkserver.stores import MemoryStore
+from talkserver.testing.cluster import Cluster
 
-from .harness import FrozenClock, running_servers, stop_leftovers, write_passwords
-from .postgres import BlockingStore, Cluster
-
-POLL_TIMEOUT = 1.0
-# The group password of ``password_file`` (not ASCII, to check the decoding too).
-PASSWORD = "s3cret ünïcode"
+from .harness import PASSWORD, POLL_TIMEOUT, FrozenClock, running_servers, stop_leftovers, write_passwords
+from .store_kinds import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(autouse=True)
@@ -67,35 +65,12 @@ def password_file(tmp_path):
     return write_passwords(tmp_path / "passwords", {"ada": PASSWORD})
 
 
-STORE_KINDS = ["memory", "sqlite", "postgres"]
-
-
 @pytest.fixture(scope="session")
 def postgres_cluster():
     """A PostgreSQL cluster for the whole session, removed at the end."""
     cluster = Cluster()
     yield cluster
     cluster.destroy()
-
-
-def new_store(kind, tmp_path, clock=None, *, request=None):
-    """A new, empty store of ``kind`` (on the wall clock unless ``clock`` is given).
-
-    A PostgreSQL store (which needs the test's ``request``) gets a database
-    of its own.  It runs on the test's IOLoop when the test has one (the
-    HTTP tests), else as a BlockingStore for plain synchronous tests.
-    Close it with ``close_store``.
-    """
-    clock_arg = {} if clock is None else {"clock": clock}
-    if kind == "memory":
-        return MemoryStore(**clock_arg)
-    if kind == "sqlite":
-        return SQLiteStore(str(tmp_path / "talks.db"), **clock_arg)
-    url = request.getfixturevalue("postgres_cluster").new_database()
-    if "io_loop" not in request.fixturenames:
-        return BlockingStore(url, clock)
-    io_loop = request.getfixturevalue("io_loop")
-    return io_loop.run_sync(lambda: PostgresStore.open(url, clock=clock, catch_up_every=0.2))
 
 
 @pytest.fixture
@@ -124,14 +99,6 @@ def each_store(request, tmp_path, store_kind, io_loop):
     store = new_store(store_kind, tmp_path, clock, request=request)
     yield store
     close_store(store, request)
-
-
-def close_store(store, request):
-    """Close a store from ``new_store``, whichever kind (on the test's IOLoop: closing is a coroutine)."""
-    if isinstance(store, BlockingStore):
-        store.close()
-    else:
-        request.getfixturevalue("io_loop").run_sync(store.close)
 
 
 @pytest.fixture

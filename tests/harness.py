@@ -10,7 +10,12 @@
 - ``send`` / ``exchange``: one request over raw sockets or a kept-alive
   ``http.client`` connection.  ``send`` can pick its source address (any
   of 127.0.0.0/8 reaches a server on 127.0.0.1), which is how the tests
-  play several clients on one machine.
+  play several clients on one machine.  ``split_answer`` is the one way
+  the tests take an answer's head apart; ``parse_answer`` and
+  ``read_answer`` (the next answer on a kept-alive connection) use it.
+
+  These, and ``WAIT``, come from talkserver.testing, which the benchmarks
+  use too; tests import them from here like the rest.
 - ``metric``: one sample from a Prometheus text page; ``basic`` and
   ``write_passwords`` for the group password; ``FrozenClock`` for stores
   whose stamps the test controls.
@@ -20,21 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.client
 import inspect
 import json
 import os
 import re
-import resource
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -42,10 +41,23 @@ import tornado.netutil
 
 from talkserver.access.auth import hash_password, write_password_file
 from talkserver.operation.collector import HTTPServer
+from talkserver.testing import WAIT
+from talkserver.testing.rawhttp import Answer, Headers, exchange, parse_answer, read_answer, send, split_answer
+from talkserver.testing.servers import ServerProcess, running_servers, stop_leftovers
 
-# The one overall timeout a test waits for a condition.  Generous: the
-# suite must pass on a machine whose cores other processes keep busy.
-WAIT = 60.0
+__all__ = [
+    "PASSWORD", "POLL_TIMEOUT", "WAIT", "Answer", "FrozenClock", "Headers", "ServerProcess", "basic",
+    "exchange", "load", "load_json", "load_server", "metric", "metric_of", "metric_reaches", "metrics_page",
+    "parse_answer", "read_answer", "refused_port", "reset_connection", "rss_bytes", "run_talkserver",
+    "running", "running_servers", "send", "serve_app", "split_answer", "stop_leftovers", "until",
+    "write_passwords",
+]
+
+# The poll timeout of the ``app`` fixture's server (conftest.py): short, so
+# the timeout path is tested without waiting 90 seconds.
+POLL_TIMEOUT = 1.0
+# The group password of the ``password_file`` fixture (not ASCII, to check the decoding too).
+PASSWORD = "s3cret ünïcode"
 
 
 async def until(condition: Callable[[], object | Awaitable[object]], timeout: float = WAIT,
@@ -171,12 +183,6 @@ def serve_app(app, **http_options) -> tuple[HTTPServer, int]:
 
 # -- a real server in a subprocess ------------------------------------------------
 
-# The first line a server logs names the port it bound; with --processes,
-# each worker logs one.
-_BOUND = re.compile(r"talkserver (?:listening on|worker \d+ serving) http://\S+?:(\d+)/")
-_running: set["ServerProcess"] = set()
-
-
 def run_talkserver(*args: str, cwd: Path, as_ordinary_user: bool = False) -> subprocess.CompletedProcess:
     """Run the talkserver command to its end (for starts that must fail).
 
@@ -191,137 +197,6 @@ def run_talkserver(*args: str, cwd: Path, as_ordinary_user: bool = False) -> sub
         [*prefix, sys.executable, "-m", "talkserver", *args],
         cwd=cwd, capture_output=True, text=True, timeout=WAIT,
     )
-
-
-class ServerProcess:
-    """``python -m talkserver --port=0`` with ``options``, started at once.
-
-    The port is the one the server bound and logged (with ``--processes=N``,
-    once all N workers have logged theirs), so no other process can take
-    it in between.  It runs in ``cwd``, by default a fresh temporary
-    directory, so the default store (talks.db in the working directory) is
-    the server's own.  ``stop()`` sends SIGTERM and returns the exit code;
-    ``kill()`` sends SIGKILL, as a crash would.  ``open_files`` sets the
-    process's open-files limit, soft and hard, so the server cannot raise
-    it.  ``command`` replaces ``python -m talkserver`` with another server
-    program, and ``bound`` the pattern of the log line that names the port
-    it bound (see ``running``).
-
-    Use it as a context manager: the process is killed when the block
-    ends, however it ends.
-    """
-
-    def __init__(self, *options: str, cwd: Path | None = None, open_files: int | None = None,
-                 command: list[str] | None = None, bound: re.Pattern = None) -> None:
-        self._own_dir = tempfile.TemporaryDirectory() if cwd is None else None
-        self.cwd = Path(self._own_dir.name) if cwd is None else cwd
-        # A file, not a pipe: a pipe nobody reads fills up with the access
-        # log and then blocks the server.
-        self._log = tempfile.TemporaryFile()
-        self._terminated = False
-        argv = command or [sys.executable, "-m", "talkserver", "--port=0", "--address=127.0.0.1", *options]
-        self.process = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.cwd,
-            preexec_fn=None if open_files is None else lambda: resource.setrlimit(
-                resource.RLIMIT_NOFILE, (open_files, open_files)
-            ),
-        )
-        _running.add(self)
-        try:
-            self.port = self._bound_port(bound or _BOUND, _workers(options), time.monotonic() + WAIT)
-        except BaseException:
-            self.close()
-            raise
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def _bound_port(self, bound: re.Pattern, workers: int, deadline: float) -> int:
-        while True:
-            ports = bound.findall(self.log())
-            if len(ports) >= workers:
-                return int(ports[0])
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode} before serving:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not log the port it bound within {WAIT:g} s:\n{self.log()}")
-            time.sleep(0.02)
-
-    def log(self) -> str:
-        """Everything the server has printed so far."""
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")
-
-    def terminate(self) -> None:
-        """Send SIGTERM once (a second one, once the drain is over, would kill)."""
-        if not self._terminated and self.process.poll() is None:
-            self._terminated = True
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout: float = WAIT) -> int:
-        """SIGTERM (unless sent already), then wait for the exit code (kill if it hangs)."""
-        self.terminate()
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    async def stopped(self, timeout: float = WAIT) -> int:
-        """``stop()`` without blocking the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.stop, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: the process gets no chance to clean up."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-    def close(self) -> None:
-        """Kill the process if it still runs and remove what it left behind."""
-        self.kill()
-        _running.discard(self)
-        self._log.close()
-        if self._own_dir is not None:
-            self._own_dir.cleanup()
-
-    def connection(self, timeout: float = WAIT) -> http.client.HTTPConnection:
-        """A new keep-alive connection to the server."""
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-        """One request on a fresh connection: (status, decoded JSON or None)."""
-        conn = self.connection()
-        try:
-            return exchange(conn, method, path, body)
-        finally:
-            conn.close()
-
-    def __enter__(self) -> "ServerProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _workers(options) -> int:
-    """How many "serving" lines to wait for: one per worker of --processes."""
-    count = 1
-    for option in options:
-        if option.startswith("--processes="):
-            count = int(option.split("=", 1)[1]) or os.cpu_count() or 1
-    return count
-
-
-def running_servers() -> set["ServerProcess"]:
-    """The ServerProcesses started and not yet closed."""
-    return set(_running)
-
-
-def stop_leftovers(kept: set["ServerProcess"] = frozenset()) -> int:
-    """Kill every ServerProcess but ``kept`` that is still open (a test that failed early); returns how many ran."""
-    left = [server for server in _running - kept if server.process.poll() is None]
-    for server in _running - kept:
-        server.close()
-    return len(left)
 
 
 @contextmanager
@@ -379,70 +254,6 @@ def reset_connection(writer: asyncio.StreamWriter) -> None:
     """Hang up with a TCP reset (SO_LINGER 0), as a crashed browser or a vanished network does."""
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
-
-
-def exchange(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-    """One request on a kept-alive ``conn``: (status, decoded JSON body or None)."""
-    data = None if body is None else json.dumps(body).encode()
-    conn.request(method, path, body=data)
-    response = conn.getresponse()
-    raw = response.read()
-    return response.status, (json.loads(raw) if raw else None)
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body)
-
-
-async def send(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | str | dict | None = None,
-    headers: dict[str, str] | None = None,
-    source: str = "127.0.0.1",
-    timeout: float = WAIT,
-) -> Answer:
-    """One request on its own connection (``Connection: close``) and its answer."""
-    if isinstance(body, dict):
-        body = json.dumps(body)
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-    try:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b""))
-        raw = await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
-    return parse_answer(raw)
-
-
-def split_answer(raw: bytes) -> tuple[str, dict[str, str], bytes]:
-    """An HTTP answer's bytes as (status line, headers by lower-case name, the bytes after the head)."""
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status_line, headers, rest
-
-
-def parse_answer(raw: bytes) -> Answer:
-    """An HTTP/1.1 answer with a Content-Length (or none, for 204) from its bytes."""
-    status_line, headers, rest = split_answer(raw)
-    length = int(headers.get("content-length", "0"))
-    return Answer(int(status_line.split()[1]), headers, rest[:length])
 
 
 def rss_bytes(pid: int) -> int:

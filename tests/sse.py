@@ -12,7 +12,7 @@ import json
 import socket
 from dataclasses import dataclass, field
 
-from .harness import WAIT
+from .harness import WAIT, split_answer
 
 
 @dataclass
@@ -79,12 +79,8 @@ class StreamClient:
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), WAIT)
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        status_line, self.headers, _ = split_answer(head)
         self.status = int(status_line.split()[1])
-        for line in header_lines:
-            if line:
-                name, _, value = line.partition(":")
-                self.headers[name.strip().lower()] = value.strip()
         self._chunked = self.headers.get("transfer-encoding") == "chunked"
         if "content-length" in self.headers:
             self.body = await self.reader.readexactly(int(self.headers["content-length"]))

@@ -61,7 +61,7 @@ COMMAND_LINE_MISTAKES = {
     "unknown sync": (["--sync=always"], ["--sync=always: use one of normal, full"]),
     "boolean not a boolean": (["--xheaders=nope"], ["--xheaders=nope: use true or false"]),
     "empty password file": (["--password-file="], ["--password-file=: must not be empty"]),
-    "negative poll timeout": (["--poll-timeout=-5"], ["--poll-timeout=-5: must be more than 0"]),
+    "negative poll timeout": (["--poll-timeout=-5"], ["--poll-timeout=-5: use 0.1 to 86400 seconds"]),
     "empty allowed hosts": (["--allowed-hosts=,"], ["--allowed-hosts=,: name at least one host"]),
     "missing static path": (["--static-path=no/such/dir"], ["--static-path=no/such/dir: no such directory"]),
     "unknown log level": (["--logging=loud"], ["--logging=loud: use one of debug, info"]),
@@ -181,3 +181,66 @@ def test_python_m_talkserver_refuses_the_same_way(tmp_path):
                           capture_output=True, text=True, timeout=30, env={**os.environ})
 
     assert_refused(done, "--prot: no such option (did you mean --port?)")
+
+
+# Inputs that once got past the checks: a traceback, or a server that started
+# and did something else than asked.  Each case: the command line, the files
+# to put in its working directory first (text, or None for a directory), and
+# what the one line must say.
+LONG_SUM = "port = " + "+".join(["1"] * 200_000) + "\n"
+SLIPPED_THROUGH = {
+    "infinite retention": (["--retention=inf"], {}, ["--retention=inf: must be a finite number"]),
+    "retention past any date": (["--retention=1e300"], {}, ["--retention=1e300: must be a positive number of days, at most 36500"]),
+    "config number too large for a float": (["--config=c.conf"], {"c.conf": "retention = 10**400\n"},
+                                            ["c.conf, line 1: retention = a 401-digit number: must be a finite number"]),
+    "config port too large to print": (["--config=c.conf"], {"c.conf": "port = 10**5000\n"},
+                                       ["c.conf, line 1: port = a 5001-digit number: too large"]),
+    "config expression too long to compile": (["--config=c.conf"], {"c.conf": LONG_SUM},
+                                              ["c.conf: an expression too long or too deeply nested"]),
+    "bracket in a url password": (["--db=postgresql://u:pa[ss@h/db"], {},
+                                  ["--db=postgresql://u:***@h/db: the user name or password holds [ or ]", "%5B"]),
+    "unclosed ipv6 bracket": (["--db=postgresql://[::1/db"], {}, ["--db=postgresql://[::1/db: an IPv6 address needs its closing bracket"]),
+    "url port out of range": (["--db=postgresql://h:99999/x"], {}, ["--db=postgresql://h:99999/x: port 99999 is not a TCP port"]),
+    "cookie secret that cannot be written": (["--db=/proc/talks.db", "--protect-talks"], {},
+                                             ["--protect-talks: cannot write a new cookie secret file /proc/talks.db.cookie-secret",
+                                              "--cookie-secret"]),
+    "empty cookie secret": (["--db=talks.db", "--protect-talks"], {"talks.db.cookie-secret": ""},
+                            ["--protect-talks: the cookie secret file talks.db.cookie-secret is empty"]),
+    "unreadable cookie secret": (["--db=talks.db", "--protect-talks"], {"talks.db.cookie-secret": None},
+                                 ["--protect-talks: cannot read the cookie secret file talks.db.cookie-secret (Is a directory)"]),
+    "idle timeout that would spin": (["--idle-timeout=1e-9"], {}, ["--idle-timeout=1e-9: use 0.5 to 86400 seconds"]),
+    "heartbeat that would spin": (["--heartbeat=1e-9"], {}, ["--heartbeat=1e-9: use 0.5 to 86400 seconds (0: none)"]),
+    "poll timeout past the event loop's clock": (["--poll-timeout=1e400"], {}, ["--poll-timeout=1e400: must be a finite number"]),
+}
+
+
+@pytest.mark.parametrize("case", SLIPPED_THROUGH)
+def test_an_input_that_once_slipped_through_is_refused_in_one_line(tmp_path, case):
+    args, files, expected = SLIPPED_THROUGH[case]
+    for name, text in files.items():
+        if text is None:
+            (tmp_path / name).mkdir()
+        else:
+            (tmp_path / name).write_text(text)
+    before = sorted(tmp_path.iterdir())
+
+    done = talkserver("--db=:memory:", *args, cwd=tmp_path)
+
+    line = assert_refused(done, *expected)
+    assert "pa[ss" not in line
+    assert sorted(tmp_path.iterdir()) == before  # no store, no new secret
+
+
+def test_an_inherited_prometheus_directory_is_ignored_and_left_empty(tmp_path, monkeypatch):
+    # Missing, it crashed the first metric; present, it filled with files nobody removed.
+    present = tmp_path / "metrics"
+    present.mkdir()
+    for directory in (tmp_path / "nowhere", present):
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+        with ServerProcess("--db=:memory:") as server:
+            with urllib.request.urlopen(f"{server.base}/metrics", timeout=10) as answer:
+                assert answer.status == 200 and b"talkserver_changes_total" in answer.read()
+            assert server.stop() == 0
+            assert f"ignoring PROMETHEUS_MULTIPROC_DIR={directory}" in server.log()
+    assert list(present.iterdir()) == []
+    assert not (tmp_path / "nowhere").exists()

@@ -1,5 +1,6 @@
 """Under --processes every log line says which process wrote it (a real PostgreSQL)."""
 
+import contextlib
 import os
 import re
 import signal
@@ -59,3 +60,33 @@ def test_a_single_process_has_no_tag(tmp_path):
 
     assert any("talkserver listening on" in line for line in lines)
     assert not any(TAG.match(line) for line in lines)
+
+
+def test_a_worker_that_stops_answering_is_replaced(database):
+    with ServerProcess(f"--db={database}", "--processes=2") as server:
+        wait_for(lambda: "talkserver worker 1 serving" in server.log() and "talkserver worker 0 serving" in server.log())
+        parent = server.process.pid
+        # Given a worker that stops (its event loop no longer turns; it does not die)
+        victim = workers_of(parent)[0]
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            # Then the parent notices, says so in one line, and a new worker takes its place
+            wait_for(lambda: f"(pid {victim}) has not answered for" in server.log(), timeout=60)
+            replaced = re.search(rf"^\[parent\] .*worker (\d) \(pid {victim}\) has not answered for \d+ s: killed, "
+                                 "to be replaced$", server.log(), re.M)
+            assert replaced, server.log()
+            number = replaced.group(1)
+            wait_for(lambda: len(workers_of(parent)) == 2 and victim not in workers_of(parent))
+            wait_for(lambda: server.log().count(f"talkserver worker {number} serving") == 2)
+            # ...which answers: requests reach both workers, the new one included
+            served_after = len(server.log())
+
+            def new_worker_answered():
+                assert server.request("GET", "/talks")[0] == 200
+                return re.search(rf"^\[w{number}\] .*200 GET /talks", server.log()[served_after:], re.M)
+
+            wait_for(new_worker_answered)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # a stopped worker would never see the stop pipe
+                os.kill(victim, signal.SIGKILL)
+        assert server.stop() == 0

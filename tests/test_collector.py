@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -24,7 +26,7 @@ from talkserver.operation.metrics import Metrics
 from talkserver.stores import MemoryStore
 from talkserver.follow.waiters import Waiters
 
-from .harness import reset_connection as reset, serve_app, until
+from .harness import read_answer, reset_connection as reset, serve_app, until
 
 POLLS = 20
 
@@ -86,12 +88,6 @@ async def open_polls(port: int, cursor: int, count: int = POLLS):
     return connections
 
 
-async def read_answer(reader) -> bytes:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-    return await asyncio.wait_for(reader.readexactly(length), 30)
-
-
 @pytest.mark.gen_test(timeout=120)
 async def test_answered_polls_are_freed_without_the_collector(server, monkeypatch):
     app, port = server
@@ -100,7 +96,7 @@ async def test_answered_polls_are_freed_without_the_collector(server, monkeypatc
     await until(lambda: len(app.board.waiters) == POLLS)
 
     await app.board.put("Unicycling", "Ann", "Riding on one wheel")
-    answers = [await read_answer(reader) for reader, _ in connections]
+    answers = [(await read_answer(reader)).body for reader, _ in connections]
     await until(lambda: handlers.alive() == handlers.alive_between_requests(app))
     for _, writer in connections:
         writer.close()
@@ -134,7 +130,7 @@ async def test_timed_out_polls_are_freed_without_the_collector(server, monkeypat
     connections = await open_polls(port, app.board.store.head)
     await until(lambda: len(app.board.waiters) == POLLS)
 
-    answers = [await read_answer(reader) for reader, _ in connections]  # the 1 s poll timeout
+    answers = [(await read_answer(reader)).body for reader, _ in connections]  # the 1 s poll timeout
     await until(lambda: handlers.alive() == handlers.alive_between_requests(app))
     for _, writer in connections:
         writer.close()
@@ -152,7 +148,7 @@ async def test_refused_polls_are_freed_without_the_collector(server, monkeypatch
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
     writer.write(b"GET /talks?changesSince=soon HTTP/1.1\r\nHost: test\r\n\r\n")
-    answer = await read_answer(reader)
+    answer = (await read_answer(reader)).body
     await until(lambda: handlers.alive() == 0)
 
     assert b'"error"' in answer
@@ -230,3 +226,34 @@ def test_collections_are_counted_and_timed_per_generation_in_the_metrics():
     assert 'talkserver_gc_collections_total{generation="1"} 1' in text
     assert 'talkserver_gc_seconds_total{generation="1"}' in text
     assert 'talkserver_gc_collected_total{generation="1"}' in text
+
+
+# Under --processes, prometheus_client keeps every value behind one lock
+# that cannot be re-entered.  A collection may start on any allocation,
+# also one the library makes while it holds that lock (a new labelled
+# child, say); the callback then must not need the lock.
+HOLDING_THE_LOCK = """
+import gc, sys
+from prometheus_client import values
+from talkserver.operation import collector
+from talkserver.operation.metrics import Metrics, share_between_workers
+
+share_between_workers(sys.argv[1], 0)
+metrics = Metrics()
+collector.instrument(metrics)
+inc = values.ValueClass.inc  # the lock is a variable of the function that makes the class
+lock = dict(zip(inc.__code__.co_freevars, (cell.cell_contents for cell in inc.__closure__)))["lock"]
+with lock:
+    gc.collect(1)
+    gc.collect(1)
+print(metrics.render())
+"""
+
+
+def test_a_collection_while_the_metrics_lock_is_held_completes_and_is_counted(tmp_path):
+    done = subprocess.run([sys.executable, "-c", HOLDING_THE_LOCK, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert 'talkserver_gc_collections_total{generation="1"} 2.0' in done.stdout
+    assert 'talkserver_gc_collected_total{generation="1"}' in done.stdout

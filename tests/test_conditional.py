@@ -16,8 +16,7 @@ from talkserver import make_app
 from talkserver.follow.conditional import if_none_match, requested_wait, ANY
 
 from .book_client import BookClient
-from .conftest import POLL_TIMEOUT
-from .harness import WAIT, ServerProcess, run_talkserver, send, until, metric_reaches
+from .harness import POLL_TIMEOUT, WAIT, ServerProcess, read_answer, run_talkserver, send, until, metric_reaches
 
 
 @pytest.fixture
@@ -53,19 +52,6 @@ def tag(board):
 
 async def get(pool, base_url, **headers):
     return await pool.fetch(base_url + "/talks", headers=headers, raise_error=False, request_timeout=WAIT)
-
-
-async def read_answer(stream):
-    """(status, lower-case headers, body) of one answer on a kept-alive ``stream``."""
-    head = (await stream.read_until(b"\r\n\r\n")).decode("latin1")
-    status_line, *lines = head.strip().split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    body = await stream.read_bytes(length) if length else b""
-    return int(status_line.split()[1]), headers, body
 
 
 def conditional_request(current, wait=90):

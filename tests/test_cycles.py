@@ -26,7 +26,7 @@ from talkserver.operation import collector, shutdown
 from talkserver.web.app import make_app
 from talkserver.stores import MemoryStore
 
-from .harness import until
+from .harness import read_answer, until
 
 # The poll timeout of the timed-out scenarios; the others never reach theirs.
 SHORT_TIMEOUT = 0.5
@@ -74,13 +74,8 @@ class Client:
 
     async def answer(self) -> tuple[int, bytes]:
         """The status and body of the next answer (with a Content-Length)."""
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 30)
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        return status, await asyncio.wait_for(self.reader.readexactly(length), 30)
+        answer = await read_answer(self.reader, timeout=30)
+        return answer.status, answer.body
 
     async def some_bytes(self) -> bytes:
         return await asyncio.wait_for(self.reader.read(65536), 30)
@@ -264,6 +259,40 @@ async def stream_bad_cursor(server: Server) -> None:
     client.close()
 
 
+WEBSOCKET = ("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+             "Sec-WebSocket-Version: 13")
+
+
+async def websocket_message_then_closed(server: Server) -> None:
+    client = await Client.open(server.port, get("/talks", *WEBSOCKET))
+    await until(lambda: len(server.app.following["websocket"]) == 1)
+    await server.board.put("Pushed", "Ada", "s")
+    seen = b""
+    while b"Pushed" not in seen:
+        seen += await client.some_bytes()
+    assert seen.startswith(b"HTTP/1.1 101 ")
+    client.send(b"\x88\x82abcd" + bytes(x ^ y for x, y in zip(b"\x03\xe8", b"ab")))  # a masked close, 1000
+    await until(lambda: len(server.app.following["websocket"]) == 0)
+    client.close()
+
+
+async def websocket_reset(server: Server) -> None:
+    client = await Client.open(server.port, get("/talks", *WEBSOCKET))
+    await until(lambda: len(server.app.following["websocket"]) == 1)
+    client.reset()
+    await until(lambda: len(server.app.following["websocket"]) == 0)
+
+
+async def websocket_ended_by_the_server(server: Server) -> None:
+    client = await Client.open(server.port, get("/talks", *WEBSOCKET))
+    await until(lambda: len(server.app.following["websocket"]) == 1)
+    server.app.following["websocket"].end_all()
+    seen = b""
+    while b"\x88\x02\x03\xe9" not in seen:  # the close frame, 1001
+        seen += await client.some_bytes()
+    client.close()
+
+
 async def writes_answered_and_refused(server: Server) -> None:
     client = await Client.open(server.port)
     client.send(put("One", TALK))
@@ -302,11 +331,9 @@ async def other_resources(server: Server) -> None:
         status, body = await client.answer()
         assert status in (200, 404) and body
     client.send(b"HEAD /talks HTTP/1.1\r\nHost: test\r\n\r\n")
-    head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 30)
-    assert head.startswith(b"HTTP/1.1 200")
+    assert (await read_answer(client.reader, head_only=True, timeout=30)).status == 200
     client.send(get("/", ))
-    head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 30)
-    assert head.startswith(b"HTTP/1.1 200")
+    assert (await client.answer())[0] == 200
     client.close()
 
 
@@ -329,7 +356,8 @@ SCENARIOS = {
         poll_answered, poll_timed_out, poll_closed_while_parked, poll_reset_while_parked, poll_bad_cursor,
         poll_refused_past_the_slow_lane, conditional_answered, conditional_timed_out,
         conditional_closed_while_parked, conditional_reset_while_parked, stream_event_then_closed,
-        stream_reset, stream_ended_by_the_server, stream_bad_cursor, writes_answered_and_refused,
+        stream_reset, stream_ended_by_the_server, stream_bad_cursor, websocket_message_then_closed,
+        websocket_reset, websocket_ended_by_the_server, writes_answered_and_refused,
         put_closed_mid_body, put_reset_mid_body, other_resources, drained,
     ]
 }

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from .harness import WAIT, ServerProcess, until
-from .postgres import Cluster
+from talkserver.testing.cluster import Cluster
 
 WAITING = "waiting for the database"
 # The first log line of a server that serves (tests/harness.py reads the same).

@@ -24,7 +24,7 @@ import pytest
 
 from .deploy_doc import DEPLOY, block, filled, indented_commands, markers
 from .harness import WAIT, ServerProcess, refused_port, send, until
-from .postgres import Cluster
+from talkserver.testing.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 TALK = {"presenter": "Ann", "summary": "As documented"}

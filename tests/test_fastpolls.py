@@ -43,8 +43,7 @@ from talkserver.web.handlers import TalksHandler
 from talkserver.operation.shutdown import drain
 from talkserver.stores import MemoryStore
 
-from .conftest import PASSWORD
-from .harness import Answer, basic, reset_connection as reset, serve_app, until
+from .harness import PASSWORD, Answer, basic, read_answer, reset_connection as reset, serve_app, until
 
 # Every store here stamps on a clock that never moves, so two servers given
 # the same changes have the same serverTimes and their answers can be
@@ -104,18 +103,6 @@ def serve(io_loop):
             client.close()
 
 
-@dataclass
-class Reply(Answer):
-    """An answer (harness.Answer: status, lower-cased headers, body) with its
-    header lines as sent: (name, value) in order."""
-
-    fields: list[tuple[str, str]]
-
-    def without_date(self) -> tuple:
-        """Everything but the Date header: what two equal answers share."""
-        return self.status, [(n, v) for n, v in self.fields if n != "Date"], self.body
-
-
 def request(target: str, method: str = "GET", host: str | None = "localhost", headers: dict | None = None,
             body: bytes = b"", version: str = "HTTP/1.1") -> bytes:
     """The bytes of one request; ``body`` goes as it is, framed by ``headers``."""
@@ -138,16 +125,9 @@ class Client:
     def send_raw(self, data: bytes) -> None:
         self.writer.write(data)
 
-    async def reply(self, head_only: bool = False) -> Reply:
+    async def reply(self, head_only: bool = False) -> Answer:
         """The next answer on this connection (its body read by Content-Length)."""
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-        status_line, *lines = head.decode("latin-1")[:-4].split("\r\n")
-        fields = [(name.strip(), value.strip()) for name, _, value in (line.partition(":") for line in lines)]
-        headers = {name.lower(): value for name, value in fields}
-        body = b""
-        if not head_only and "content-length" in headers:
-            body = await asyncio.wait_for(self.reader.readexactly(int(headers["content-length"])), READ_TIMEOUT)
-        return Reply(int(status_line.split()[1]), headers, body, fields)
+        return await read_answer(self.reader, head_only, READ_TIMEOUT)
 
     async def closed_by_server(self) -> bool:
         """Whether the server closes this connection with nothing more to say."""
@@ -163,7 +143,7 @@ def put_request(title: str, presenter: str = "Ada", summary: str = "Engines") ->
     return request(f"/talks/{title}", method="PUT", headers={"Content-Length": len(body)}, body=body)
 
 
-def titles(reply: Reply) -> list[str]:
+def titles(reply: Answer) -> list[str]:
     return [talk["title"] for talk in reply.json()["talks"]]
 
 
@@ -225,7 +205,7 @@ async def parked(server: Server, count: int) -> None:
 # -- 1. the fast path answers as the handlers do ------------------------------
 
 
-async def answer_at_once(server: Server, cursor_before_change: bool) -> Reply:
+async def answer_at_once(server: Server, cursor_before_change: bool) -> Answer:
     """A poll with news waiting: changesSince=0 (a reset) or the head before a change."""
     old = server.board.store.head
     await server.board.put("Juggling", "Kim", "Three balls")
@@ -249,7 +229,7 @@ async def test_an_answer_at_once_is_the_same_as_the_handlers_answer(serve, paths
     assert fast_reply.json().get("reset") is (None if cursor_before_change else True)
 
 
-async def answer_after_waiting(server: Server, summary: str) -> tuple[Reply, list[str]]:
+async def answer_after_waiting(server: Server, summary: str) -> tuple[Answer, list[str]]:
     """A poll at the head, woken by a change; also what it waited as."""
     client = await server.poll(server.board.store.head)
     await parked(server, 1)
@@ -273,7 +253,7 @@ async def test_a_poll_woken_by_a_change_gets_the_same_answer_as_from_the_handler
     assert len(fast.board.waiters) == len(handlers.board.waiters) == 0
 
 
-async def answer_after_timeout(server: Server) -> Reply:
+async def answer_after_timeout(server: Server) -> Answer:
     client = await server.poll(server.board.store.head)
     await parked(server, 1)
     return await client.reply()
@@ -806,7 +786,7 @@ NEXT_REQUESTS = {
 }
 
 
-async def answer_after_a_fast_poll(server: Server, second: bytes) -> tuple[Reply, bool]:
+async def answer_after_a_fast_poll(server: Server, second: bytes) -> tuple[Answer, bool]:
     """The answer to ``second`` sent after an answered poll on one
     connection, and whether the server then closed that connection."""
     await server.board.put("One", "Kim", "s")

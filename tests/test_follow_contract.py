@@ -1,7 +1,7 @@
 """The follow contract on every store and every transport, for changes written elsewhere.
 
-A long poll, an event stream (and its Last-Event-ID resume), a conditional
-poll and a slow-lane poll must each get every change once, whichever store
+A long poll, an event stream (and its Last-Event-ID resume), a WebSocket
+(and its resume), a conditional poll and a slow-lane poll must each get every change once, whichever store
 holds the board.  On PostgreSQL the changes are written by a second store
 on the same database, as another server process would write them, so they
 reach this server only through LISTEN/NOTIFY and its catch-up; this
@@ -17,15 +17,16 @@ import json
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import websocket_connect
 
 from talkserver import make_app
 from talkserver.stores import Settings
 from talkserver.stores.postgres import PostgresStore
 
-from .conftest import STORE_KINDS, close_store, new_store
 from .follower import Follower, Servers
 from .harness import WAIT, send, until
 from .sse import StreamClient
+from .store_kinds import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -174,6 +175,45 @@ async def test_a_stream_resumed_with_last_event_id_gets_exactly_what_was_written
     assert titles(first.json()) == ["Missed 2", "Missed 1"]
     assert "reset" not in first.json()
     assert first.id == str(board.store.head)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_websocket_gets_each_change_written_elsewhere_once_and_in_order_and_resumes(port, board, writer, app):
+    socket = await websocket_connect(f"ws://127.0.0.1:{port}/talks")
+    first = json.loads(await socket.read_message())
+    await until(lambda: len(app.following["websocket"]) == 1)
+
+    await writer.put("a", "Ann", "s")
+    await writer.add_comment("a", "Bo", "hi")
+    await writer.delete("a")
+    messages = []
+
+    async def read_until_the_delete():
+        while not messages or messages[-1]["talks"] != [{"title": "a", "deleted": True}]:
+            messages.append(json.loads(await socket.read_message()))
+
+    try:
+        await asyncio.wait_for(read_until_the_delete(), WAIT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"the socket got {len(messages)} messages for 3 changes written elsewhere") from None
+    socket.close()
+    times = [first["serverTime"]] + [m["serverTime"] for m in messages]
+    assert times == sorted(set(times)), f"serverTimes {times} repeat or go back"
+    states = [m["talks"] for m in messages]
+    written = [
+        [{"title": "a", "presenter": "Ann", "summary": "s", "comments": []}],
+        [{"title": "a", "presenter": "Ann", "summary": "s", "comments": [{"author": "Bo", "message": "hi"}]}],
+        [{"title": "a", "deleted": True}],
+    ]
+    assert states == [s for s in written if s in states] and states[-1] == written[-1]
+
+    # Resumed from the last serverTime: exactly what was written meanwhile.
+    await writer.put("Missed", "Cy", "s")
+    await until(lambda: board.store.get("Missed") is not None, message=NOT_HERE)
+    again = await websocket_connect(f"ws://127.0.0.1:{port}/talks?changesSince={times[-1]}")
+    resumed = json.loads(await again.read_message())
+    again.close()
+    assert titles(resumed) == ["Missed"] and "reset" not in resumed
 
 
 @pytest.mark.gen_test(timeout=120)

@@ -11,13 +11,15 @@ and after it work as usual.
 """
 
 import asyncio
+import json
 from urllib.parse import quote
 
 import pytest
+from tornado.websocket import websocket_connect
 from tornado.httpclient import AsyncHTTPClient
 
 from .follower import Follower, Servers
-from .harness import ServerProcess, send, until
+from .harness import WAIT, ServerProcess, send, until
 from .sse import StreamClient
 
 
@@ -115,6 +117,8 @@ async def test_a_restore_under_running_servers_gives_every_server_and_client_the
         lost_board = await board(b.port)
         lost_cursor = lost_board["serverTime"]
         stream = await StreamClient.open(a.port, f"/talks?changesSince={lost_cursor}")
+        socket = await websocket_connect(f"ws://127.0.0.1:{b.port}/talks?changesSince={lost_cursor}")
+        assert json.loads(await socket.read_message())["serverTime"] == lost_cursor
         tagged = await send(b.port, "GET", "/talks")
         old_tag = tagged.headers["etag"]
         waiting_tag_poll = asyncio.ensure_future(
@@ -153,11 +157,15 @@ async def test_a_restore_under_running_servers_gives_every_server_and_client_the
                 assert poller.resets, "a poller whose copy held lost talks was never told"
                 assert poller.resets[-1]["talks"] == final["talks"]
 
-            # The event stream was sent the reset.
+            # The event stream was sent the reset, and so was the WebSocket.
             event = (await stream.event()).json()
             stream.close()
             assert event.get("reset") is True
             assert event["talks"] == final["talks"]
+            pushed = json.loads(await asyncio.wait_for(socket.read_message(), WAIT))
+            socket.close()
+            assert pushed.get("reset") is True
+            assert pushed["talks"] == final["talks"]
 
             # The ETag poll waiting on the old tag got the restored list and a tag of the new epoch.
             woken = await waiting_tag_poll

@@ -6,17 +6,11 @@ import asyncio
 
 import pytest
 
-from .harness import ServerProcess, parse_answer
+from .harness import ServerProcess, parse_answer, read_answer
 
 
 async def read_to_end(reader, timeout=30):
     return await asyncio.wait_for(reader.read(), timeout)
-
-
-async def read_answer(reader):
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-    return parse_answer(head + await asyncio.wait_for(reader.readexactly(length), 30))
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -37,7 +37,7 @@ def test_the_import_copies_every_talk_and_comment_in_order(sqlite_board, postgre
     url = postgres_cluster.new_database()
     done = run_import(str(path), url, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("copied 2 talks and 1 comments")
+    assert done.stdout.startswith("copied 2 talks and 1 comment;")
     board = BlockingStore(url)
     try:
         assert board.all_talks() == [
@@ -78,9 +78,9 @@ def test_a_board_with_talks_is_not_overwritten_without_replace(sqlite_board, pos
     titles_after = [t["title"] for t in after.all_talks()]
     after.close()
 
-    assert refused.returncode != 0
+    assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
-        "talkserver-import: the PostgreSQL board is not empty (1 talks and tombstones); add --replace to overwrite it"
+        "talkserver-import: the PostgreSQL board is not empty (1 talk or tombstone); add --replace to overwrite it"
     ]
     assert titles == ["Already here"]
     assert replaced.returncode == 0 and titles_after == ["Unicycling", "Knitting"]
@@ -88,6 +88,22 @@ def test_a_board_with_talks_is_not_overwritten_without_replace(sqlite_board, pos
 
 def test_a_missing_sqlite_file_is_refused_and_not_created(postgres_cluster, tmp_path):
     done = run_import("nothing.db", postgres_cluster.new_database(), cwd=tmp_path)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert done.stderr.strip() == "talkserver-import: nothing.db: no such file"
     assert not (tmp_path / "nothing.db").exists()
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("mysql://ann@db.example/talks", "talkserver-import: the second argument must be a postgresql:// URL"),
+    ("postgresql://[::1/db", "talkserver-import: the PostgreSQL URL: an IPv6 address needs its closing bracket"),
+    ("postgresql://u:pa[ss@h/db", "talkserver-import: the PostgreSQL URL: the user name or password holds [ or ]"),
+])
+def test_a_url_that_is_not_postgresql_is_refused_in_one_line_exit_2(sqlite_board, tmp_path, url, expected):
+    path, _ = sqlite_board
+
+    done = run_import(str(path), url, cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(expected), done.stderr
+    assert "pa[ss" not in done.stderr

@@ -186,10 +186,13 @@ def slow_hash(password):
     return f"scrypt${n}${r}${p}${b64(salt)}${b64(digest)}"
 
 
+WEBSOCKET = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+             "Sec-WebSocket-Version": "13"}
 TRANSPORTS = {
     "long poll": lambda head: (f"/talks?changesSince={head}", {}),
     "conditional": lambda head: ("/talks", {"If-None-Match": f'"{head}"', "Prefer": "wait=20"}),
     "event stream": lambda head: (f"/talks?changesSince={head}", {"Accept": "text/event-stream"}),
+    "websocket": lambda head: (f"/talks?changesSince={head}", WEBSOCKET),
 }
 
 
@@ -198,7 +201,7 @@ TRANSPORTS = {
 @pytest.mark.parametrize("settings", ["slow password"], indirect=True)
 async def test_a_client_gone_during_a_slow_password_check_is_never_parked(port, app, board, transport):
     path, headers = TRANSPORTS[transport](board.store.head)
-    headers["Authorization"] = "Basic " + base64.b64encode(b"ada:secret").decode()
+    headers = {**headers, "Authorization": "Basic " + base64.b64encode(b"ada:secret").decode()}
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"] + [f"{k}: {v}" for k, v in headers.items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -211,31 +214,72 @@ async def test_a_client_gone_during_a_slow_password_check_is_never_parked(port, 
     await until(lambda: app.access.admits(headers["Authorization"]))
     assert len(board.waiters) == 0
     assert len(board.slow_lane) == 0
-    assert len(app.following["stream"]) == 0
+    assert sum(len(each) for each in app.following) == 0
     assert app.limits.polls_held("127.0.0.1") == 0
 
 
 # -- Tornado's private state ------------------------------------------------------
 
 
-def test_the_installed_tornado_has_everything_talkserver_reaches_past_its_api_for():
-    from talkserver.wire import tornado_private
+def open_sockets() -> set[str]:
+    """The sockets this process holds open ("socket:[inode]")."""
+    links = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    return {link for link in links if link.startswith("socket:")}
 
-    assert tornado_private.missing() == []
-    assert tornado_private.problem() is None
+
+def test_the_installed_tornado_passes_the_start_up_check_and_it_leaves_nothing_behind():
+    import threading
+
+    from talkserver.wire import tornado_check
+
+    sockets_before = open_sockets()
+    threads_before = set(threading.enumerate())
+
+    failed = tornado_check.missing()
+
+    assert failed == []
+    assert tornado_check.problem() is None
+    assert open_sockets() - sockets_before == set()  # its server's and clients' are closed
+    assert set(threading.enumerate()) - threads_before == set()
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()  # its event loop, and so its timers, are gone
 
 
 FAKE_TORNADO = (
-    "import sys, tornado, tornado.web; tornado.version_info = {version!r}; tornado.version = {text!r};"
-    "{extra} from talkserver.command.cli import main; main(['--port=0'])"
+    "import socket, sys, tornado, tornado.web, tornado.http1connection as h1;"
+    " tornado.version_info = {version!r}; tornado.version = {text!r};"
+    "{extra} from talkserver.command.cli import main; main(['talkserver', '--port=0'])"
+)
+# A release that renamed HTTP1Connection.context: Tornado's own code still
+# runs (HTTPServerRequest reads it with a default), the fast path's does not.
+NO_CONTEXT = (
+    "h1.HTTP1Connection.context = property(lambda self: self.__getattribute__('request_context'),"
+    " lambda self, value: self.__dict__.__setitem__('request_context_', value));"
+)
+# A release that turns Nagle's algorithm back on for the socket itself,
+# not through IOStream.set_nodelay.
+NAGLE_ON_THE_SOCKET = (
+    "finish_request = h1.HTTP1Connection._finish_request;"
+    "h1.HTTP1Connection._finish_request = lambda self, future: (finish_request(self, future),"
+    " self.stream is not None and not self.stream.closed()"
+    " and self.stream.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0));"
 )
 
 
 @pytest.mark.parametrize("version, text, extra, says", [
-    ((7, 0, 0, 0), "7.0", "", "needs Tornado 6.4 to 6.x, not 7.0"),
-    ((6, 4, 0, 0), "6.4", "del tornado.web.RequestHandler.on_connection_close;",
-     "lacks RequestHandler.on_connection_close and _body_future"),
-])
+    ((6, 7, 0, 0), "6.7.0", "", "needs Tornado 6.5.2 to 6.6, not 6.7.0"),
+    ((6, 5, 1, 0), "6.5.1", "", "needs Tornado 6.5.2 to 6.6, not 6.5.1"),
+    ((6, 5, 2, 0), "6.5.2", "del tornado.web.RequestHandler.on_connection_close;", "no attribute 'on_connection_close'"),
+    ((6, 5, 2, 0), "6.5.2", NO_CONTEXT, "this failed: HTTP1Connection.context (remote_address) (AttributeError"),
+    ((6, 5, 2, 0), "6.5.2", NAGLE_ON_THE_SOCKET,
+     "this failed: HTTP1Connection toggling IOStream.set_nodelay (TCP_NODELAY went off after an answer)"),
+], ids=["a later release", "an earlier release", "no on_connection_close", "no HTTP1Connection.context",
+        "Nagle on the socket"])
 def test_a_tornado_without_what_talkserver_needs_is_refused_in_one_line(version, text, extra, says):
     import subprocess
     import sys
@@ -246,8 +290,30 @@ def test_a_tornado_without_what_talkserver_needs_is_refused_in_one_line(version,
     )
 
     assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and says in done.stderr
+    assert done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+    assert done.stderr.startswith("talkserver: needs Tornado 6.5.2 to 6.6")
     assert "Traceback" not in done.stderr
+
+
+def test_setup_cfg_the_start_up_check_and_nox_name_the_same_tornado_releases():
+    import ast
+    import configparser
+    import re
+    from pathlib import Path
+
+    from talkserver.wire import tornado_check
+
+    root = Path(__file__).resolve().parents[1]
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    [required] = [line for line in setup["options"]["install_requires"].splitlines() if line.startswith("tornado")]
+    tested = ast.literal_eval(re.search(r"^TORNADO_RELEASES = (\[.*\])$", (root / "noxfile.py").read_text(), re.M)[1])
+    (low_major, low_minor, low_patch), (high_major, high_minor, _) = tornado_check.SUPPORTED
+    oldest, newest = tested
+
+    assert required == f"tornado>={low_major}.{low_minor}.{low_patch},<{high_major}.{high_minor}"
+    assert oldest == f"{low_major}.{low_minor}.{low_patch}"  # the oldest release admitted is tested,
+    assert newest.startswith(f"{high_major}.{high_minor - 1}.")  # and one of the last minor admitted
 
 
 # -- the access log -------------------------------------------------------------------
@@ -296,6 +362,7 @@ FOLLOWERS = {
     "handler long poll": ("handlers only", "long_poll", lambda head: (f"/talks?changesSince={head}", {})),
     "conditional": (None, "conditional", lambda head: ("/talks", {"If-None-Match": f'"{head}"', "Prefer": "wait=20"})),
     "event stream": (None, "stream", lambda head: ("/talks", {"Accept": "text/event-stream"})),
+    "websocket": (None, "websocket", lambda head: ("/talks", WEBSOCKET)),
 }
 
 
@@ -315,7 +382,7 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     # admitted and parked: counted against its address, waiting
-    await until(lambda: len(board.waiters) + len(app.following["stream"]) == 1)
+    await until(lambda: len(board.waiters) + sum(len(each) for each in app.following) == 1)
     assert app.limits.polls_held("127.0.0.1") == 1
 
     # delivered: the change reaches it
@@ -323,13 +390,13 @@ async def test_every_transport_is_admitted_parked_delivered_released_once_and_co
     seen = b""
     while b"Delivered" not in seen:
         seen += await asyncio.wait_for(reader.read(65536), 30)
-    assert seen.startswith(b"HTTP/1.1 200 OK")
+    assert seen.startswith(b"HTTP/1.1 101 " if transport == "websocket" else b"HTTP/1.1 200 OK")
 
     # released exactly once and counted once, whether the answer ended the
     # request (polls) or the client's leaving did (a stream)
     writer.close()
     await until(lambda: app.limits.polls_held("127.0.0.1") == 0 and polls_answered(board, transport) == 1)
-    assert len(board.waiters) + len(board.slow_lane) + len(app.following["stream"]) == 0
+    assert len(board.waiters) + len(board.slow_lane) + sum(len(each) for each in app.following) == 0
     assert app.limits._polls == {} and app.limits._poll_address == {}
 
 

@@ -15,8 +15,7 @@ from talkserver import make_app
 from talkserver.follow.slowlane import SlowLane
 from talkserver.access.limits import Limits, TokenBucket
 
-from .conftest import POLL_TIMEOUT
-from .harness import WAIT, FrozenClock, ServerProcess, send, until, metric_reaches
+from .harness import POLL_TIMEOUT, WAIT, FrozenClock, ServerProcess, send, until, metric_reaches
 
 TALK = json.dumps({"presenter": "Ada", "summary": "Engines"})
 COMMENT = json.dumps({"author": "Bob", "message": "Nice"})

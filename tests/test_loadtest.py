@@ -201,6 +201,7 @@ def test_bad_arguments_exit_2_with_a_message(args, message):
 
     assert done.returncode == 2
     assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
 
 
@@ -221,30 +222,65 @@ def test_a_server_that_is_not_a_talk_server_exits_2(tmp_path):
     assert "does not answer like a talk server: GET /talks answered HTTP 404" in done.stderr
 
 
-def test_live_progress_is_shown_on_a_terminal(tmp_path):
-    with talkserver() as (url, _):
-        controller, terminal = pty.openpty()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "talkserver.loadtest", "--url", url, "--clients", "30", "--duration", "2.5"],
-            stdout=terminal, stderr=terminal, text=True,
-        )
-        os.close(terminal)
-        output = b""
-        while True:
-            ready, _, _ = select.select([controller], [], [], 30)
-            try:
-                chunk = os.read(controller, 4096) if ready else b""
-            except OSError:  # the terminal closes when the process ends
-                chunk = b""
-            if not chunk:
-                break
-            output += chunk
-        os.close(controller)
-        assert process.wait(timeout=30) == 0
+def on_a_terminal(*args) -> tuple[int, str]:
+    """Run talkserver-load with a terminal for its output; (exit status, everything it wrote)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "talkserver.loadtest", *map(str, args)],
+        stdout=terminal, stderr=terminal, stdin=subprocess.DEVNULL, text=True,
+    )
+    os.close(terminal)
+    output = b""
+    while True:
+        ready, _, _ = select.select([controller], [], [], 30)
+        try:
+            chunk = os.read(controller, 4096) if ready else b""
+        except OSError:  # the terminal closes when the process ends
+            chunk = b""
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return process.wait(timeout=30), output.decode()
 
-    text = output.decode()
+
+def test_the_progress_line_shows_the_drain_and_counts_deliveries_over_a_moving_window():
+    # A server that never sends deletions: the copies never match, so the
+    # drain lasts its full 2.5 s and is shown.
+    with talkserver("drop") as (url, _):
+        status, text = on_a_terminal("--url", url, "--clients", 30, "--duration", 2.5, "--rate", 8, "--drain", 2.5)
+
+    lines = text.split("\r")
+    draining = [line for line in lines if line.startswith("drain")]
+    assert status == 1
+    assert draining and all("copies = GET /talks 0/30" in line for line in draining)
+    # The first second of the drain still counts the writing just before it.
+    rate = int(draining[0].split("deliveries/s")[1].split()[0])
+    assert rate > 0
+
+
+def test_live_progress_is_shown_on_a_terminal():
+    with talkserver() as (url, _):
+        status, text = on_a_terminal("--url", url, "--clients", 30, "--duration", 2.5)
+
+    assert status == 0
     assert "\rwrite" in text and "connected 30/30" in text and "deliveries/s" in text
     assert "talkserver-load: clean" in text
+
+
+def test_the_percentile_curve_keeps_the_median_and_the_outlier_apart():
+    from talkserver.loadtest.plot import percentile_curve
+
+    latencies = sorted([10.0 + i / 1000 for i in range(9_999)] + [5_000.0])
+
+    xs, ms = percentile_curve(latencies, points=400)
+
+    assert xs[0] == 1 and xs[-1] == 10_000  # from 0 % to the last of 10,000 deliveries
+    assert ms == sorted(ms)
+    assert 10.0 <= ms[0] < 10.1 and ms[-1] == 5_000.0
+    median = ms[min(range(len(xs)), key=lambda i: abs(xs[i] - 2))]  # x = 2 is p50
+    assert 14.9 < median < 15.1
+    assert sum(1 for v in ms if v > 100) < 5  # the outlier is a step at the end, not the scale
 
 
 def test_the_plot_is_a_png(tmp_path):
@@ -312,7 +348,7 @@ def test_a_host_header_that_is_no_host_name_exits_2(args):
 
 
 def test_the_plot_title_names_the_run():
-    from talkserver.loadtest.cli import plot_title
+    from talkserver.loadtest.report import plot_title
 
     title = plot_title({
         "clients": 10000, "transport": "sse", "mode": "interval", "interval_s": 0.5, "writers": 1, "rate": None,
@@ -328,13 +364,14 @@ def test_the_plot_title_names_the_run():
 def test_the_load_tester_imports_nothing_of_the_server():
     # A fresh interpreter: what importing the load tester loads, and nothing else.
     code = (
-        "import sys, talkserver.loadtest, talkserver.loadtest.cli, talkserver.loadtest.streams; "
+        "import sys, talkserver.loadtest, talkserver.loadtest.cli, talkserver.loadtest.streams, talkserver.loadtest.plot; "
         "print('\\n'.join(sorted(sys.modules)))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
 
-    # talkserver.operation.openfiles is shared by both and imports nothing.
-    shared = {"talkserver.operation.openfiles"}
+    # talkserver.operation.openfiles is shared by both and imports nothing
+    # (nor does its package's __init__, a docstring).
+    shared = {"talkserver.operation", "talkserver.operation.openfiles"}
     server_modules = [
         m for m in loaded
         if m.startswith("talkserver.") and not m.startswith("talkserver.loadtest") and m not in shared
@@ -342,3 +379,18 @@ def test_the_load_tester_imports_nothing_of_the_server():
     assert "talkserver.loadtest.cli" in loaded
     assert server_modules == []
     assert not any(m == "tornado" or m.startswith("tornado.") for m in loaded)
+
+
+def test_counts_in_the_summary_and_plot_title_take_the_right_plural():
+    from talkserver.loadtest.report import plot_title, plural
+
+    title = plot_title({
+        "clients": 1, "transport": "websocket", "mode": "load", "interval_s": None, "writers": 1, "rate": None,
+        "url": "http://127.0.0.1:8000", "host_header": None, "started": "2026-12-07 12:00:00 UTC", "workers": 2,
+    })
+
+    assert [plural(1, "hang-up"), plural(1037, "hang-up"), plural(1, "process", "processes"), plural(4, "process", "processes")] == [
+        "1 hang-up", "1037 hang-ups", "1 process", "4 processes",
+    ]
+    assert plural(10_000, "client", grouped=True) == "10,000 clients"
+    assert "1 clients" not in title and "on WebSockets in 2 processes, 1 writer" in title

@@ -21,7 +21,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
-from .harness import load_json
+from .harness import load_json, split_answer
 
 PEER = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "node" / "server.js"
 
@@ -128,8 +128,8 @@ def test_an_event_stream_starts_with_the_board_and_sends_each_change():
             read_until(b'"title":"Second"')
             read_until(b": heartbeat")
 
-    head, _, body = received.partition(b"\r\n\r\n")
-    assert b" 200 " in head.split(b"\r\n")[0] and b"text/event-stream" in head.lower()
+    status_line, headers, body = split_answer(received)
+    assert " 200 " in status_line and "text/event-stream" in headers["content-type"]
     events = [json.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: ")]
     assert [t["title"] for t in events[0]["talks"]] == ["First"]
     assert [t["title"] for t in events[1]["talks"]] == ["Second"]
@@ -210,7 +210,10 @@ async def test_a_websocket_handshake_elsewhere_or_with_a_bad_cursor_is_refused()
             assert refused.value.code == status
 
 
-@pytest.mark.parametrize("transport, pace", [("poll", ["--writers", "2"]), ("sse", ["--interval", "0.1"])])
+@pytest.mark.parametrize(
+    "transport, pace",
+    [("poll", ["--writers", "2"]), ("sse", ["--interval", "0.1"]), ("websocket", ["--writers", "2"])],
+)
 def test_talkserver_load_runs_clean_against_the_peer(tmp_path, transport, pace):
     with node_peer(poll_timeout_ms=5000) as url:
         done, result = load_json(

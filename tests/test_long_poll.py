@@ -6,10 +6,9 @@ import json
 import pytest
 
 from talkserver.follow import feed as feed_module
-from .conftest import POLL_TIMEOUT
 from . import consistency
 from .follower import Follower, Servers
-from .harness import WAIT, metric, reset_connection, until
+from .harness import POLL_TIMEOUT, WAIT, metric, reset_connection, until
 
 
 @pytest.fixture(autouse=True)

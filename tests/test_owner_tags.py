@@ -11,7 +11,7 @@ import pytest
 
 from talkserver import make_app
 
-from .conftest import POLL_TIMEOUT
+from .harness import POLL_TIMEOUT
 
 TALK = json.dumps({"presenter": "Ada", "summary": "Engines"})
 

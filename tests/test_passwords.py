@@ -16,8 +16,7 @@ from talkserver.access import auth, passwords
 from talkserver import make_app
 from talkserver.access.passwords import WORKERS, PasswordChecks
 
-from .conftest import POLL_TIMEOUT
-from .harness import WAIT, basic, send, until, write_passwords
+from .harness import POLL_TIMEOUT, WAIT, basic, send, serve_app, until, write_passwords
 
 GOOD = basic("ada", "right")
 
@@ -190,3 +189,99 @@ async def test_a_right_password_sent_among_guesses_gives_its_turn_back(app, http
     assert [a.status for a in answers] == [401] * 9 + [200]
     assert last.status == 401
     assert checks.delayed == 0
+
+
+# -- who counts as one client, and how much is remembered ----------------------------
+
+
+@pytest.mark.parametrize("address, client", [
+    ("192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2::7", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::7", "2001:db8:1:3::/64"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),  # an IPv4 client on a dual-stack socket
+])
+def test_a_client_is_an_ipv4_address_or_an_ipv6_64(address, client):
+    assert passwords.client_of(address) == client
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_guesses_from_every_address_of_one_ipv6_64_share_one_bucket(app, monkeypatch):
+    monkeypatch.setattr(passwords, "GUESS_RATE", 20.0)
+    monkeypatch.setattr(passwords, "MAX_GUESS_DELAY", 0.5)
+    checks = frozen(app)
+    http, port = serve_app(app, xheaders=True)  # behind a proxy: X-Real-Ip names each request's client
+    try:
+        # When 25 wrong guesses for "bob" arrive together, each from another address of one /64
+        answers = await asyncio.gather(*(
+            send(port, "GET", "/talks", headers={**basic("bob", f"guess{i}"), "X-Real-Ip": f"2001:db8:1:2::{i + 1:x}"})
+            for i in range(25)
+        ))
+
+        # Then they count as one client's: the burst, 10 turns, and 5 refused
+        assert sorted(a.status for a in answers) == [401] * 20 + [429] * 5
+        assert checks.delayed == 10
+        # And the right password from the next /64 is not slowed
+        other = await send(port, "GET", "/talks", headers={**basic("bob", "other"), "X-Real-Ip": "2001:db8:1:3::1"})
+        assert other.status == 200
+        assert checks.delayed == 10
+    finally:
+        http.stop()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_spraying_names_from_one_client_is_throttled_like_guessing_one(app, http_server, http_port, monkeypatch):
+    monkeypatch.setattr(passwords, "GUESS_RATE", 20.0)
+    monkeypatch.setattr(passwords, "MAX_GUESS_DELAY", 0.5)
+    monkeypatch.setattr(passwords, "NAMES_PER_CLIENT", 5)
+    checks = frozen(app)
+
+    # When one address guesses 30 different names at once
+    answers = await asyncio.gather(*(
+        send(http_port, "GET", "/talks", headers=basic(f"name{i}", "guess"), source="127.0.8.1") for i in range(30)
+    ))
+
+    # Then 5 names have buckets of their own, and the other 25 share one:
+    # its burst, 10 turns, and 5 refused, for these names from this address
+    assert sorted(a.status for a in answers) == [401] * 25 + [429] * 5
+    assert checks.delayed == 10
+    assert {a.json()["error"].split(":")[0] for a in answers if a.status == 429} == {
+        "too many wrong passwords for these names from this address"}
+
+
+def guesses(clock):
+    """PasswordChecks as the server makes them, on ``clock``, with a check that
+    costs nothing (the throttle, not scrypt, is what these tests count)."""
+    return PasswordChecks(lambda password, hashed: password == hashed, lambda password: password, clock=clock)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_flood_of_new_names_and_addresses_forgets_nobodys_guesses(monkeypatch):
+    monkeypatch.setattr(passwords, "MAX_BUCKETS", 300)
+    monkeypatch.setattr(passwords, "MAX_GUESS_DELAY", 0.0)  # past the burst: refused, never waiting
+    now = [1_000.0]
+    checks = guesses(lambda: now[0])
+    # Given a guesser that has used up its burst on "admin"
+    for i in range(passwords.GUESS_BURST):
+        assert not await checks.verify("203.0.113.9", "admin", f"guess{i}", "right")
+    with pytest.raises(passwords.TooManyGuesses):
+        await checks.verify("203.0.113.9", "admin", "guess", "right")
+
+    # When it then guesses a new name from each of 1,000 addresses (nothing refills meanwhile)
+    refused = []
+    for i in range(1_000):
+        try:
+            await checks.verify(f"10.{i // 256}.{i % 256}.1", f"random{i}", "guess", "right")
+        except passwords.TooManyGuesses as e:
+            refused.append(e.scope)
+
+    # Then memory stays bounded: 300 pairs ("admin"'s and 299 new), 300 shared buckets, the rest refused
+    assert checks.held == 2 * 300
+    assert refused == ["on this server from many addresses at once"] * (1_000 - 299 - 300)
+    # ...and the guesser's count on "admin" is still there
+    with pytest.raises(passwords.TooManyGuesses):
+        await checks.verify("203.0.113.9", "admin", "guess", "right")
+    # Once the buckets have refilled they are forgotten, and newcomers are checked again
+    now[0] += 2 * passwords.GUESS_BURST / passwords.GUESS_RATE
+    assert await checks.verify("198.51.100.1", "ada", "right", "right")
+    assert checks.held == 1

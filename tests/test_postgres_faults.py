@@ -19,9 +19,10 @@ import pytest
 
 from talkserver.stores import Settings
 from talkserver.stores.postgres import PostgresStore
+from talkserver.testing.cluster import Cluster, port_free_now
 
 from .harness import ServerProcess, send, until
-from .postgres import Cluster, port_free_now, processes, stopped
+from .postgres import processes, stopped
 
 # Short, so the tests do not wait long; the default is 5 s.
 DB_TIMEOUT = 2

@@ -14,9 +14,10 @@ import sys
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from talkserver.testing.cluster import Cluster
+
 from . import consistency
 from .harness import ServerProcess, metric, send, until
-from .postgres import Cluster
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ async def test_sigterm_answers_200_waiting_polls_at_once_with_no_changes_and_exi
         assert {a.body for a in answers} == {answers[0].body}
         assert answers[0].json() == {"serverTime": cursor, "talks": []}
         assert await exit_code(server) == 0
-        assert "stopped: answered 200 waiting polls; 1 talks in the store" in server.log()
+        assert "stopped: answered 200 waiting polls; 1 talk in the store" in server.log()
 
 
 @pytest.mark.gen_test(timeout=120)

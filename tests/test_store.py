@@ -4,7 +4,7 @@ import pytest
 
 from talkserver.stores import TalkNotFound
 
-from .conftest import STORE_KINDS, close_store, new_store
+from .store_kinds import STORE_KINDS, close_store, new_store
 
 
 @pytest.fixture(params=STORE_KINDS)

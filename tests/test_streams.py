@@ -10,8 +10,7 @@ import pytest
 
 from talkserver import make_app
 
-from .conftest import PASSWORD, POLL_TIMEOUT
-from .harness import ServerProcess, basic, metric, metrics_page, send, until, metric_reaches
+from .harness import PASSWORD, POLL_TIMEOUT, ServerProcess, basic, metric, metrics_page, send, until, metric_reaches
 from .sse import StreamClient
 
 HEARTBEAT = 0.3

@@ -13,7 +13,7 @@ import socket
 import pytest
 from tornado.tcpclient import TCPClient
 
-from .harness import metric, send, until
+from .harness import metric, read_answer, send, until
 
 
 @pytest.fixture
@@ -28,18 +28,6 @@ async def connect(port):
 
 def request(path, version="HTTP/1.1", headers=""):
     return f"GET {path} {version}\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
-
-
-async def read_answer(stream):
-    """(status, headers with lower-case names, body) of one answer on ``stream``."""
-    head = (await stream.read_until(b"\r\n\r\n")).decode("latin1")
-    status_line, *lines = head.strip().split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = await stream.read_bytes(int(headers["content-length"]))
-    return int(status_line.split()[1]), headers, body
 
 
 async def park(port, board, cursor, count=1, **kwargs):

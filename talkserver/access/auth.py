@@ -122,16 +122,40 @@ def cookie_secret_path(db: str) -> Path:
     return Path(db + ".cookie-secret")
 
 
+class CookieSecretError(ValueError):
+    """The cookie secret file cannot be read, is empty, or cannot be made; ``str()`` is one line."""
+
+
 def load_or_create_secret(path: Path) -> str:
-    """The secret in ``path``, made (random, owner-only) if there is none yet."""
+    """The secret in ``path``, made (random, owner-only) if there is none yet.
+
+    A file that is there but empty or unreadable is refused, never replaced:
+    a new secret would silently disown every browser's talks.
+    """
     try:
-        return path.read_text(encoding="ascii").strip()
+        secret = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         pass
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not ASCII text"
+        raise CookieSecretError(f"cannot read the cookie secret file {path} ({reason})") from None
+    else:
+        if not secret:
+            raise CookieSecretError(
+                f"the cookie secret file {path} is empty: put the secret back, or delete the file "
+                "to make a new one (browsers then no longer own the talks they proposed)"
+            )
+        return secret
     secret = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(secret + "\n")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secret + "\n")
+    except OSError as e:
+        raise CookieSecretError(
+            f"cannot write a new cookie secret file {path} ({e.strerror}): give --cookie-secret, "
+            "or put --db where the server may write"
+        ) from None
     return secret
 
 
@@ -238,9 +262,10 @@ class Access:
 
         Credentials seen to match before are let through at once.  Others
         are checked by ``PasswordChecks`` off the event loop, each check
-        taking its turn for that name from that address as it arrives
-        (wrong guesses slow down the next ones); past ``MAX_GUESS_DELAY``
-        of waiting checks the answer is 429, for that pair only.
+        taking its turn for that name from that client (an IPv4 address or
+        an IPv6 /64) as it arrives (wrong guesses slow down the next ones);
+        past ``MAX_GUESS_DELAY`` of waiting checks the answer is 429, with
+        the scope of the count that ran out (talkserver.access.passwords).
         """
         if not self.users:
             return
@@ -257,7 +282,7 @@ class Access:
             try:
                 matched = await self.checks.verify(address, name, password, self.users.get(name))
             except TooManyGuesses as e:
-                raise Refusal(429, f"too many wrong passwords for this name from this address: {e}",
+                raise Refusal(429, f"too many wrong passwords {e.scope}: {e}",
                               Retry_After=str(e.retry_after)) from None
             if matched:
                 if len(self._good) >= 10_000:

@@ -28,6 +28,8 @@ refused request is answered with ``{"error": ...}`` (web/handlers.py,
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, split_host_and_port
 
 MAX_TARGET = 8 * 1024
@@ -55,6 +57,10 @@ def parse_allowed_hosts(text: str) -> list[str]:
     return [name.strip().lower().strip("[]") for name in text.split(",") if name.strip()]
 
 
+# Every re-poll asks this of the same few Host values; Tornado's
+# split_host_and_port costs a regular expression each time.  Bounded, so
+# odd values a client makes up only push each other out.
+@lru_cache(maxsize=256)
 def host_name(host: str) -> str:
     """The name in a Host header, without port or IPv6 brackets, lower-cased."""
     host = host.strip().lower()

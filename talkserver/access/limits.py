@@ -35,6 +35,8 @@ from tornado.web import HTTPError
 
 from talkserver.access.refusal import Refusal
 
+from talkserver.words import counted
+
 DEFAULT_MAX_POLLS_PER_IP = 200
 DEFAULT_WRITE_RATE = 20.0
 DEFAULT_WRITE_BURST = 40
@@ -159,7 +161,7 @@ class Limits:
     def check_comment_room(self, talk: dict | None) -> None:
         """409 when ``talk`` already has the most comments allowed."""
         if talk is not None and self.max_comments and len(talk["comments"]) >= self.max_comments:
-            raise HTTPError(409, "this talk already has %d comments, the most allowed", self.max_comments)
+            raise HTTPError(409, "this talk already has %s, the most allowed", counted(self.max_comments, "comment"))
 
     # -- the rate limit itself -------------------------------------------
 

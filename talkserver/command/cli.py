@@ -21,11 +21,13 @@ import tornado.netutil
 
 from talkserver.operation import collector
 from talkserver.access import guard
-from talkserver.wire import tornado_private
+from talkserver.wire import tornado_check
 from talkserver.web.accept import HTTPServer
 from talkserver.web.app import make_app
 from talkserver.access.guard import loopback_hosts, parse_allowed_hosts
-from talkserver.access.auth import PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file
+from talkserver.access.auth import (
+    CookieSecretError, PasswordFileError, cookie_secret_path, exposure_warning, load_or_create_secret, read_password_file,
+)
 from talkserver.command.dbwait import open_when_reachable
 from talkserver.command.options import Refused, options, parse
 from talkserver.operation.shutdown import drain
@@ -33,8 +35,10 @@ from talkserver.stores import (
     Settings, Store, StoreOpenError, StoreWriteFailed, UnknownStore, WriteOutcomeUnknown, open_store, registry,
     store_class, wall_clock_ms,
 )
+from talkserver.operation import metrics
 from talkserver.operation.openfiles import raise_open_files_limit
-from talkserver.operation.workers import Worker, fork_workers, tag_log_lines
+from talkserver.words import counted
+from talkserver.operation.workers import HEARTBEAT_EVERY, Worker, fork_workers, tag_log_lines
 
 log = logging.getLogger("talkserver")
 
@@ -76,7 +80,7 @@ async def prune_tombstones(store: Store, retention_days: float) -> None:
         log.warning("could not prune old tombstones: %s", e)
         return
     if pruned:
-        log.info("pruned %d tombstones older than %g days", pruned, retention_days)
+        log.info("pruned %s older than %s", counted(pruned, "tombstone"), counted(retention_days, "day"))
 
 
 def hardening_settings() -> dict:
@@ -96,8 +100,16 @@ def hardening_settings() -> dict:
         ),
     }
     if options.protect_talks:
-        settings["cookie_secret"] = options.cookie_secret or load_or_create_secret(cookie_secret_path(options.db))
+        settings["cookie_secret"] = options.cookie_secret or stored_cookie_secret()
     return settings
+
+
+def stored_cookie_secret() -> str:
+    """The --protect-talks secret kept beside --db (made on first use); ``Refused`` if it cannot be."""
+    try:
+        return load_or_create_secret(cookie_secret_path(options.db))
+    except CookieSecretError as e:
+        raise Refused(f"--protect-talks: {e}") from None
 
 
 async def serve(worker: Worker | None = None) -> None:
@@ -159,6 +171,9 @@ async def serve(worker: Worker | None = None) -> None:
         server.add_sockets(worker.sockets)
         announce("talkserver worker %d serving %s (store %s)",
                  worker.number, _where(worker.sockets), _store_name(options.db))
+        # From now on the parent replaces this worker if these stop.
+        worker.beat()
+        tornado.ioloop.PeriodicCallback(worker.beat, HEARTBEAT_EVERY * 1000).start()
     # In every process that serves (each worker after the fork, too).
     collector.tune(options.gc)
     warning = exposure_warning(options.address, options.password_file, options.protect_talks)
@@ -211,7 +226,7 @@ def listen(port: int, address: str) -> list[socket.socket]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``talkserver`` console script: exit 2 with one line if it cannot start."""
-    tornado_private.refuse_unsupported()
+    tornado_check.refuse_unsupported()
     try:
         run(sys.argv[1:] if argv is None else argv[1:])
     except Refused as e:
@@ -222,6 +237,10 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: list[str]) -> None:
     """Read the options, open the store, serve until stopped."""
     parse(args)
+    ignored = metrics.ignore_inherited_directory()
+    if ignored is not None:
+        log.warning("ignoring PROMETHEUS_MULTIPROC_DIR=%s from the environment: talkserver keeps its "
+                    "metrics in memory, or under --processes in a directory of its own", ignored)
     try:
         shared = store_class(options.db).shared
     except UnknownStore as e:  # checked with the options already; kept for callers of run()
@@ -240,6 +259,8 @@ def run(args: list[str]) -> None:
             read_password_file(options.password_file)
         except PasswordFileError as e:
             raise Refused(str(e)) from None
+    if options.protect_talks and not options.cookie_secret:
+        stored_cookie_secret()  # read or made now, so a bad file stops the command before the store opens
     if not shared:
         asyncio.run(serve())
         return

@@ -15,11 +15,15 @@ exits 2 (talkserver.command.cli).  That covers:
   start an open server), with the closest valid name;
 - values of the wrong type, and values out of range: each option's check
   runs as Tornado's option callback, so a value from a config file is
-  checked exactly as one from the command line;
+  checked exactly as one from the command line (the checks, bounds on
+  every number and duration included, are in talkserver.command.checks);
+- a ``postgresql://`` URL Python's parser cannot read (talkserver.command.dburl);
 - words on the command line that are not options;
 - booleans other than true/false (Tornado reads any word but
   false/0/f as true, so ``--xheaders=no`` would turn it on);
-- a config file that is missing, unreadable, or not valid Python.
+- a config file that is missing, unreadable, or not valid Python (an
+  expression too long or too deeply nested for Python's compiler
+  included), and values too large to print or to convert.
 
 Config files (``--config=FILE``) are read first, in the order given, and
 the rest of the command line then overrides them.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.metadata
+import math
 import os
 import re
 import sys
@@ -41,13 +46,16 @@ from typing import Any, TextIO
 from tornado.log import define_logging_options
 from tornado.options import Error, OptionParser
 
+from talkserver.command.checks import (
+    Check, above_zero, at_least, check_allowed_hosts, check_db, check_port, check_retention, check_static_path,
+    non_empty, one_of, out_of_bounds, seconds,
+)
 from talkserver.operation import collector
 from talkserver.access import limits
 from talkserver.web.app import DEFAULT_MAX_BODY_SIZE
 from talkserver.follow import streams
 from talkserver.follow.conditional import API_MODES
-from talkserver.access.guard import parse_allowed_hosts
-from talkserver.stores import SYNC_MODES, Settings, registry
+from talkserver.stores import SYNC_MODES, Settings
 from talkserver.command.dbwait import DEFAULT_WAIT
 
 PROGRAM = "talkserver"
@@ -68,7 +76,10 @@ FALSE_WORDS = ("false", "no", "off", "0")
 LOG_LEVELS = ("debug", "info", "warning", "error", "none")
 LOG_ROTATE_MODES = ("size", "time")
 _LOG_ROTATE_WHEN = re.compile(r"(?i)^(s|m|h|d|midnight|w[0-6])$")
-_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]*@")
+# Up to the last @: a password may hold unencoded / or @ by mistake.
+_PASSWORD = re.compile(r"(://[^/:@\s]*:)\S*@")
+# How much of a value a refusal repeats.
+_SHOWN_CHARACTERS = 80
 
 
 class Refused(Exception):
@@ -77,9 +88,6 @@ class Refused(Exception):
 
 class _BadValue(Exception):
     """A check's verdict on one value; the caller adds where the value came from."""
-
-
-Check = Callable[[Any], "str | None"]
 
 
 class TalkOptions(OptionParser):
@@ -129,57 +137,13 @@ def define(name: str, default: Any = None, *, help: str, group: str, type: type 
     assert group in GROUPS
 
     def checked(value: Any) -> None:
-        if check is not None and value is not None:
-            problem = check(value)
-            if problem:
-                raise _BadValue(problem)
+        if value is None:
+            return
+        problem = out_of_bounds(value) or (check(value) if check is not None else None)
+        if problem:
+            raise _BadValue(problem)
 
     options.define(name, default=default, type=type, help=help, metavar=metavar, group=group, callback=checked)
-
-
-# -- checks -------------------------------------------------------------------
-
-
-def one_of(choices: tuple[str, ...]) -> Check:
-    """A check that the value is one of ``choices``."""
-    return lambda value: None if value in choices else f"use one of {', '.join(choices)}"
-
-
-def at_least(low: float, meaning: str = "") -> Check:
-    """A check that the value is ``low`` or more (``meaning`` says what the lowest one means)."""
-    return lambda value: None if value >= low else f"must be {low} or more{meaning}"
-
-
-def above_zero(value: float) -> str | None:
-    """A check for sizes and timeouts, where 0 would mean nothing works."""
-    return None if value > 0 else "must be more than 0"
-
-
-def check_port(port: int) -> str | None:
-    """A TCP port, or 0 for any free one (Tornado would wrap a larger number silently)."""
-    if 0 <= port <= 65535:
-        return None
-    return "not a TCP port: use 1 to 65535 (or 0 for any free port)"
-
-
-def check_db(db: str) -> str | None:
-    """A value some store of talkserver.stores.registry takes; any other scheme is refused by name."""
-    return registry.check(db)
-
-
-def check_static_path(path: str) -> str | None:
-    """The page's directory must exist, or every page request would be a 404."""
-    return None if os.path.isdir(path) else "no such directory"
-
-
-def check_allowed_hosts(text: str) -> str | None:
-    """At least one name: an empty list would refuse every request."""
-    return None if parse_allowed_hosts(text) else "name at least one host ('*' for any)"
-
-
-def non_empty(text: str) -> str | None:
-    """Text that is not empty: an empty value would quietly turn the option off."""
-    return None if text.strip() else "must not be empty"
 
 
 # -- the options ----------------------------------------------------------------
@@ -201,7 +165,7 @@ define("gc", "tuned", group="serving", metavar="tuned|python", check=one_of(coll
 define("db", "talks.db", group="storage", metavar="PATH|URL", check=check_db,
        help="an SQLite file (relative to the working directory), :memory: to keep nothing, or "
             "postgresql://user:pass@host:port/dbname to share one board between processes and hosts")
-define("db_timeout", Settings.timeout, group="storage", metavar="SECONDS", check=above_zero,
+define("db_timeout", Settings.timeout, group="storage", metavar="SECONDS", check=seconds("db_timeout"),
        help="seconds a PostgreSQL call may take; a write with no answer by then gets 504 (outcome unknown) "
             "or 503 (not saved)")
 define("db_wait", DEFAULT_WAIT, group="storage", metavar="SECONDS", check=at_least(0, " (0: give up at once)"),
@@ -209,8 +173,7 @@ define("db_wait", DEFAULT_WAIT, group="storage", metavar="SECONDS", check=at_lea
             "with pauses growing to 5 s (0: give up at once); a wrong password or a missing database fails at once")
 define("sync", "normal", group="storage", metavar="normal|full", check=one_of(SYNC_MODES),
        help="normal: every answered write survives a crash of the server; full: also a power loss, but slower")
-define("retention", 7.0, group="storage", metavar="DAYS",
-       check=lambda days: None if days > 0 else "must be a positive number of days",
+define("retention", 7.0, group="storage", metavar="DAYS", check=check_retention,
        help="days a deleted talk's tombstone is kept; older cursors get the full list and reset")
 
 define("max_polls_per_ip", limits.DEFAULT_MAX_POLLS_PER_IP, group="limits", metavar="N", check=at_least(0),
@@ -227,9 +190,9 @@ define("max_comments", limits.DEFAULT_MAX_COMMENTS, group="limits", metavar="N",
        help="comments per talk (0: no limit); more get 409")
 define("max_body_size", DEFAULT_MAX_BODY_SIZE, group="limits", metavar="BYTES", check=above_zero,
        help="largest request body in bytes; a larger one gets 413")
-define("idle_timeout", 60.0, group="limits", metavar="SECONDS", check=above_zero,
+define("idle_timeout", 60.0, group="limits", metavar="SECONDS", check=seconds("idle_timeout"),
        help="seconds a connection may take to send a request's headers or body before it is closed")
-define("send_timeout", 60.0, group="limits", metavar="SECONDS", check=at_least(0, " (0: never)"),
+define("send_timeout", 60.0, group="limits", metavar="SECONDS", check=seconds("send_timeout", off="never"),
        help="seconds a client may leave more than 64 KiB of an answer unread before its connection is closed (0: never)")
 
 define("allowed_hosts", None, type=str, group="access", metavar="NAMES", check=check_allowed_hosts,
@@ -244,15 +207,18 @@ define("cookie_secret", None, type=str, group="access", metavar="SECRET", check=
        help="key for the --protect-talks cookie (default: generated and kept beside --db; "
             "required, the same everywhere, with PostgreSQL)")
 
-define("poll_timeout", 90.0, group="following", metavar="SECONDS", check=above_zero,
+define("poll_timeout", 90.0, group="following", metavar="SECONDS", check=seconds("poll_timeout"),
        help="seconds a long poll waits before it is answered with no changes")
 define("api", "changes", group="following", metavar="changes|etag", check=one_of(API_MODES),
        help="what plain GET /talks answers: changes ({serverTime, talks}, the book's 2nd edition) or "
             "etag (the bare array, with ETag and Prefer: wait polling, its 3rd and 4th)")
-define("heartbeat", streams.DEFAULT_HEARTBEAT, group="following", metavar="SECONDS", check=at_least(0, " (0: none)"),
-       help="seconds between keep-alive comments on an idle event stream (0: none)")
+define("heartbeat", streams.DEFAULT_HEARTBEAT, group="following", metavar="SECONDS",
+       check=seconds("heartbeat", off="none"),
+       help="seconds between keep-alive comments on an idle event stream, and between pings to every "
+            "WebSocket (one that answers none for two intervals is closed) (0: none)")
 define("stream_buffer", streams.DEFAULT_BUFFER_LIMIT, group="following", metavar="BYTES", check=above_zero,
-       help="bytes an event stream's client may leave unread before the stream is closed (it reconnects and catches up)")
+       help="bytes an event stream's or a WebSocket's client may leave unread before it is closed "
+            "(it reconnects and catches up)")
 define("fast_polls", True, group="following",
        help="serve plain long polls without a RequestHandler (half the CPU per poll); "
             "false sends every request through Tornado's routing, for comparison")
@@ -300,7 +266,7 @@ def parse(args: list[str]) -> None:
     for path in files:
         read_config(path)
     for name, value in settings:
-        _set_from_text(name, value, f"--{name}" if value is None else _redacted(f"--{name}={value}"))
+        _set_from_text(name, value, f"--{name}" if value is None else _redacted(f"--{name}={_cut(value)}"))
     _check_logging()
     try:
         options.run_parse_callbacks()  # Tornado's: sets up logging
@@ -327,12 +293,17 @@ def read_config(path: str) -> None:
         raise Refused(f"--config={path}: cannot read it ({e.strerror})") from None
     try:
         code = compile(source, path, "exec")
+        lines = _assignment_lines(source)
     except (SyntaxError, ValueError) as e:
         line = getattr(e, "lineno", None)
         where = f"{path}, line {line}" if line else path
         raise Refused(f"{where}: not valid Python ({getattr(e, 'msg', e)}); write option = value, "
                       "with quotes around text") from None
-    lines = _assignment_lines(source)
+    except (RecursionError, MemoryError):
+        # Python's compiler recurses once per operator: 200,000 terms in
+        # one expression are past its stack.
+        raise Refused(f"{path}: an expression too long or too deeply nested for Python to compile; "
+                      "write option = value") from None
     namespace: dict[str, Any] = {"__file__": os.path.abspath(path)}
     try:
         exec(code, namespace)
@@ -346,11 +317,26 @@ def read_config(path: str) -> None:
         _known(name, f"{where}: {name}", dash="_")
         if name.replace("-", "_") in ("config", "help", "version"):
             raise Refused(f"{where}: {name} can only be given on the command line")
-        shown = _redacted(f"{where}: {name} = {value!r}")
+        shown = _redacted(f"{where}: {name} = {_shown(value)}")
         if isinstance(value, str):
             _set_from_text(name, value, shown)
         else:
             _set_value(name, value, shown)
+
+
+def _shown(value: Any) -> str:
+    """A config file's value as a refusal repeats it: short, whatever its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        # Python will not even print a whole number of over 4,300 digits.
+        return f"a {math.floor(value.bit_length() * math.log10(2)) + 1}-digit number"
+    try:
+        return _cut(repr(value))
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _SHOWN_CHARACTERS else text[:_SHOWN_CHARACTERS - 3] + "..."
 
 
 def _redacted(text: str) -> str:
@@ -396,7 +382,10 @@ def _set_value(name: str, value: Any, shown: str) -> None:
     """Set an option to a config file's value, of the option's own type (an int for a float is fine)."""
     option = options.option(name)
     if option.type is float and type(value) is int:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise Refused(f"{shown}: must be a finite number") from None
     if value is None and option.default is not None or (
         value is not None and type(value) is not option.type
     ):

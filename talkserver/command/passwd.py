@@ -6,6 +6,8 @@
 
 The file holds one ``name:scrypt$...`` line per person; the server reads it
 at start (``talkserver --password-file=FILE``), so restart it after a change.
+Whatever stops it is one line on stderr and exit status 2, as for the other
+commands.
 """
 
 from __future__ import annotations
@@ -17,19 +19,27 @@ from pathlib import Path
 
 from talkserver.access.auth import PasswordFileError, hash_password, read_password_file, write_password_file
 
+PROGRAM = "talkserver-passwd"
+DESCRIPTION = "Add, change or remove a name in a talkserver password file (talkserver --password-file=FILE)."
+
+
+def _refuse(message: str) -> None:
+    print(f"{PROGRAM}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
 
 def _read_password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("Password: ")
     if getpass.getpass("Again: ") != first:
-        raise SystemExit("talkserver-passwd: the passwords differ; nothing changed")
+        _refuse("the passwords differ; nothing changed")
     return first
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``talkserver-passwd`` console script."""
-    parser = argparse.ArgumentParser(prog="talkserver-passwd", description=__doc__.split("\n")[0])
+    """Entry point of the ``talkserver-passwd`` console script: exit 2 with one line if it cannot."""
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=DESCRIPTION)
     parser.add_argument("file", help="the password file (created if missing)")
     parser.add_argument("name", help="the name people type in the browser's prompt")
     parser.add_argument("--delete", action="store_true", help="remove the name instead")
@@ -39,14 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         users = read_password_file(args.file) if Path(args.file).exists() else {}
     except PasswordFileError as e:
-        raise SystemExit(f"talkserver-passwd: {e}") from None
+        _refuse(str(e))
     if args.delete:
         if users.pop(args.name, None) is None:
-            raise SystemExit(f"talkserver-passwd: {args.name} is not in {args.file}")
+            _refuse(f"{args.name} is not in {args.file}")
     else:
         password = _read_password()
         if not password:
-            raise SystemExit("talkserver-passwd: the password must not be empty; nothing changed")
+            _refuse("the password must not be empty; nothing changed")
         users[args.name] = hash_password(password)
     write_password_file(args.file, users)
 

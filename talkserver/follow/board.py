@@ -9,7 +9,7 @@ applied, here or in another process, and the board wakes the clients then.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 from talkserver.follow.feed import Feed
 from talkserver.operation.metrics import Metrics
@@ -47,6 +47,11 @@ class Board:
         # writes, and on a shared store other processes' too).
         store.on_change = self._wake
         store.register_metrics(self.metrics)
+
+    @classmethod
+    def from_settings(cls, store: Store, poll_timeout: float, settings: Mapping) -> "Board":
+        """The board of an Application with these settings (``slow_lane_interval``)."""
+        return cls(store, poll_timeout, slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL))
 
     async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> None:
         """Create or replace a talk (``owner``: the browser that now owns it, with --protect-talks)."""

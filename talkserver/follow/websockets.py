@@ -128,9 +128,13 @@ class Socket:
         self.closing = True
         self.sockets.forget(self)
         try:
-            self.io.write(close_frame(code)).add_done_callback(lambda _: self.io.close())
+            self.io.write(close_frame(code)).add_done_callback(self._written_then_close)
         except StreamClosedError:
             pass
+
+    def _written_then_close(self, future) -> None:
+        _forget_traceback(future)
+        self.io.close()
 
     # -- what the client sends -------------------------------------------
 
@@ -142,7 +146,7 @@ class Socket:
             pass
 
     def _received(self, future) -> None:
-        if future.exception() is not None:
+        if _forget_traceback(future):
             return  # closed: the close callback forgets it
         data = self.pending + future.result()
         while not self.closing:
@@ -196,6 +200,20 @@ class Socket:
     def gone(self) -> None:
         """The connection closed (either side): forget the socket and give its place back."""
         self.sockets.forget(self)
+        if self.io.error is not None:
+            # As collector.HTTPServer does for Tornado's connections: the
+            # traceback would tie the stream into a cycle with its frames.
+            self.io.error.__traceback__ = None
+
+
+def _forget_traceback(future) -> bool:
+    """Whether ``future`` failed; if so its exception's traceback is dropped,
+    which would otherwise hold the frames (and the future) in a cycle."""
+    error = future.exception()
+    if error is None:
+        return False
+    error.__traceback__ = None
+    return True
 
 
 class WebSockets(Transport):

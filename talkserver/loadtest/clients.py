@@ -48,11 +48,16 @@ class Connection(asyncio.Protocol):
     clock reading when the answer's last byte arrived.
     """
 
-    __slots__ = ("transport", "_buffer", "_close_after", "source", "retry_after")
+    __slots__ = ("transport", "_buffer", "_parts", "_need", "_close_after", "source", "retry_after")
 
     def __init__(self, source: str | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = b""
+        # A large answer (a big board) is gathered in parts and joined once
+        # it is whole: adding each read to the buffer would copy it again
+        # at every read.  Its bytes so far, and how many are still to come.
+        self._parts: list[bytes] = []
+        self._need = 0
         self._close_after = False
         # The local address to connect from (None: the system's choice).
         self.source = source
@@ -62,9 +67,16 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self._buffer = b""
+        self._parts, self._need = [], 0
 
     def data_received(self, data: bytes) -> None:
         now = clock()
+        if self._need:
+            self._parts.append(data)
+            self._need -= len(data)
+            if self._need > 0:
+                return
+            data, self._parts, self._need = b"".join(self._parts), [], 0
         buffer = self._buffer + data if self._buffer else data
         while True:
             end = buffer.find(b"\r\n\r\n")
@@ -79,6 +91,9 @@ class Connection(asyncio.Protocol):
                 return
             stop = end + 4 + length
             if len(buffer) < stop:
+                if stop - len(buffer) > 65536:
+                    self._need = stop - len(buffer)
+                    self._parts, buffer = [buffer], b""
                 break
             body = buffer[end + 4 : stop]
             buffer = buffer[stop:]
@@ -140,7 +155,10 @@ class Target:
     ``per_address`` to each (0: all from the system's choice).
     """
 
-    def __init__(self, host: str, port: int, per_address: int = 0, host_header: str | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, per_address: int = 0, host_header: str | None = None,
+        authorization: str | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self.per_address = per_address if _is_loopback_ipv4(host) else 0
         # "localhost" may resolve to ::1 first, which no 127.x source can reach.
@@ -148,9 +166,14 @@ class Target:
         # The Host every request names: the URL's, unless a proxy in front
         # routes or checks by another name (--host-header).
         self.host_header = (host_header or f"{host}:{port}").encode("ascii")
+        # The header lines every request carries: Host, and the credentials
+        # of a password-protected server (credentials.py).
+        self.headers = b"Host: " + self.host_header + b"\r\n"
+        if authorization is not None:
+            self.headers += b"Authorization: " + authorization.encode("ascii") + b"\r\n"
         self.get_talks = self.request("GET", "/talks")
         self._poll_prefix = b"GET /talks?changesSince="
-        self._poll_suffix = b" HTTP/1.1\r\nHost: " + self.host_header + b"\r\n\r\n"
+        self._poll_suffix = b" HTTP/1.1\r\n" + self.headers + b"\r\n"
 
     def poll(self, cursor: bytes) -> bytes:
         """``GET /talks?changesSince=cursor``, ready to write."""
@@ -158,10 +181,10 @@ class Target:
 
     def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
         """Any request, ready to write."""
-        lines = [f"{method} {path} HTTP/1.1", "Host: " + self.host_header.decode("ascii")]
+        head = f"{method} {path} HTTP/1.1\r\n".encode("ascii") + self.headers
         if body is not None:
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (body or b"")
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode("ascii")
+        return head + b"\r\n" + (body or b"")
 
     def poller_source(self, index: int) -> str | None:
         """The address poller number ``index`` sends from (127.0.0.2 onwards)."""

@@ -52,7 +52,7 @@ class Streamer(Follower, asyncio.Protocol):
         self.transport = transport
         self.hub.connected += 1
         self._reset()
-        request = b"GET /talks HTTP/1.1\r\nHost: " + self.target.host_header + b"\r\nAccept: text/event-stream\r\n"
+        request = b"GET /talks HTTP/1.1\r\n" + self.target.headers + b"Accept: text/event-stream\r\n"
         if self.cursor is not None:
             request += b"Last-Event-ID: " + self.cursor + b"\r\n"
         transport.write(request + b"\r\n")

@@ -37,7 +37,11 @@ clients' new polls came in, and fell further behind with every change
    change.
 
 ``--gc=python`` keeps Python's own settings, for comparison.  Collections
-are counted and timed per generation in /metrics.
+are counted and timed per generation in /metrics (``instrument``): the
+collector's callback only adds to plain numbers, which a scrape reads.  It
+may run on any allocation, including one made while prometheus_client
+holds the lock its values share under ``--processes``; a callback that
+took that lock would wait for itself forever.
 """
 
 from __future__ import annotations
@@ -75,23 +79,47 @@ class HTTPServer(tornado.httpserver.HTTPServer):
             error.__traceback__ = None
 
 
-def instrument(metrics: Metrics) -> None:
-    """Count and time the collector's runs, per generation, in ``metrics``."""
-    runs = metrics.counter("talkserver_gc_collections_total", "Garbage collections run, by generation.", label="generation")
-    seconds = metrics.counter("talkserver_gc_seconds_total", "Seconds spent in garbage collections, by generation.", label="generation")
-    found = metrics.counter("talkserver_gc_collected_total", "Objects the garbage collector freed, by generation.", label="generation")
-    started = [0.0]
+class Collections:
+    """Collections run, seconds spent and objects freed, per generation, as plain numbers.
 
-    def timed(phase: str, info: dict) -> None:
+    It is the collector's callback: no lock, no I/O, no call into a library,
+    only arithmetic on lists made beforehand.  (One collection runs at a
+    time, whatever thread triggers it, so the callback never races itself.)
+    """
+
+    GENERATIONS = 3
+
+    def __init__(self) -> None:
+        self.runs = [0] * self.GENERATIONS
+        self.seconds = [0.0] * self.GENERATIONS
+        self.collected = [0] * self.GENERATIONS
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            self._started = time.perf_counter()
             return
-        generation = str(info["generation"])
-        runs.inc(generation)
-        seconds.inc(generation, round(time.perf_counter() - started[0], 6))
-        found.inc(generation, info["collected"])
+        generation = info["generation"]
+        self.runs[generation] += 1
+        self.seconds[generation] += time.perf_counter() - self._started
+        self.collected[generation] += info["collected"]
 
-    gc.callbacks.append(timed)
+    @staticmethod
+    def by_generation(numbers: list) -> dict[str, float]:
+        return {str(generation): number for generation, number in enumerate(numbers)}
+
+
+def instrument(metrics: Metrics) -> Collections:
+    """Count and time the collector's runs, per generation, in ``metrics`` (read at each scrape)."""
+    counts = Collections()
+    metrics.counted_elsewhere("talkserver_gc_collections_total", "Garbage collections run, by generation.",
+                              "generation", lambda: counts.by_generation(counts.runs))
+    metrics.counted_elsewhere("talkserver_gc_seconds_total", "Seconds spent in garbage collections, by generation.",
+                              "generation", lambda: counts.by_generation([round(s, 6) for s in counts.seconds]))
+    metrics.counted_elsewhere("talkserver_gc_collected_total", "Objects the garbage collector freed, by generation.",
+                              "generation", lambda: counts.by_generation(counts.collected))
+    gc.callbacks.append(counts)
+    return counts
 
 
 def tune(policy: str = "tuned") -> PeriodicCallback | None:

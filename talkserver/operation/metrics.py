@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 
 import prometheus_client
 from prometheus_client import multiprocess, values
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
 _LIVE_MODES = {"sum": "livesum", "max": "livemax", "min": "livemin"}
@@ -51,6 +51,26 @@ _PROCESS_LIVE_MODES = {
 }
 
 _shared_directory: str | None = None
+# The variables that switch prometheus_client to its multiprocess mode (the
+# lower-case one is its older spelling).
+_DIRECTORY_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+
+def ignore_inherited_directory() -> str | None:
+    """Forget a multiprocess directory named in this process's environment; returns it, if any.
+
+    talkserver picks that directory itself, a fresh one per start under
+    ``--processes`` (talkserver.operation.workers), and none otherwise.  A
+    variable inherited from a shell or a unit file would make the library
+    write every value to files there: a crash at the first metric if the
+    directory is missing, and files nobody removes (and a sum over old
+    runs) if it is not.  Call it before anything makes a metric.
+    """
+    found = [os.environ.pop(variable) for variable in _DIRECTORY_VARIABLES if variable in os.environ]
+    if not found:
+        return None
+    values.ValueClass = values.get_value_class()
+    return found[0]
 
 
 def share_between_workers(directory: str, worker: int) -> None:
@@ -115,6 +135,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._shared = _shared_directory
         self._gauges: list[Gauge] = []
+        # Counters read from functions, copied into the workers' files: (metric, read, totals copied).
+        self._copied: list[tuple[prometheus_client.Counter, Callable[[], dict[str, float]], dict[str, float]]] = []
         self._declared: list[prometheus_client.Counter | prometheus_client.Gauge] = []
         if self._shared is None:
             # Metrics register here; the process's figures are read at each scrape.
@@ -133,6 +155,22 @@ class Metrics:
         metric = prometheus_client.Counter(name, help, [label] if label else [], registry=self._own)
         self._declared.append(metric)
         return Counter(metric, name, label)
+
+    def counted_elsewhere(self, name: str, help: str, label: str, read: Callable[[], dict[str, float]]) -> None:
+        """A counter by ``label`` whose totals ``read`` gives, at each scrape (and publish).
+
+        For numbers counted where the library must not be called: its
+        values share one lock that cannot be re-entered, so a garbage
+        collector's callback that took it could wait forever on the very
+        thread that holds it (talkserver.operation.collector).  ``read``
+        must return totals that only grow.
+        """
+        if self._shared is None:
+            self.registry.register(_ReadCounter(name, help, label, read))
+            return
+        metric = prometheus_client.Counter(name, help, [label], registry=None)
+        self._declared.append(metric)
+        self._copied.append((metric, read, {}))
 
     def gauge(self, name: str, help: str, read: Callable[[], float], merge: str = "sum") -> Gauge:
         """A gauge read from ``read``; ``merge`` says how workers' values combine: sum, max or min."""
@@ -153,12 +191,34 @@ class Metrics:
             return
         for gauge in self._gauges:
             gauge.publish()
+        for metric, read, copied in self._copied:
+            for value, total in read().items():
+                before = copied.get(value)
+                if before is None or total > before:  # (a first 0 too, so the sample is listed)
+                    metric.labels(value).inc(total - (before or 0))
+                    copied[value] = total
         self._process.publish()
 
     def render(self) -> str:
         """The whole server's metrics in the Prometheus text exposition format."""
         self.publish()
         return prometheus_client.generate_latest(self.registry).decode("utf-8")
+
+
+class _ReadCounter:
+    """A labelled counter whose totals a function gives at each scrape (one process)."""
+
+    def __init__(self, name: str, help: str, label: str, read: Callable[[], dict[str, float]]) -> None:
+        self._name, self._help, self._label, self._read = name, help, label, read
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self._name, self._help, labels=[self._label])
+        for value, total in self._read().items():
+            family.add_metric([value], total)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self._name, self._help, labels=[self._label])
 
 
 class _EveryWorker:

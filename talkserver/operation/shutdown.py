@@ -20,6 +20,8 @@ import logging
 import tornado.httpserver
 import tornado.web
 
+from talkserver.words import counted
+
 log = logging.getLogger("talkserver")
 
 # Long enough for answers just written to reach their clients before the
@@ -51,7 +53,8 @@ async def drain(
             break
         await asyncio.sleep(0.02)
     if limits.writes_in_flight:
-        log.warning("%d writes still unfinished after %.0f s; closing anyway", limits.writes_in_flight, write_grace)
+        log.warning("%s still unfinished after %.0f s; closing anyway",
+                    counted(limits.writes_in_flight, "write"), write_grace)
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=5)
     except asyncio.TimeoutError:
@@ -59,8 +62,8 @@ async def drain(
     talks = len(board.store.all_talks())
     await board.store.close()
     answered = ended.pop("lanes", 0)
-    log.info("stopped: answered %d waiting polls; %d talks in the store", answered, talks)
+    log.info("stopped: answered %s; %s in the store", counted(answered, "waiting poll"), counted(talks, "talk"))
     for name, count in ended.items():
         if count:
-            log.info("ended %d %s on the %s transport", count, "client" if count == 1 else "clients", name)
+            log.info("ended %s on the %s transport", counted(count, "client"), name)
     return answered

@@ -30,7 +30,6 @@ from talkserver.access.admission import Admission, RequestView
 from talkserver.access.auth import Access
 from talkserver.access.limits import Limits
 from talkserver.follow.board import Board
-from talkserver.follow.slowlane import DEFAULT_INTERVAL
 from talkserver.follow.slowreaders import SlowReaders
 from talkserver.follow.transports import Following
 from talkserver.operation.metrics import Metrics
@@ -76,10 +75,7 @@ def make_app(
     The Application's ``board`` attribute holds the shared state, for tests
     and for code that embeds the server.
     """
-    board = Board(
-        store if store is not None else MemoryStore(), poll_timeout,
-        slow_lane_interval=settings.get("slow_lane_interval", DEFAULT_INTERVAL),
-    )
+    board = Board.from_settings(store if store is not None else MemoryStore(), poll_timeout, settings)
     settings["api"] = api
     api = {"board": board}
     routes = [

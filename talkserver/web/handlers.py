@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-from asyncio import Future
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
@@ -26,7 +25,7 @@ from talkserver.wire import tornado_private
 from talkserver.wire.headers import API_HEADERS, JSON_TYPE
 from talkserver.stores import NotTheOwner, StoreWriteFailed, WriteOutcomeUnknown
 from talkserver.stores import TalkNotFound
-from talkserver.wire.validation import BadInput, check_title, parse_comment, parse_cursor, parse_talk
+from talkserver.wire.validation import BadInput, check_title, parse_comment, parse_talk
 
 def answer_refusal(handler: RequestHandler, refusal: Refusal) -> None:
     """Answer an admission rule's no (from ``write_error``, wherever in the

@@ -1,4 +1,4 @@
-"""Every use of Tornado's private state, in one place, and the check that it is there.
+"""Every use of Tornado's private state, in one place.
 
 Tornado's public interfaces (``RequestHandler``, ``HTTPMessageDelegate``,
 ``HTTPConnection.write_headers/write/finish``, ``IOStream``,
@@ -9,29 +9,26 @@ request, multiplied by 10,000 woken polls).  Nothing else in talkserver
 reaches into Tornado's underscored names or around IOStream to the
 socket, so a Tornado upgrade is checked here and nowhere else.
 
-``refuse_unsupported()`` runs first thing in the ``talkserver`` command:
-when the installed Tornado lacks any of what this module uses, the server
-refuses to start, in one line naming the versions it supports, instead of
-failing on the first request.
+The fast path (talkserver.follow.fastpolls) also leans on how
+``HTTP1Connection`` behaves, not only on names: it answers without
+``write_headers``, then reads the connection's next request head while
+Tornado's own loop for that connection waits, and reads the connection's
+undocumented ``params`` and ``context`` (``header_limit``,
+``keeps_alive``, ``remote_address`` below).
+
+talkserver.wire.tornado_check uses every function here, and that
+behaviour, over a loopback connection when the ``talkserver`` command
+starts: a Tornado where any of it fails is refused in one line naming
+the versions supported, instead of failing on the first request.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Callable, Iterable
 
-import tornado
-import tornado.http1connection
-import tornado.httpserver
-import tornado.iostream
 import tornado.tcpserver
 import tornado.web
 from tornado.iostream import IOStream
-
-# The Tornado releases this module was written against and tested with.
-SUPPORTED = ((6, 4), (7, 0))
-SUPPORTED_TEXT = "6.4 to 6.x"
-
 
 # -- a response's headers ------------------------------------------------------
 
@@ -81,6 +78,32 @@ def close_when_finished(connection: object) -> None:
     can tell its client that the server ended it.
     """
     connection._disconnect_on_finish = True  # type: ignore[attr-defined]
+
+
+def remote_address(connection: object) -> str:
+    """The client's address on ``connection`` (an HTTP1Connection), "" when unknown.
+
+    Public equivalent: ``HTTPServerRequest.remote_ip``, which Tornado sets
+    from the same ``context`` when it makes the request object; the fast
+    path makes none.  (With ``xheaders`` the context holds the proxy's
+    address until Tornado reads a request; fastpolls leaves such requests
+    to Tornado.)
+    """
+    return connection.context.remote_ip or ""  # type: ignore[attr-defined]
+
+
+def header_limit(connection: object) -> int:
+    """The largest request head ``connection`` accepts (``HTTPServer(max_header_size=...)``).
+
+    Public equivalent: none once the server is made; the fast path reads
+    the next head itself and must refuse what Tornado would.
+    """
+    return connection.params.max_header_size  # type: ignore[attr-defined]
+
+
+def keeps_alive(connection: object) -> bool:
+    """Whether ``connection``'s server keeps connections alive (``no_keep_alive`` not set)."""
+    return not connection.params.no_keep_alive  # type: ignore[attr-defined]
 
 
 # -- a stream's unsent bytes and direct sends ---------------------------------
@@ -153,7 +176,7 @@ def keep_nodelay_on(stream: IOStream) -> None:
 # -- an aborted upload ------------------------------------------------------------
 
 
-def drop_body_error(request) -> None:
+def drop_body_error(request) -> BaseException | None:
     """Let a streamed-body request whose client left be freed by reference counting.
 
     Public behaviour it completes: ``RequestHandler.on_connection_close``,
@@ -163,10 +186,14 @@ def drop_body_error(request) -> None:
     holds the handler, which holds the request, which holds the future: a
     cycle of about 8 kB per aborted upload that only a full collection
     frees.  Called once ``_execute`` has caught it, this drops the traceback.
+    Returns the error whose traceback was dropped, or None when there was
+    none (the start-up check sees it happen).
     """
     future = request._body_future  # type: ignore[attr-defined]
     if future.done() and future.exception() is not None:
         future.exception().__traceback__ = None
+        return future.exception()
+    return None
 
 
 # -- the listening sockets ---------------------------------------------------------
@@ -203,56 +230,3 @@ def take_header_timeout(server) -> float | None:
     return timeout
 
 
-# -- the start-up check -----------------------------------------------------------
-
-
-def _uses(owner: object, method: str, *names: str) -> bool:
-    """Whether ``owner.method`` exists and its code refers to every one of ``names``."""
-    code = getattr(getattr(owner, method, None), "__code__", None)
-    return code is not None and all(name in code.co_names for name in names)
-
-
-def missing() -> list[str]:
-    """What this module uses and the installed Tornado lacks (empty: all there)."""
-    web, h1, io, tcp = tornado.web, tornado.http1connection, tornado.iostream, tornado.tcpserver
-    needs = {
-        "RequestHandler._headers": _uses(web.RequestHandler, "clear", "_headers"),
-        "RequestHandler._headers_written": _uses(web.RequestHandler, "flush", "_headers_written"),
-        "HTTP1Connection._chunking_output": _uses(h1.HTTP1Connection, "write_headers", "_chunking_output"),
-        "HTTP1Connection._disconnect_on_finish": _uses(h1.HTTP1Connection, "_finish_request", "_disconnect_on_finish"),
-        "IOStream._write_buffer": _uses(io.BaseIOStream, "__init__", "_write_buffer")
-        and hasattr(getattr(io, "_StreamBuffer", None), "__len__"),
-        "IOStream.socket": _uses(io.IOStream, "__init__", "socket"),
-        "IOStream._read_buffer, _read_buffer_size": _uses(io.BaseIOStream, "_consume", "_read_buffer", "_read_buffer_size")
-        and _uses(io.BaseIOStream, "__init__", "_read_buffer", "_read_buffer_size"),
-        "RequestHandler.on_connection_close and _body_future": _uses(
-            web.RequestHandler, "on_connection_close", "_body_future"
-        ),
-        "TCPServer._sockets, _handlers, _handle_connection": _uses(tcp.TCPServer, "__init__", "_sockets", "_handlers")
-        and callable(getattr(tcp.TCPServer, "_handle_connection", None)),
-        "HTTP1Connection toggling IOStream.set_nodelay": _uses(h1.HTTP1Connection, "finish", "set_nodelay")
-        and _uses(h1.HTTP1Connection, "_finish_request", "set_nodelay"),
-        "HTTPServer.conn_params.header_timeout": _uses(tornado.httpserver.HTTPServer, "initialize", "conn_params")
-        and _uses(h1.HTTP1Connection, "_read_message_inner", "header_timeout"),
-    }
-    return [name for name, present in needs.items() if not present]
-
-
-def problem() -> str | None:
-    """One line saying why the installed Tornado will not do, or None."""
-    low, high = SUPPORTED
-    if not low <= tuple(tornado.version_info[:2]) < high:
-        return f"talkserver: needs Tornado {SUPPORTED_TEXT}, not {tornado.version}"
-    lacking = missing()
-    if lacking:
-        return (f"talkserver: needs Tornado {SUPPORTED_TEXT}; the installed Tornado {tornado.version} "
-                f"lacks {', '.join(lacking)}")
-    return None
-
-
-def refuse_unsupported() -> None:
-    """Exit with status 2 and one line when the installed Tornado will not do."""
-    line = problem()
-    if line is not None:
-        print(line, file=sys.stderr)
-        raise SystemExit(2)

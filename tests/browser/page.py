@@ -1,4 +1,4 @@
-"""The page as a person uses it: sign in, propose, find a talk, comment, delete.
+"""The page as a person uses it: sign in, propose, find a talk, comment, delete; and a proxy that cannot stream.
 
 Shared by the browser tests, so each of them reads as what a person does.
 """
@@ -35,3 +35,18 @@ def comment(page: Page, title: str, message: str) -> None:
     article = talk(page, title)
     article.get_by_label("Comment", exact=True).fill(message)
     article.get_by_role("button", name="Add comment").click()
+
+
+def refuse_event_streams(page: Page) -> None:
+    """Make every event-stream request of ``page`` fail, as a proxy that cannot stream would;
+    ``page.refused`` counts them."""
+    page.refused = 0
+
+    def route(route):
+        if "text/event-stream" in (route.request.headers.get("accept") or ""):
+            page.refused += 1
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/talks*", route)

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import expect
 
 from ..harness import send
-from .conftest import refuse_event_streams
+from .page import refuse_event_streams
 
 BUSY = "long polls are already waiting for your address"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from .conftest import POLL_TIMEOUT, Server
+from .server import POLL_TIMEOUT, Server
 
 PAGE = Path(__file__).resolve().parent / "book4"
 

@@ -15,8 +15,7 @@ import urllib.request
 
 from playwright.sync_api import expect
 
-from .conftest import refuse_event_streams
-from .page import comment, delete, propose, sign_in, talk
+from .page import comment, delete, propose, refuse_event_streams, sign_in, talk
 
 XSS_TITLE = "<img src=x onerror=alert(1)>"
 

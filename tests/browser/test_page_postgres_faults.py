@@ -12,9 +12,11 @@ import signal
 import pytest
 from playwright.sync_api import expect
 
-from ..postgres import Cluster, processes, stopped
-from .conftest import Server
+from talkserver.testing.cluster import Cluster
+
+from ..postgres import processes, stopped
 from .page import propose, sign_in, talk
+from .server import Server
 
 
 @pytest.fixture
