@@ -166,8 +166,13 @@ class Writes:
     # -- talkserver-import ------------------------------------------------------
 
     async def talk_count(self) -> int:
-        """Talks and tombstones in the database (for talkserver-import's check)."""
-        return (await self._call("SELECT count(*) FROM change_log"))[0]
+        """Talks and tombstones in the database (for talkserver-import's check); StoreWriteFailed if unknown."""
+        try:
+            return (await self._call("SELECT count(*) FROM change_log"))[0]
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            raise StoreWriteFailed(failure(e)) from None
 
     async def replace_board(self, talks: list[dict], newer_than: int, owners: dict[str, str] | None = None) -> int:
         """Replace the whole board with ``talks`` (from another store) in one transaction.
@@ -176,6 +181,8 @@ class Writes:
         database clock and the current head, and history is marked pruned
         up to it: a cursor from either old board gets one clean reset.
         Returns the new head.  Processes following the database reload.
+        Raises StoreWriteFailed (nothing replaced) or WriteOutcomeUnknown
+        (no answer in time: replaced or not), as a write does.
         """
         async def replace(conn) -> int:
             async with conn.transaction():
@@ -204,6 +211,9 @@ class Writes:
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(head))
             return head
 
-        head = await self._on_connection(replace)
+        try:
+            head = await self._on_connection(replace)
+        except Exception as e:
+            self._raise_for_write(e)
         await self._apply_after_commit()
         return head
