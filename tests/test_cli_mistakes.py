@@ -57,6 +57,8 @@ COMMAND_LINE_MISTAKES = {
     "retention zero": (["--retention=0"], ["--retention=0: must be a positive number of days"]),
     "unknown gc": (["--gc=sometimes"], ["--gc=sometimes: use one of tuned, python"]),
     "negative processes": (["--processes=-1"], ["--processes=-1: must be 0 or more"]),
+    "negative max talks": (["--max-talks=-1"], ["--max-talks=-1: must be 0 or more"]),
+    "max board bytes not whole": (["--max-board-bytes=1e9"], ["--max-board-bytes=1e9: must be a whole number"]),
     "processes without postgresql": (["--processes=2"], ["--processes=2 needs a store the processes can share"]),
     "unknown sync": (["--sync=always"], ["--sync=always: use one of normal, full"]),
     "boolean not a boolean": (["--xheaders=nope"], ["--xheaders=nope: use true or false"]),

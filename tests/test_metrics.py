@@ -32,6 +32,7 @@ TODAYS_METRICS = {
     "talkserver_waiting_clients": ("gauge", set()),
     "talkserver_slow_lane_clients": ("gauge", set()),
     "talkserver_talks": ("gauge", set()),
+    "talkserver_board_bytes": ("gauge", set()),
     "talkserver_streams_open": ("gauge", set()),
     "talkserver_stream_events_total": ("counter", set()),
     "talkserver_streams_dropped_total": ("counter", set()),

@@ -91,6 +91,8 @@ def hardening_settings() -> dict:
         "write_burst": options.write_burst,
         "limit_local_writes": options.limit_local_writes,
         "max_comments": options.max_comments,
+        "max_talks": options.max_talks,
+        "max_board_bytes": options.max_board_bytes,
         "password_file": options.password_file,
         "protect_talks": options.protect_talks,
         "send_timeout": options.send_timeout,

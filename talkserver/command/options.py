@@ -53,7 +53,7 @@ from talkserver.command.checks import (
 from talkserver.operation import collector
 from talkserver.access import limits
 from talkserver.web.app import DEFAULT_MAX_BODY_SIZE
-from talkserver.follow import streams
+from talkserver.follow import bounds, streams
 from talkserver.follow.conditional import API_MODES
 from talkserver.stores import SYNC_MODES, Settings
 from talkserver.command.dbwait import DEFAULT_WAIT
@@ -188,6 +188,11 @@ define("limit_local_writes", False, group="limits",
        help="apply --write-rate to clients on this machine (loopback addresses) too")
 define("max_comments", limits.DEFAULT_MAX_COMMENTS, group="limits", metavar="N", check=at_least(0),
        help="comments per talk (0: no limit); more get 409")
+define("max_talks", bounds.DEFAULT_MAX_TALKS, group="limits", metavar="N", check=at_least(0),
+       help="talks on the board, tombstones of deleted ones included (0: no limit); a write of one more gets 409 "
+            "once no tombstone is left to forget")
+define("max_board_bytes", bounds.DEFAULT_MAX_BYTES, group="limits", metavar="BYTES", check=at_least(0),
+       help="stored bytes of the board's talks, comments and tombstones (0: no limit); a write past it gets 409")
 define("max_body_size", DEFAULT_MAX_BODY_SIZE, group="limits", metavar="BYTES", check=above_zero,
        help="largest request body in bytes; a larger one gets 413")
 define("idle_timeout", 60.0, group="limits", metavar="SECONDS", check=seconds("idle_timeout"),

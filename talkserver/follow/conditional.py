@@ -156,7 +156,7 @@ class ConditionalPolls(Transport):
         if tags is None or tag not in tags:
             # Setting the Etag also keeps Tornado's own ETag check out of it.
             handler.set_header("Etag", tag)
-            handler.send_json(self.body())
+            handler.send_json(wakeup.encode_for(handler, self.board.feed, self.body()))
             return
         # "*" matches every state, so waiting could only end in a 304 too;
         # and a HEAD is answered at once.
@@ -192,7 +192,7 @@ class ConditionalPolls(Transport):
         elif poll.head_block is None:
             tag, body = result
             handler.set_header("Etag", tag)
-            handler.finish(body)
+            handler.finish(wakeup.encode_for(handler, self.board.feed, body))
         else:
             wakeup.finish_written(handler)
 
@@ -285,7 +285,11 @@ class ConditionalPoll:
         polls.unpark_short(self)
         answer = polls.body()
         if self.head_block is not None:
-            wakeup.write_answer(self.handler, polls.tagged_block(self.head_block, head), answer)
+            block, sent = wakeup.encoded(
+                polls.board.feed, polls.tagged_block(self.head_block, head), answer,
+                wakeup.accepts(self.handler),
+            )
+            wakeup.write_answer(self.handler, block, sent)
         wakeup.later(self.future, (tag, answer))
 
     def cancel(self) -> None:

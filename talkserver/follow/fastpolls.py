@@ -17,11 +17,12 @@ handler would, and answers it through the same shared, pre-framed bytes
 (wakeup.py).  Anything else, and any plain poll that needs more than the
 common case (a body, a password not yet seen, a cursor ahead of this
 process, an address at its poll cap, ``Connection: close``, HTTP/1.0, an
-event stream, compression, a guard refusal), is passed whole to Tornado's
+event stream, Tornado's compress_response transform, a guard refusal), is passed whole to Tornado's
 routing and the handlers in handlers.py, which answer it exactly as
 before.  So the fast path only ever answers 200 with the body the handler
-would send, with the same headers; every refusal, limit and error stays
-in one place.
+would send, with the same headers (a large answer gzip-compressed for a
+client that accepts it, from the same Feed cache: wakeup.encoded); every
+refusal, limit and error stays in one place.
 
 The connection reads its next request only once the answer has left the
 process (``_finish``): a client that pipelines polls and never reads
@@ -53,6 +54,7 @@ from tornado.iostream import StreamClosedError
 from talkserver.access.admission import RequestView
 from talkserver.follow import lifecycle, wakeup
 from talkserver.wire import tornado_private
+from talkserver.wire.compression import accepts_gzip
 from talkserver.wire.headers import poll_answer_head
 from talkserver.wire.validation import BadInput, parse_cursor
 
@@ -120,7 +122,10 @@ class PollDelegate:
     A parked poll is a waiter (waiters.py): ``cursor`` and ``deliver``.
     """
 
-    __slots__ = ("app", "server_conn", "conn", "routed", "cursor", "address", "target", "started", "gone", "__weakref__")
+    __slots__ = (
+        "app", "server_conn", "conn", "routed", "cursor", "address", "target", "started", "gone", "gzip",
+        "__weakref__",
+    )
 
     def __init__(self, app, server_conn: object, request_conn) -> None:
         self.app = app
@@ -159,6 +164,7 @@ class PollDelegate:
         self.cursor = cursor
         self.address = address
         self.target = target
+        self.gzip = accepts_gzip(headers.get("Accept-Encoding"))
         self.started = time.monotonic()
         self.gone = False
         return True
@@ -191,7 +197,10 @@ class PollDelegate:
     def deliver(self, body: bytes) -> None:
         """Send this poll its answer now; the rest waits until after the
         wake loop (wakeup.after_wake), as for the handlers' polls."""
-        wakeup.send_answer(self.conn.stream, poll_answer_head(), body)
+        # A large answer goes gzip-compressed to a client that accepts it,
+        # from the same Feed cache as the handlers' (wakeup.encoded).
+        head, body = wakeup.encoded(self.app.board.feed, poll_answer_head(), body, self.gzip)
+        wakeup.send_answer(self.conn.stream, head, body)
         wakeup.after_wake(self._finish)
 
     def on_close(self) -> None:

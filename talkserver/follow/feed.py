@@ -5,6 +5,10 @@ they all get the same answer: it is built and encoded once and the bytes are
 shared.  The cache is keyed by the store's ``head``, which every change
 moves, so a stale answer is never served.
 
+Large answers are also kept gzip-compressed (``gzipped``), made the first
+time a client that accepts gzip needs them and dropped with the state like
+the rest (talkserver.wire.compression).
+
 With ``--protect-talks`` each talk is shown with its owner's public tag
 (``owner_tag``, see talkserver.access.auth): the same for every reader, so the
 answers stay shared.
@@ -17,6 +21,7 @@ import json
 from typing import Callable
 
 from talkserver.stores import Changes, Store
+from talkserver.wire import compression
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -38,7 +43,7 @@ class Feed:
         # when talks are not owned (no --protect-talks).
         self.owner_tag = owner_tag
         self._head = None
-        self._cache: dict[int | None, bytes | None] = {}
+        self._cache: dict = {}
 
     def shown(self, talks: list[dict]) -> list[dict]:
         """``talks`` as answers show them: with their owner's tag, when talks are owned."""
@@ -88,6 +93,21 @@ class Feed:
         if len(cache) < 64:
             cache[cursor] = body
         return body
+
+    def gzipped(self, body: bytes) -> bytes:
+        """``body``, an answer of the current state, gzip-compressed: once per
+        state and answer, then shared by every client that accepts gzip."""
+        cache = self._fresh()
+        # Keyed by the answer itself (the bytes object the keys above hold),
+        # which the entry keeps alive so that its id is not reused.
+        key = ("gzip", id(body))
+        found = cache.get(key)
+        if found is not None and found[0] is body:
+            return found[1]
+        packed = compression.compress(body)
+        if len(cache) < 128:
+            cache[key] = (body, packed)
+        return packed
 
     def timeout_answer(self) -> bytes:
         """The empty answer a poll gets when nothing changed in time."""

@@ -40,7 +40,9 @@ class HandlerPoll:
     def deliver(self, body: bytes) -> None:
         """Answer this parked poll (called by Waiters, for thousands at once)."""
         if self.head is not None:
-            wakeup.write_answer(self.handler, self.head, body)
+            handler = self.handler
+            feed = handler.application.board.feed
+            wakeup.write_answer(handler, *wakeup.encoded(feed, self.head, body, wakeup.accepts(handler)))
         wakeup.later(self.future, body)
 
 
@@ -80,7 +82,7 @@ class LongPolls(Transport):
         if body is None and head_only:
             body = board.feed.timeout_answer()
         if body is not None:
-            handler.send_json(body)
+            handler.send_json(wakeup.encode_for(handler, board.feed, body))
             return
         handler.set_header("Content-Type", JSON_TYPE)
         poll = HandlerPoll(handler, cursor, lane)
@@ -92,7 +94,7 @@ class LongPolls(Transport):
         if body is None:
             return  # the client went away
         if poll.head is None:
-            handler.finish_with(body)
+            handler.finish_with(wakeup.encode_for(handler, board.feed, body))
         else:
             wakeup.finish_written(handler)
 

@@ -35,6 +35,7 @@ from tornado.log import app_log
 from tornado.web import RequestHandler
 
 from talkserver.wire import tornado_private
+from talkserver.wire.compression import GZIP_MIN, accepts_gzip, labelled
 # Sends that skip IOStream's Future per write (see tornado_private).
 from talkserver.wire.tornado_private import send_now
 
@@ -77,6 +78,33 @@ def answer_head(handler: RequestHandler) -> bytes | None:
     if len(_heads) >= _MAX_HEADS:
         _heads.clear()
     return _heads.setdefault(head, head)
+
+
+def encoded(feed, head: bytes, body: bytes, gzip: bool) -> tuple[bytes, bytes]:
+    """The header block and body that carry ``body``, an answer of ``feed``
+    (a talkserver.follow.feed.Feed), to a client that accepts gzip or not
+    (``accepts_gzip``): gzip-compressed, once per state, when it does and
+    the answer is large (talkserver.wire.compression)."""
+    if len(body) < GZIP_MIN:
+        return head, body
+    return labelled(head, gzip), feed.gzipped(body) if gzip else body
+
+
+def encode_for(handler: RequestHandler, feed, body: bytes) -> bytes:
+    """``encoded`` for an answer Tornado will send: sets the handler's
+    headers and returns the body to finish with."""
+    if len(body) < GZIP_MIN:
+        return body
+    handler.set_header("Vary", "Accept-Encoding")
+    if not accepts(handler):
+        return body
+    handler.set_header("Content-Encoding", "gzip")
+    return feed.gzipped(body)
+
+
+def accepts(handler: RequestHandler) -> bool:
+    """Whether the handler's client accepts gzip."""
+    return accepts_gzip(handler.request.headers.get("Accept-Encoding"))
 
 
 def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Protocol
+from typing import Callable, ClassVar, Iterator, Protocol
 
 from talkserver.stores.history import Cuts
 
@@ -100,6 +100,7 @@ class Store(Protocol):
     """
 
     head: int
+    pruned_through: int  # cursors below it get a reset (pruned history)
     cuts: Cuts  # stretches of history the database lost (stores.history)
     # Set by the Board: what to call once changes have been applied, this
     # process's own writes and (on a shared store) other processes' alike.
@@ -116,6 +117,7 @@ class Store(Protocol):
     def all_talks(self) -> list[dict]: ...
     def get(self, title: str) -> dict | None: ...
     def owner(self, title: str) -> str | None: ...
+    def entries(self) -> Iterator[tuple[str, int, dict | None]]: ...
     async def put(self, title: str, presenter: str, summary: str, owner: str | None = None) -> int: ...
     async def delete(self, title: str, owner: str | None = None) -> int | None: ...
     async def add_comment(self, title: str, author: str, message: str) -> int: ...

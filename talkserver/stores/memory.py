@@ -10,6 +10,8 @@ durable stores reuse the synchronous halves (``_put``, ``_delete``,
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from talkserver.stores.contract import Changes, Settings, Store, TalkNotFound, next_stamp, wall_clock_ms
 from talkserver.stores.history import Cuts
 
@@ -56,6 +58,12 @@ class MemoryStore(Store):
     def owner(self, title: str) -> str | None:
         """The owner recorded for this talk (with --protect-talks), or None."""
         return self._owners.get(title)
+
+    def entries(self) -> Iterator[tuple[str, int, dict | None]]:
+        """Every title in the change log, oldest change first: (title, stamp,
+        its talk or None for a tombstone)."""
+        for title, stamp in self._log.items():
+            yield title, stamp, self._talks.get(title)
 
     def changes_since(self, cursor: int) -> Changes:
         """The changes stamped after ``cursor``, newest first.

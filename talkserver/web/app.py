@@ -66,6 +66,9 @@ def make_app(
 ) -> "TalkApplication":
     """Build the talkserver Application around ``store`` (in memory if None).
 
+    ``max_talks`` and ``max_board_bytes`` bound the board
+    (talkserver.follow.bounds); like the limits, they are off unless given.
+
     ``api`` is what a plain ``GET /talks`` answers: ``"changes"`` the
     ``{"serverTime", "talks"}`` object (the book's 2nd edition), ``"etag"``
     the bare array its current edition expects (talkserver.follow.conditional).

@@ -20,6 +20,7 @@ from talkserver.access.admission import Refusal, RequestView
 from talkserver.access.auth import NOT_THE_OWNER
 from talkserver.follow import lifecycle, wakeup
 from talkserver.follow.board import Board
+from talkserver.follow.bounds import BoardFull
 from talkserver.follow.transport import Transport
 from talkserver.wire import tornado_private
 from talkserver.wire.headers import API_HEADERS, JSON_TYPE
@@ -253,6 +254,8 @@ class TalkHandler(BodyHandler):
             await self.board.put(title, presenter, summary, owner)
         except NotTheOwner:
             raise HTTPError(403, NOT_THE_OWNER) from None
+        except BoardFull as e:
+            raise HTTPError(409, "%s", e) from None
         self.set_status(204)
 
     async def delete(self, title: str) -> None:
@@ -279,6 +282,8 @@ class CommentsHandler(BodyHandler):
             await self.board.add_comment(title, author, message)
         except TalkNotFound:
             raise HTTPError(404, "there is no talk titled %r", title) from None
+        except BoardFull as e:
+            raise HTTPError(409, "%s", e) from None
         self.set_status(204)
 
 
