@@ -25,8 +25,7 @@ from talkserver.follow.bounds import (
 from talkserver.stores import MemoryStore
 from talkserver.stores.sqlite import SQLiteStore
 
-from .conftest import POLL_TIMEOUT
-from .harness import ServerProcess, rss_bytes, send, serve_app, split_answer
+from .harness import POLL_TIMEOUT, ServerProcess, rss_bytes, send, serve_app, split_answer
 
 MAX_TALKS = 4
 MAX_BYTES = 2000

@@ -17,8 +17,7 @@ import pytest
 from talkserver import make_app
 from talkserver.wire.compression import GZIP_MIN, accepts_gzip
 
-from .conftest import POLL_TIMEOUT
-from .harness import WAIT, Answer, send, serve_app, split_answer
+from .harness import POLL_TIMEOUT, WAIT, Answer, send, serve_app, split_answer
 
 GZIP = {"Accept-Encoding": "gzip, deflate, br"}
 PLAIN = {"Accept-Encoding": "identity"}
