@@ -107,3 +107,26 @@ def test_a_url_that_is_not_postgresql_is_refused_in_one_line_exit_2(sqlite_board
     assert "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(expected), done.stderr
     assert "pa[ss" not in done.stderr
+
+
+def test_a_copy_the_database_refuses_is_one_line_exit_2_and_changes_nothing(sqlite_board, postgres_cluster, tmp_path):
+    path, _ = sqlite_board
+    url = postgres_cluster.new_database()
+    name = url.rsplit("/", 1)[1]
+    board = BlockingStore(url)
+    board.put("Already here", "Zed", "s")
+    board.close()
+    role = f"importer_{name}"
+    postgres_cluster.psql(f"CREATE ROLE {role} LOGIN")
+    postgres_cluster.psql(f"GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT, INSERT, UPDATE ON ALL TABLES"
+                          f" IN SCHEMA public TO {role}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}", name)
+
+    done = run_import(str(path), url.replace("postgres@", f"{role}@", 1), "--replace", cwd=tmp_path)
+    kept = BlockingStore(url)
+    titles = [t["title"] for t in kept.all_talks()]
+    kept.close()
+
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("talkserver-import: nothing was copied: the database is refusing changes (permission denied")
+    assert titles == ["Already here"]

@@ -14,8 +14,11 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
+import asyncpg
 import pytest
 
+from talkserver.stores import Settings
+from talkserver.stores.postgres import PostgresStore
 from talkserver.testing.cluster import Cluster, port_free_now
 
 from .harness import ServerProcess, send, until
@@ -262,3 +265,117 @@ async def _replicating(primary, state="async"):
 
 async def _more_than(titles, count):
     return len(titles) > count
+
+
+# -- edges: slow is not away, a missing GRANT, the reason given ------------------------
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_write_that_is_slow_is_answered_504_and_does_not_mark_the_database_away(postgres_cluster):
+    database = postgres_cluster.new_database()
+    loop = asyncio.get_running_loop()
+    with started(f"--db={database}") as server:
+        assert (await put(server, "first")).status == 204
+        # Another session holds the head row (every write's lock) longer than --db-timeout.
+        locked = loop.run_in_executor(None, postgres_cluster.psql,
+                                      f"BEGIN; SELECT * FROM head FOR UPDATE; SELECT pg_sleep({DB_TIMEOUT + 1.5}); COMMIT",
+                                      database.rsplit("/", 1)[1])
+        await until(lambda: "pg_sleep" in postgres_cluster.psql("SELECT string_agg(query, ' ') FROM pg_stat_activity"))
+
+        slow = await put(server, "slow")
+        health = await send(server.port, "GET", "/healthz")
+        after = await put(server, "after")  # waits for the lock, well inside the timeout
+        await locked
+        log = server.log()
+
+    assert slow.status == 504 and "no answer within" in slow.json()["error"]
+    assert health.status == 200 and health.json()["database"]["reachable"] is True
+    assert after.status == 204
+    assert "PostgreSQL is unreachable" not in log
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_missing_grant_is_answered_503_with_one_log_line_naming_the_privilege(postgres_cluster):
+    database = postgres_cluster.new_database()
+    name = database.rsplit("/", 1)[1]
+    role = f"writer_{name}"
+    with started(f"--db={database}") as owner:  # creates the schema as the superuser
+        assert (await put(owner, "Made by the owner")).status == 204
+    postgres_cluster.psql(f"CREATE ROLE {role} LOGIN")
+    postgres_cluster.psql(
+        f"GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public"
+        f" TO {role}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}; REVOKE INSERT ON comments FROM {role}",
+        name,
+    )
+    limited = database.replace("postgres@", f"{role}@", 1)
+    with started(f"--db={limited}") as server:
+        assert (await put(server, "Talk")).status == 204
+        refused = [await send(server.port, "POST", talk("Talk") + "/comments", {"author": "a", "message": "m"})
+                   for _ in range(3)]
+        health = await send(server.port, "GET", "/healthz")
+        talks = (await send(server.port, "GET", "/talks")).json()["talks"]
+        records = log_records(server.log())
+
+    for answer in refused:
+        assert answer.status == 503, answer.body
+        assert answer.json()["error"].endswith("the database refuses this server's user: INSERT on comments is not granted")
+    lines = [line for line in records if "privilege" in line]
+    assert len(lines) == 1, lines
+    assert "PostgreSQL refuses a change for want of a privilege: INSERT on comments" in lines[0]
+    assert health.status == 200
+    assert [t["comments"] for t in talks if t["title"] == "Talk"] == [[]]
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_the_reason_503_answers_give_is_the_current_one(own_cluster):
+    loop = asyncio.get_running_loop()
+    with started(f"--db={own_cluster.new_database()}") as server:
+        assert (await put(server, "first")).status == 204
+        # Stopped: first "shutting down", then nothing listens on the port at all.
+        await loop.run_in_executor(None, own_cluster.stop)
+
+        async def refused_for_the_current_reason():
+            answer = await put(server, "during")
+            return answer.status == 503 and _connection_refused(answer.json()["error"]) and answer
+
+        answer = await until(refused_for_the_current_reason)
+        await asyncio.sleep(1.5)  # more rounds of trying again: the reason stays current
+        again = await put(server, "later")
+        log = server.log()
+
+    assert "PostgreSQL is unreachable" in log
+    for refused in (answer, again):
+        error = refused.json()["error"]
+        assert refused.status == 503 and "shutting down" not in error and _connection_refused(error), error
+
+
+def _connection_refused(error):
+    # asyncio's words for ECONNREFUSED: "[Errno 111] Connect call failed (...)".
+    return "Connect call failed" in error or "refused" in error.lower()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_giving_a_connection_back_to_the_pool_stays_inside_the_timeout(own_cluster):
+    url = own_cluster.new_database()
+    await (await PostgresStore.open(url, Settings(follow=False))).close()  # the schema, made
+    # A pool that retires each connection after one query, as asyncpg's does
+    # after 50,000: giving it back closes it, which waits for the database.
+    pool = await asyncpg.create_pool(url, min_size=0, max_size=1, max_queries=1)
+    store = PostgresStore(url, pool, timeout=1)
+    frozen = []
+
+    async def answered_then_the_database_freezes(conn):
+        value = await conn.fetchval("SELECT 41 + 1")
+        frozen.extend(processes(own_cluster))  # this connection's backend among them
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        return value
+
+    try:
+        # Bounded here only so a hang fails the test instead of stalling it.
+        value = await asyncio.wait_for(store._on_connection(answered_then_the_database_freezes), 15)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        pool.terminate()
+    assert value == 42

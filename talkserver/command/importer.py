@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 
 from talkserver.command.dburl import url_problem
-from talkserver.stores import Settings, StoreOpenError, UnknownStore, open_store, store_class
+from talkserver.stores import (
+    Settings, StoreOpenError, StoreWriteFailed, UnknownStore, WriteOutcomeUnknown, open_store, store_class,
+)
 from talkserver.words import counted
 
 PROGRAM = "talkserver-import"
@@ -60,6 +62,10 @@ async def copy_board(source: str, target: str, replace: bool) -> str:
                 )
             talks = old.all_talks()
             head = await new.replace_board(talks, old.head, {t["title"]: old.owner(t["title"]) for t in talks})
+        except StoreWriteFailed as e:
+            raise Refused(f"nothing was copied: {e}") from None
+        except WriteOutcomeUnknown as e:
+            raise Refused(f"the copy may or may not have been made (run it again with --replace): {e}") from None
         finally:
             await new.close()
     finally:

@@ -1,12 +1,15 @@
 """The PostgreSQL store's connection to its database: the pool, every call's time bound, and whether the database answers.
 
 Every call to the database is bounded by ``timeout`` (``--db-timeout``):
-getting a connection, the statement and its answer together.  What a
-failure means is decided here once: whether it was the database failing
-us (``unreachable``), whether the database itself reported that nothing was
+getting a connection, the statement, its answer and giving the connection
+back together.  What a failure means is decided here once: whether it was
+the database failing us (``unreachable``), whether the connection is gone
+(``connection_lost``), whether the database itself reported that nothing was
 committed (``rolled_back``), and the words the client and the log get.  The
-store is *reachable* until a call fails for want of the database, and again
-once one is answered; one log line per change of that state.
+store is *reachable* until a connection is lost or cannot be had, or a
+health check gets no answer in time (a slow statement alone is not away),
+and again once a call is answered; one log line per change of that state,
+and the reason 503 answers give is always the newest.
 """
 
 from __future__ import annotations
@@ -83,16 +86,20 @@ def rolled_back(e: BaseException) -> bool:
     return not (getattr(e, "sqlstate", None) or "").startswith(("08", "57"))
 
 
-def failure(e: BaseException) -> str:
-    """What went wrong, for the 503 or 504 answer."""
-    if isinstance(e, (NotSent, NoAnswer)):
-        return f"the database is unreachable ({e})"
-    connection_trouble = isinstance(
+def connection_lost(e: BaseException) -> bool:
+    """Whether ``e`` says the connection is gone or cannot be had (not merely that an answer was slow)."""
+    return isinstance(
         e, (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
             asyncpg.InternalClientError, asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError,
             asyncpg.TooManyConnectionsError)
     )
-    return f"the database is {'unreachable' if connection_trouble else 'refusing changes'} ({one_line(e)})"
+
+
+def failure(e: BaseException) -> str:
+    """What went wrong, for the 503 or 504 answer."""
+    if isinstance(e, (NotSent, NoAnswer)):
+        return f"the database is unreachable ({e})"
+    return f"the database is {'unreachable' if connection_lost(e) else 'refusing changes'} ({one_line(e)})"
 
 
 def cause(e: BaseException | None) -> str:
@@ -169,21 +176,28 @@ class Connection:
     reconnects: int
     _pool: object
     _closed: bool
+    _opening: bool
     _down_since: float
     _up_since: float
     _down_reason: str
 
-    async def _call(self, query: str, *args):
+    async def _call(self, query: str, *args, probe: bool = False):
         """Run one statement on a connection of the pool; its first row, within ``self.timeout`` in all."""
-        return await self._on_connection(lambda conn: conn.fetchrow(query, *args))
+        return await self._on_connection(lambda conn: conn.fetchrow(query, *args), probe=probe)
 
-    async def _on_connection(self, work: Callable[..., Awaitable]):
+    async def _on_connection(self, work: Callable[..., Awaitable], *, probe: bool = False):
         """Await ``work(conn)`` on a connection of the pool, within ``self.timeout`` in all; return its result.
+
+        The time bound covers getting the connection, the work, and giving
+        the connection back (the pool closes a connection that has served
+        its quota of queries on the way back, which waits for the database).
 
         Raises NotSent when no connection could be had in time (nothing
         reached the database), NoAnswer when the work got no answer in
-        time, else the driver's error.  Whether it was answered tells whether
-        the database is reachable.
+        time, else the driver's error.  Slow is not away: only a connection
+        that is lost or cannot be had, or a ``probe`` (the health check)
+        that gets no answer in time, marks the database unreachable; any
+        answer marks it reachable again.
         """
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -201,14 +215,24 @@ class Connection:
         try:
             result = await within(conn, work(conn), deadline - loop.time(), self.timeout)
         except Exception as e:
-            if unreachable(e) and not rolled_back(e):
+            if (connection_lost(e) and not rolled_back(e)) or (probe and isinstance(e, NoAnswer)):
                 self._set_reachable(False, e, started)
             raise
         finally:
-            await self._pool.release(conn)
+            await self._release(conn, deadline)
         self._reached(host)
         self._set_reachable(True, None, started)
         return result
+
+    async def _release(self, conn, deadline: float) -> None:
+        """Give ``conn`` back to the pool by ``deadline``; past it, close the socket and let the pool forget it."""
+        release = asyncio.ensure_future(self._pool.release(conn))
+        done, _ = await asyncio.wait({release}, timeout=max(deadline - asyncio.get_running_loop().time(), 0.0))
+        if not done:
+            # The pool's graceful close waits for the database's answer;
+            # a closed socket ends it at once, and the pool then drops it.
+            conn.terminate()
+            release.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _reached(self, host: str | None) -> None:
         """A connection reached ``host``: say so if the primary is not the one it was."""
@@ -230,8 +254,12 @@ class Connection:
         the database came back) and is not heard: else the log would say
         "away" and "back" more than once for one outage.
         """
-        if started < (self._up_since if not reachable else self._down_since):
+        if self._opening or started < (self._up_since if not reachable else self._down_since):
             return
+        if not reachable:
+            # The reason 503 answers give is the newest: a database shutting
+            # down is soon one that refuses connections.
+            self._down_reason = cause(error)
         if reachable != self.reachable and not self._closed:
             if reachable:
                 self._up_since = time.monotonic()
@@ -253,7 +281,7 @@ class Connection:
         if not self.reachable:
             return False
         try:
-            await self._call("SELECT 1")
+            await self._call("SELECT 1", probe=True)
         except Exception as e:
             if not unreachable(e):
                 raise

@@ -61,7 +61,11 @@ async def prepare(conn, created_sql: str = DB_CLOCK_MS) -> None:
     """
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute("CREATE TABLE IF NOT EXISTS talkserver_schema (version integer NOT NULL)")
+        # Asked first: creating it, even IF NOT EXISTS, needs CREATE on the
+        # schema, which a database user that only reads and writes the
+        # tables of a board made before does not have.
+        if await conn.fetchval("SELECT to_regclass('talkserver_schema') IS NULL"):
+            await conn.execute("CREATE TABLE talkserver_schema (version integer NOT NULL)")
         version = await conn.fetchval("SELECT max(version) FROM talkserver_schema") or 0
         if version > SCHEMA_VERSION:
             raise NewerSchema(version)

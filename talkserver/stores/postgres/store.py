@@ -55,8 +55,13 @@ class PostgresStore(Writes, Follower, CutSettling, Connection, MemoryStore):
         self._down_since = 0.0
         self._up_since = 0.0
         self._down_reason = ""
+        # The privileges last logged as missing (Writes._missing_privileges).
+        self._privileges_missing = ""
         self._follower: asyncio.Task | None = None
         self._closed = False
+        # While open() runs, a failure is open()'s to report (one line, or
+        # --db-wait's), not a change of the database's state to log.
+        self._opening = True
         # Until the first catch-up nothing was applied, so nothing can be lost.
         self._loaded = False
         # The database's history id of ``head`` (stores.postgres.cuts): the
@@ -88,8 +93,8 @@ class PostgresStore(Writes, Follower, CutSettling, Connection, MemoryStore):
         pool = await open_pool(url, settings.timeout)
         store = cls(url, pool, clock=clock, catch_up_every=catch_up_every, timeout=settings.timeout)
         try:
-            async with pool.acquire() as conn:
-                await schema.prepare(conn, schema.DB_CLOCK_MS if clock is None else str(int(clock())))
+            created = schema.DB_CLOCK_MS if clock is None else str(int(clock()))
+            await store._on_connection(lambda conn: schema.prepare(conn, created))
             await store.catch_up()
         except BaseException as e:
             await pool.close()
@@ -98,6 +103,7 @@ class PostgresStore(Writes, Follower, CutSettling, Connection, MemoryStore):
             if unreachable(e) or isinstance(e, StoreWriteFailed):
                 raise StoreOpenError(f"{redact(url)}: cannot prepare the database ({one_line(e)})") from None
             raise
+        store._opening = False
         if settings.follow:
             store._follower = asyncio.ensure_future(store._follow())
         return store

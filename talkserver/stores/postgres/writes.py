@@ -19,12 +19,30 @@ from __future__ import annotations
 import logging
 
 from talkserver.stores.contract import NotTheOwner, StoreWriteFailed, TalkNotFound, WriteOutcomeUnknown
-from talkserver.stores.postgres.connection import RETRY_EVERY, NotSent, asyncpg, failure, rolled_back, unreachable
+from talkserver.stores.postgres.connection import (
+    RETRY_EVERY, NotSent, asyncpg, failure, one_line, rolled_back, unreachable,
+)
 from talkserver.stores.postgres.schema import DB_CLOCK_MS
 
 log = logging.getLogger("talkserver")
 
 CHANNEL = "talkserver_changes"
+
+# The DETAIL of the owner check's error (sql/v4_history_ids.sql), which
+# tells it from a privilege the database user lacks: same SQLSTATE, 42501.
+OWNER_DETAIL = "talkserver: another owner"
+
+# What the database user needs on talkserver's tables once they exist
+# (creating them the first time needs CREATE on the schema too).
+TABLES = ("talks", "comments", "change_log", "head", "talkserver_cuts", "talkserver_history", "talkserver_schema")
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+_MISSING_PRIVILEGES = (
+    "SELECT t.name, p.privilege FROM unnest($1::text[]) WITH ORDINALITY AS t(name, n),"
+    " unnest($2::text[]) WITH ORDINALITY AS p(privilege, m)"
+    " WHERE to_regclass(t.name) IS NOT NULL AND NOT has_table_privilege(to_regclass(t.name), p.privilege)"
+    " UNION ALL SELECT 'comments_id_seq', 'USAGE' WHERE to_regclass('comments_id_seq') IS NOT NULL"
+    " AND NOT has_sequence_privilege('comments_id_seq', 'USAGE')"
+)
 
 
 class Writes:
@@ -92,7 +110,9 @@ class Writes:
             # process; this one should show that too before it answers.
             await self._apply_after_commit()
             raise TalkNotFound(args[0]) from None
-        except asyncpg.InsufficientPrivilegeError:
+        except asyncpg.InsufficientPrivilegeError as e:
+            if e.detail != OWNER_DETAIL:
+                raise StoreWriteFailed(await self._missing_privileges(e)) from None
             await self._apply_after_commit()
             raise NotTheOwner(args[0]) from None
         except Exception as e:
@@ -105,6 +125,28 @@ class Writes:
             # its change is in memory, as always.
             await self._apply_after_commit()
         return stamp
+
+    async def _missing_privileges(self, e: BaseException) -> str:
+        """The 503 answer's reason for a permission error (SQLSTATE 42501); one log line naming what is missing.
+
+        The database names the object; which privileges the database user
+        lacks on talkserver's tables is asked for (within the timeout), and
+        logged each time it changes, not at every refused write.
+        """
+        try:
+            missing = [f"{privilege} on {table}" for table, privilege in await self._on_connection(
+                lambda conn: conn.fetch(_MISSING_PRIVILEGES, list(TABLES), list(PRIVILEGES)))]
+        except Exception as lookup:
+            if not unreachable(lookup):
+                raise
+            missing = []
+        what = ", ".join(missing) or "a privilege talkserver's tables and functions need"
+        if what != self._privileges_missing:
+            self._privileges_missing = what
+            log.error("PostgreSQL refuses a change for want of a privilege: %s (%s); writes answer 503 until"
+                      " the database user is granted it (GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES"
+                      " IN SCHEMA ... TO ...; docs/storage.md)", what, one_line(e))
+        return f"the database refuses this server's user: {what} is not granted"
 
     def _raise_for_write(self, e: BaseException) -> None:
         """Raise what the client of a failed write is told: not saved (503) only when that is certain."""
@@ -124,9 +166,13 @@ class Writes:
     # -- talkserver-import ------------------------------------------------------
 
     async def talk_count(self) -> int:
-        """Talks and tombstones in the database (for talkserver-import's check)."""
-        async with self._pool.acquire() as conn:
-            return await conn.fetchval("SELECT count(*) FROM change_log")
+        """Talks and tombstones in the database (for talkserver-import's check); StoreWriteFailed if unknown."""
+        try:
+            return (await self._call("SELECT count(*) FROM change_log"))[0]
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            raise StoreWriteFailed(failure(e)) from None
 
     async def replace_board(self, talks: list[dict], newer_than: int, owners: dict[str, str] | None = None) -> int:
         """Replace the whole board with ``talks`` (from another store) in one transaction.
@@ -135,8 +181,10 @@ class Writes:
         database clock and the current head, and history is marked pruned
         up to it: a cursor from either old board gets one clean reset.
         Returns the new head.  Processes following the database reload.
+        Raises StoreWriteFailed (nothing replaced) or WriteOutcomeUnknown
+        (no answer in time: replaced or not), as a write does.
         """
-        async with self._pool.acquire() as conn:
+        async def replace(conn) -> int:
             async with conn.transaction():
                 head = await conn.fetchval(
                     f"UPDATE head SET stamp = greatest({DB_CLOCK_MS}, stamp + 1, $1::bigint + 1) RETURNING stamp",
@@ -161,5 +209,11 @@ class Writes:
                     [(t["title"], c["author"], c["message"]) for t in talks for c in t["comments"]],
                 )
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(head))
+            return head
+
+        try:
+            head = await self._on_connection(replace)
+        except Exception as e:
+            self._raise_for_write(e)
         await self._apply_after_commit()
         return head

@@ -113,3 +113,15 @@ BEGIN
     END IF;
     RETURN gone;
 END $$;
+
+-- The owner check (--protect-talks) raises insufficient_privilege, as in
+-- version 1 (so servers of version 3 still read it as "not the owner"),
+-- now with a DETAIL that tells it from a privilege the database user
+-- lacks (a missing GRANT), whatever language the server's messages are in.
+CREATE OR REPLACE FUNCTION talkserver_check_owner(t text, o text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF o IS NOT NULL AND EXISTS (SELECT 1 FROM talks WHERE title = t AND owner <> o) THEN
+        RAISE EXCEPTION 'talk % has another owner', t
+            USING ERRCODE = 'insufficient_privilege', DETAIL = 'talkserver: another owner';
+    END IF;
+END $$;
