@@ -83,8 +83,11 @@ class ServerProcess:
 
     def log(self) -> str:
         """Everything the server has printed so far."""
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")
+        # pread, never seek: the server writes through the same open file,
+        # so moving its offset back would make the server's next line
+        # overwrite the log's beginning.
+        fd = self._log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def terminate(self) -> None:
         """Send SIGTERM once (a second one, once the drain is over, would kill)."""
