@@ -154,7 +154,7 @@ class PollDelegate:
         cursor = self._plain_poll_cursor(method, version, target, headers)
         if cursor is None:
             return False
-        address = self.conn.context.remote_ip or ""
+        address = tornado_private.remote_address(self.conn)
         # The admission policy's one question, then the cap: past it the
         # handlers' slow lane (or their 429) takes the poll.
         view = RequestView(method, target, headers, address)
@@ -255,7 +255,7 @@ class PollDelegate:
         if idle.timeout:
             idle.waiting[conn] = idle.tick  # waiting for headers (talkserver.wire.idle)
         try:
-            head = stream.read_until_regex(_HEAD_END, max_bytes=conn.params.max_header_size)
+            head = stream.read_until_regex(_HEAD_END, max_bytes=tornado_private.header_limit(conn))
         except StreamClosedError:
             return
         head.add_done_callback(self._head_read)
@@ -305,6 +305,6 @@ class PollDelegate:
         if cursor > app.board.store.head:
             return None  # the handler waits for this process to catch up
         host = headers.get("Host")
-        if host is None or not _PLAIN_HOST.fullmatch(host) or self.conn.params.no_keep_alive:
+        if host is None or not _PLAIN_HOST.fullmatch(host) or not tornado_private.keeps_alive(self.conn):
             return None  # Tornado's request parsing refuses or answers these itself
         return cursor
