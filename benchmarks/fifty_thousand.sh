@@ -36,7 +36,8 @@ sleep 5
 rss() {  # KiB of the server and its workers
   total=0
   for pid in $SERVER $(ps -o pid= --ppid $SERVER); do
-    total=$((total + $(awk '/^VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0)))
+    kib=$(awk '/^VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null)
+    total=$((total + ${kib:-0}))
   done
   echo $total
 }

@@ -1,13 +1,21 @@
-"""benchmarks/fanout_ab.py runs end to end at a small size: talkserver, the
+"""The fan-out benchmarks run end to end at a small size.
+
+benchmarks/fanout_ab.py: talkserver, the
 Node peer and nchan each take their turn under the same long-poll load, and
 the report sets them side by side, with each server's CPU per follower per
-change.  (The figures themselves belong in docs/benchmarks.md, not here.)"""
+change.  benchmarks/fifty_thousand.sh: --processes on PostgreSQL and
+talkserver-load --workers give one clean verdict and the memory per
+waiting poll.  (The figures themselves belong in docs/benchmarks.md, not
+here.)"""
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from talkserver.testing.cluster import port_free_now
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fanout_ab.py"
 
@@ -39,3 +47,17 @@ def test_fanout_ab_refuses_nchan_alone_with_another_transport_before_starting_an
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].endswith("--only nchan follows by long poll only: leave out --transport")
     assert not (tmp_path / "out").exists()
+
+
+def test_fifty_thousand_runs_at_a_small_size_and_reports_memory_per_waiting_poll(tmp_path):
+    root = SCRIPT.parents[1]
+    env = {**os.environ, "CLIENTS": "300", "PROCESSES": "2", "WORKERS": "2", "DURATION": "3",
+           "PORT": str(port_free_now())}
+    done = subprocess.run(["sh", "benchmarks/fifty_thousand.sh"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    assert "talkserver-load: clean: nothing lost, doubled or failed" in done.stdout, done.stdout
+    assert re.search(r"clients\s+300 \(long polls\) in 2 processes", done.stdout), done.stdout
+    per_poll = float(re.search(r"memory per waiting poll: ([0-9.]+) KiB", done.stdout).group(1))
+    assert per_poll > 0

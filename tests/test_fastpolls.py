@@ -166,9 +166,9 @@ class Paths:
         def recorded_unread(stream, data):
             self.handed_back += 1
             unread(stream, data)
-        headers_received, take, initialize = PollDelegate.headers_received, PollDelegate._take, TalksHandler.initialize
+        headers_received, take, initialize = PollDelegate.headers_received, PollDelegate._hold, TalksHandler.initialize
 
-        # A request the fast path takes passes _take, whether Tornado or the
+        # A request the fast path takes passes _hold, whether Tornado or the
         # delegate's own read of the next head (_read_next) read it; one it
         # does not take reaches Tornado's headers_received and is routed.
         def recorded_take(delegate, *args):
@@ -188,7 +188,7 @@ class Paths:
             initialize(handler, **kwargs)
 
         monkeypatch.setattr(PollDelegate, "headers_received", recorded_headers_received)
-        monkeypatch.setattr(PollDelegate, "_take", recorded_take)
+        monkeypatch.setattr(PollDelegate, "_hold", recorded_take)
         monkeypatch.setattr(tornado_private, "unread", recorded_unread)
         monkeypatch.setattr(TalksHandler, "initialize", recorded_initialize)
 

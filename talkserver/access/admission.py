@@ -97,7 +97,10 @@ class Admission:
 
     def admits_at_once(self, view: RequestView) -> bool:
         """Whether ``admit`` and ``before_routing`` would let ``view`` through
-        without waiting or refusing: the fast path's one question."""
+        without waiting or refusing: the fast path's one question.
+
+        It reads what the request says, never its address or the clock, so
+        the fast path may keep the answer for a head it sees again."""
         return (
             self.before_routing(view) is None
             and self.access.admits(view.headers.get("Authorization", ""))

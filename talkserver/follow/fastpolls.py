@@ -76,6 +76,9 @@ _PLAIN_HEAD = re.compile(
 )
 
 
+# How many raw heads of plain polls an Application remembers (PollDelegate.heads).
+MAX_PLAIN_HEADS = 64
+
 # Headers HTTPServer(xheaders=True) reads the client's address or scheme
 # from, applying them to the connection for one request only when
 # Tornado reads that request; a head with any of them is left to Tornado.
@@ -123,12 +126,21 @@ class PollDelegate:
     """
 
     __slots__ = (
-        "app", "server_conn", "conn", "routed", "cursor", "address", "target", "started", "gone", "gzip",
+        "app", "heads", "server_conn", "conn", "routed", "cursor", "address", "target", "started", "gone", "gzip",
         "__weakref__",
     )
 
-    def __init__(self, app, server_conn: object, request_conn) -> None:
+    def __init__(self, app, server_conn: object, request_conn, heads: dict) -> None:
         self.app = app
+        # Raw heads the lean read took before, and what they asked for (one
+        # dict per Application): a busy board's re-polls repeat a few heads
+        # (the same headers, the same cursor) thousands of times per change,
+        # so each is matched, parsed and put to the admission policy once.
+        # What varies per connection (the address's cap) and with the store
+        # (a cursor ahead of it) is asked every time, in _hold.  Only heads
+        # that were taken are kept, at most MAX_PLAIN_HEADS: a client making
+        # up new ones only pushes the others out.
+        self.heads = heads
         self.server_conn = server_conn
         self.conn = request_conn
         # Tornado's own delegate for this request, once it is passed on.
@@ -151,20 +163,35 @@ class PollDelegate:
         """Whether this request is a plain poll the fast path serves and the
         admission policy lets through at once; if so it is counted against
         its address and its cursor noted."""
+        plain = self._plain(method, version, target, headers)
+        return plain is not None and self._hold(*plain)
+
+    def _plain(self, method: str, version: str, target: str, headers) -> tuple[str, int, bool] | None:
+        """(target, cursor, gzip) of a plain poll that the admission policy
+        lets through at once, from what the request says alone; else None."""
         cursor = self._plain_poll_cursor(method, version, target, headers)
         if cursor is None:
-            return False
+            return None
+        # The admission policy's one question (it reads what the request
+        # says, not where it comes from, so a head's answer can be kept).
+        view = RequestView(method, target, headers, "")
+        if not self.app.admission.admits_at_once(view):
+            return None
+        return target, cursor, accepts_gzip(headers.get("Accept-Encoding"))
+
+    def _hold(self, target: str, cursor: int, gzip: bool) -> bool:
+        """Take the poll if its cursor is not ahead of this process and its
+        address is under the cap (past it the handlers' slow lane, or their
+        429, takes it); count it and note what it asked."""
+        if cursor > self.app.board.store.head:
+            return False  # the handler waits for this process to catch up
         address = tornado_private.remote_address(self.conn)
-        # The admission policy's one question, then the cap: past it the
-        # handlers' slow lane (or their 429) takes the poll.
-        view = RequestView(method, target, headers, address)
-        admission = self.app.admission
-        if not admission.admits_at_once(view) or not admission.hold_follower_under_cap(self, address):
+        if not self.app.admission.hold_follower_under_cap(self, address):
             return False
         self.cursor = cursor
         self.address = address
         self.target = target
-        self.gzip = accepts_gzip(headers.get("Accept-Encoding"))
+        self.gzip = gzip
         self.started = time.monotonic()
         self.gone = False
         return True
@@ -266,19 +293,30 @@ class PollDelegate:
         if future.exception() is not None:
             return  # the stream is closed (see _read_next)
         head = future.result()
-        match = _PLAIN_HEAD.fullmatch(head.decode("latin1"))
-        if match is not None:
-            headers = raw_headers(match.group(2))
-            if (
-                headers is not None
-                and not any(dict.__contains__(headers, name) for name in _PROXY_HEADERS)
-                and self._take("GET", "HTTP/1.1", match.group(1), headers)
-            ):
-                self.finish()
-                return
+        known = self.heads
+        plain = known.get(head)
+        if plain is None:
+            plain = self._plain_head(head)
+            if plain is not None:
+                if len(known) >= MAX_PLAIN_HEADS:
+                    known.clear()
+                known[head] = plain
+        if plain is not None and self._hold(*plain):
+            self.finish()
+            return
         # Not ours: Tornado reads this head again and answers it as usual.
         tornado_private.unread(conn.stream, head)
         conn.finish()
+
+    def _plain_head(self, head: bytes) -> tuple[str, int, bool] | None:
+        """``_plain`` for a raw head the lean read took, or None."""
+        match = _PLAIN_HEAD.fullmatch(head.decode("latin1"))
+        if match is None:
+            return None
+        headers = raw_headers(match.group(2))
+        if headers is None or any(dict.__contains__(headers, name) for name in _PROXY_HEADERS):
+            return None
+        return self._plain("GET", "HTTP/1.1", match.group(1), headers)
 
     # -- which requests are plain polls ----------------------------------
 
@@ -297,13 +335,10 @@ class PollDelegate:
             or self.app.following.pick_for(headers, True).name != LONG_POLL
         ):
             return None
-        app = self.app
         try:
             cursor = parse_cursor(target[len(PREFIX):])
         except BadInput:
             return None
-        if cursor > app.board.store.head:
-            return None  # the handler waits for this process to catch up
         host = headers.get("Host")
         if host is None or not _PLAIN_HOST.fullmatch(host) or not tornado_private.keeps_alive(self.conn):
             return None  # Tornado's request parsing refuses or answers these itself

@@ -53,12 +53,13 @@ class LongPolls(Transport):
 
     def __init__(self, board, settings: Mapping) -> None:
         super().__init__(board, settings)
+        self.plain_heads: dict[bytes, tuple[str, int, bool]] = {}  # the front door's (fastpolls.PollDelegate.heads)
 
     def takes(self, headers: Mapping, has_cursor: bool) -> bool:
         return has_cursor
 
     def front_door(self, app, server_conn, request_conn):
-        return fastpolls.PollDelegate(app, server_conn, request_conn)
+        return fastpolls.PollDelegate(app, server_conn, request_conn, self.plain_heads)
 
     async def follow(self, handler: RequestHandler) -> None:
         head_only = handler.request.method == "HEAD"
