@@ -14,17 +14,7 @@ DURATION=${DURATION:-15}  # CLIENTS=50 DURATION=2 sh benchmarks/fanout_processes
 mkdir -p bench
 PY=.venv/bin/python
 URL_FILE=$(mktemp)
-$PY -c "
-import sys, time, signal
-from talkserver.testing.cluster import Cluster
-c = Cluster(durable=True)
-open('$URL_FILE', 'w').write(c.url())
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-try:
-    while True: time.sleep(1)
-finally:
-    c.destroy()
-" & CLUSTER=$!
+$PY -m talkserver.testing.cluster $URL_FILE & CLUSTER=$!
 while [ ! -s $URL_FILE ]; do sleep 0.5; done
 BASE=$(cat $URL_FILE)
 newdb() { name=b$(date +%s%N); psql -q -X "$BASE" -c "CREATE DATABASE $name" >/dev/null; echo "${BASE%/*}/$name"; }

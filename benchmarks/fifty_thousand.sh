@@ -17,17 +17,7 @@ PORT=${PORT:-18560}
 mkdir -p bench
 PY=.venv/bin/python
 URL_FILE=$(mktemp)
-$PY -c "
-import sys, time, signal
-from talkserver.testing.cluster import Cluster
-c = Cluster(durable=True)
-open('$URL_FILE', 'w').write(c.new_database())
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-try:
-    while True: time.sleep(1)
-finally:
-    c.destroy()
-" & CLUSTER=$!
+$PY -m talkserver.testing.cluster $URL_FILE & CLUSTER=$!
 while [ ! -s $URL_FILE ]; do sleep 0.5; done
 DB=$(cat $URL_FILE)
 .venv/bin/talkserver --port=$PORT --db=$DB --processes=$PROCESSES --max-polls-per-ip=1000 --logging=warning &

@@ -156,3 +156,26 @@ class Cluster:
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m talkserver.testing.cluster URL_FILE``: a durable throwaway
+    cluster for a benchmark script; its URL goes to URL_FILE, and SIGTERM
+    removes it."""
+    import signal
+    import sys
+    import time
+
+    [url_file] = sys.argv[1:] if argv is None else argv
+    cluster = Cluster(durable=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        Path(url_file).write_text(cluster.url())
+        while True:
+            time.sleep(1)
+    finally:
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    main()
