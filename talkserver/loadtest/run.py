@@ -35,6 +35,9 @@ CONNECT_TIMEOUT = 120.0
 # Seconds without one more client waiting, while errors come in, after which
 # the run stops waiting for the rest.
 CONNECT_STALL = 5.0
+# The final board is read until two reads this far apart agree (_drain).
+SETTLE_SECONDS = 0.2
+SETTLE_READS = 10
 # --spaced sends a change once a GET /talks is answered within IDLE_ANSWER
 # seconds (the server has read every poll), or after IDLE_TIMEOUT anyway.
 IDLE_ANSWER = 0.02
@@ -308,9 +311,21 @@ class Run:
             return True
 
     async def _drain(self) -> dict | None:
-        """Wait for every copy to equal the server's board; returns the board by title."""
+        """Wait for every copy to equal the server's board; returns the board by title.
+
+        The board is read until two reads SETTLE_SECONDS apart agree: with
+        ``--processes`` each read may reach another process, and one that
+        has not yet applied the last change answers an older board than the
+        clients hold (nothing was lost; the reference was early).
+        """
         try:
-            final = {talk["title"]: talk for talk in await fetch_talks(self.target)}
+            final = None
+            for _ in range(SETTLE_READS):
+                board = {talk["title"]: talk for talk in await fetch_talks(self.target)}
+                if board == final:
+                    break
+                final = board
+                await asyncio.sleep(SETTLE_SECONDS)
         except (OSError, asyncio.TimeoutError, ProtocolError) as e:
             self.error(f"final GET /talks: {e}")
             return None
