@@ -220,10 +220,20 @@ class Follower:
     streams.py) ends its connection: the loss is counted, and the client
     comes back after RETRY_BACKOFF with the cursor it had, unless told to stop.
 
-    Subclasses have ``transport``, ``hub``, ``waiting`` and ``closing``.
+    Subclasses declare the slots ``_start_following`` fills, and ``transport``.
     """
 
     __slots__ = ()
+
+    def _start_following(self, target: "Target", hub: "Hub") -> None:
+        """The state every follower starts with: no cursor or copy yet, not waiting."""
+        self.target, self.hub = target, hub
+        self.cursor: bytes | None = None
+        self.copy: dict | None = None
+        self.last: dict[str, int] = {}
+        self.joined: float | None = None
+        self.waiting = False
+        self.closing = False
 
     def connection_lost(self, exc) -> None:
         self.transport = None
@@ -264,13 +274,7 @@ class Poller(Follower, Connection):
 
     def __init__(self, target: Target, hub: "Hub", source: str | None = None) -> None:
         super().__init__(source)
-        self.target, self.hub = target, hub
-        self.cursor: bytes | None = None
-        self.copy: dict | None = None
-        self.last: dict[str, int] = {}
-        self.joined: float | None = None
-        self.waiting = False
-        self.closing = False
+        self._start_following(target, hub)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)

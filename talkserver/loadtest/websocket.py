@@ -75,14 +75,9 @@ class Socket(Follower, asyncio.Protocol):
     )
 
     def __init__(self, target: Target, hub: Hub, source: str | None = None) -> None:
-        self.target, self.hub, self.source = target, hub, source
+        self.source = source
         self.transport: asyncio.Transport | None = None
-        self.cursor: bytes | None = None
-        self.copy: dict | None = None
-        self.last: dict[str, int] = {}
-        self.joined: float | None = None
-        self.waiting = False
-        self.closing = False
+        self._start_following(target, hub)
         self._reset()
 
     def _reset(self) -> None:
