@@ -860,3 +860,130 @@ async def test_behind_a_proxy_every_poll_on_a_kept_alive_connection_counts_the_a
     assert (limits.polls_held("10.0.0.1"), limits.polls_held("127.0.0.1")) == (2, 0)
     await server.board.put("Juggling", "Kim", "Three balls")
     assert titles(await client.reply()) == ["Juggling"] and titles(await other.reply()) == ["Juggling"]
+
+
+# -- 11. the next head read without IOStream ------------------------------------
+#
+# Once a fast answer has left, the delegate takes the idle stream's read
+# events (tornado_private.take_read_events) and reads a whole head in one
+# read.  Anything else, a head in pieces, a client that leaves, bytes
+# that come while a poll waits, goes back to IOStream.
+
+
+class HeadReads:
+    """How many heads IOStream read for the fast path (``_read_head``), and
+    how many the delegate's own read took (``_events`` then ``_took``)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.by_iostream = self.by_delegate = 0
+        read_head, events = PollDelegate._read_head, PollDelegate._events
+
+        def counted_read_head(delegate, stream):
+            self.by_iostream += 1
+            read_head(delegate, stream)
+
+        def counted_events(delegate, fileobj, events_):
+            expecting = delegate.expecting
+            events(delegate, fileobj, events_)
+            if expecting and not delegate.expecting:
+                self.by_delegate += 1
+        monkeypatch.setattr(PollDelegate, "_read_head", counted_read_head)
+        monkeypatch.setattr(PollDelegate, "_events", counted_events)
+
+
+@pytest.fixture
+def head_reads(monkeypatch):
+    return HeadReads(monkeypatch)
+
+
+def delegates_holding_events(io_loop) -> list:
+    """The IOLoop's handler entries that are a PollDelegate's (taken read events)."""
+    return [handler for _, handler in io_loop.handlers.values() if isinstance(getattr(handler, "__self__", None), PollDelegate)]
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_re_polls_on_a_connection_are_read_by_the_delegate_and_answered_in_turn(serve, paths, head_reads):
+    server = serve()
+    client = await server.connect()
+    replies = []
+
+    client.send("/talks?changesSince=0")
+    replies.append(await client.reply())
+    for title in ("One", "Two", "Three"):
+        client.send(f"/talks?changesSince={server.board.store.head}")
+        await parked(server, 1)
+        await server.board.put(title, "Kim", "s")
+        replies.append(await client.reply())
+
+    assert paths.taken == ["fast"] * 4 and paths.handed_back == 0
+    assert (head_reads.by_delegate, head_reads.by_iostream) == (3, 0)
+    assert [titles(reply) for reply in replies] == [[], ["One"], ["Two"], ["Three"]]
+    assert server.app.limits.polls_held("127.0.0.1") == 0
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_head_sent_in_pieces_is_read_by_iostream_and_answered_the_same(serve, paths, head_reads):
+    server = serve()
+    await server.board.put("One", "Kim", "s")
+    client = await server.connect()
+    client.send("/talks?changesSince=0")
+    first = await client.reply()
+
+    head = request("/talks?changesSince=0")
+    for piece in (head[:9], head[9:30], head[30:]):
+        client.send_raw(piece)
+        await client.writer.drain()
+        await asyncio.sleep(0.05)
+    second = await client.reply()
+
+    assert paths.taken == ["fast", "fast"] and paths.handed_back == 1  # the first piece, put back for IOStream
+    assert head_reads.by_iostream == 1
+    assert titles(first) == titles(second) == ["One"]
+    assert second.body == first.body
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_client_that_leaves_between_polls_is_closed_and_its_descriptor_forgotten(serve, io_loop):
+    server = serve()
+    clients = []
+    for _ in range(3):
+        client = await server.connect()
+        client.send("/talks?changesSince=0")
+        await client.reply()
+        clients.append(client)
+    await until(lambda: len(delegates_holding_events(io_loop)) == 3, timeout=READ_TIMEOUT)
+
+    clients[0].close()
+    reset(clients[1].writer)
+    await until(lambda: len(delegates_holding_events(io_loop)) == 1, timeout=READ_TIMEOUT)
+    # New connections may reuse the descriptors the two left behind.
+    later = [await server.poll(0) for _ in range(4)]
+    replies = [await client.reply() for client in later]
+
+    assert [reply.status for reply in replies] == [200] * 4
+    assert len(delegates_holding_events(io_loop)) == 5  # the one left and the four new ones
+    clients[2].send(f"/talks?changesSince={START}")
+    await parked(server, 1)
+    await server.board.put("Juggling", "Kim", "s")
+    assert titles(await clients[2].reply()) == ["Juggling"]
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_request_sent_while_a_poll_waits_is_answered_after_it(serve, paths, head_reads):
+    server = serve()
+    client = await server.connect()
+    client.send("/talks?changesSince=0")
+    await client.reply()
+    client.send(f"/talks?changesSince={START}")
+    await parked(server, 1)
+
+    client.send_raw(request(f"/talks?changesSince={START}") + request("/talks/Juggling"))
+    await asyncio.sleep(0.1)  # read ahead by IOStream while the poll waits
+    await server.board.put("Juggling", "Kim", "Three balls")
+    replies = [await client.reply() for _ in range(3)]
+
+    assert paths.taken == ["fast", "fast", "fast", "routed"]
+    # The two heads sent ahead were read from IOStream's buffer, one after each answer.
+    assert (head_reads.by_delegate, head_reads.by_iostream) == (1, 2)
+    assert titles(replies[0]) == titles(replies[1]) == ["Juggling"]
+    assert replies[2].status == 200 and replies[2].json()["summary"] == "Three balls"

@@ -270,6 +270,15 @@ NAGLE_ON_THE_SOCKET = (
     " and self.stream.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0));"
 )
 
+# A release whose IOLoop dispatches a descriptor's events from a table of
+# its own, not from ``handlers``: taking a stream's read events changes nothing.
+OWN_DISPATCH = (
+    "import tornado.platform.asyncio as pa; add = pa.BaseAsyncIOLoop.add_handler;"
+    "pa.BaseAsyncIOLoop.add_handler = lambda self, fd, handler, events: (add(self, fd, handler, events),"
+    " self.__dict__.setdefault('own', {}).__setitem__(self.split_fd(fd)[0], handler))[0];"
+    "pa.BaseAsyncIOLoop._handle_events = lambda self, fd, events: self.own[fd](self.handlers[fd][0], events);"
+)
+
 
 @pytest.mark.parametrize("version, text, extra, says", [
     ((6, 7, 0, 0), "6.7.0", "", "needs Tornado 6.5.2 to 6.6, not 6.7.0"),
@@ -278,8 +287,10 @@ NAGLE_ON_THE_SOCKET = (
     ((6, 5, 2, 0), "6.5.2", NO_CONTEXT, "this failed: HTTP1Connection.context (remote_address) (AttributeError"),
     ((6, 5, 2, 0), "6.5.2", NAGLE_ON_THE_SOCKET,
      "this failed: HTTP1Connection toggling IOStream.set_nodelay (TCP_NODELAY went off after an answer)"),
+    ((6, 5, 2, 0), "6.5.2", OWN_DISPATCH,
+     "this failed: IOLoop.handlers, readers, writers (a stream's read events taken and given back) (no answer within 3 s"),
 ], ids=["a later release", "an earlier release", "no on_connection_close", "no HTTP1Connection.context",
-        "Nagle on the socket"])
+        "Nagle on the socket", "events dispatched from another table"])
 def test_a_tornado_without_what_talkserver_needs_is_refused_in_one_line(version, text, extra, says):
     import subprocess
     import sys

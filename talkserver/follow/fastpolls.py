@@ -41,6 +41,17 @@ bytes and then put through the very checks above, is served by the same
 delegate; any other head is put back in the stream's read buffer
 (tornado_private.unread) and Tornado's loop reads it as if the fast path
 had never looked.
+
+Even IOStream's own read costs a Future, a failed read before the client
+has asked again, and its buffer's bookkeeping.  So while the stream is
+idle the delegate takes its read events (tornado_private.take_read_events)
+and reads the head with one ``recv`` (``_events``); a head in pieces,
+bytes that come while a poll waits, a client that leaves, a queued
+answer: each goes back to IOStream, which deals with it as it always has.
+
+The bookkeeping after an answer (releasing the poll's place, counting it
+in /metrics) runs once the wake loop is over, for all its polls together
+(``_settle``).
 """
 
 from __future__ import annotations
@@ -49,7 +60,9 @@ import re
 import time
 
 from tornado.httputil import HTTPHeaders, RequestStartLine
+from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
+from tornado.log import app_log
 
 from talkserver.access.admission import RequestView
 from talkserver.follow import lifecycle, wakeup
@@ -74,6 +87,32 @@ _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _PLAIN_HEAD = re.compile(
     r"GET (/talks\?changesSince=[!-~]*) HTTP/1\.1\r\n((?:[A-Za-z0-9-]+:[\t -~]*\r\n)*)\r\n", re.ASCII
 )
+
+
+# The most one read takes of a head the fast path waits for (Tornado's
+# largest default head); a longer one goes to IOStream, which refuses it.
+_HEAD_READ = 65536
+_READ = IOLoop.READ
+
+# Polls answered in the current wake loop, finished together after it.
+_answered: list["PollDelegate"] = []
+
+
+def _settle() -> None:
+    """Finish the polls the wake loop answered: each one's bookkeeping, and
+    the count in /metrics once per Application."""
+    batch = _answered[:]
+    del _answered[:]
+    counted: dict = {}
+    for poll in batch:
+        try:
+            poll._finish()
+        except Exception:
+            # One poll's trouble must not leave the others unfinished.
+            app_log.exception("finishing an answered poll failed")
+        counted[poll.app] = counted.get(poll.app, 0) + 1
+    for app, answered in counted.items():
+        app.count_answers(200, LONG_POLL, answered)
 
 
 # How many raw heads of plain polls an Application remembers (PollDelegate.heads).
@@ -127,7 +166,7 @@ class PollDelegate:
 
     __slots__ = (
         "app", "heads", "server_conn", "conn", "routed", "cursor", "address", "target", "started", "gone", "gzip",
-        "__weakref__",
+        "reads", "expecting", "__weakref__",
     )
 
     def __init__(self, app, server_conn: object, request_conn, heads: dict) -> None:
@@ -146,6 +185,9 @@ class PollDelegate:
         # Tornado's own delegate for this request, once it is passed on.
         self.routed = None
         self.gone = False
+        # Whether the stream's events come to _events (take_read_events),
+        # and whether a request head is awaited there.
+        self.reads = self.expecting = False
         idle = app.idle
         if idle.timeout:
             idle.waiting[request_conn] = idle.tick  # waiting for headers (talkserver.wire.idle)
@@ -223,12 +265,14 @@ class PollDelegate:
 
     def deliver(self, body: bytes) -> None:
         """Send this poll its answer now; the rest waits until after the
-        wake loop (wakeup.after_wake), as for the handlers' polls."""
+        wake loop (``_settle``), as for the handlers' polls."""
         # A large answer goes gzip-compressed to a client that accepts it,
         # from the same Feed cache as the handlers' (wakeup.encoded).
         head, body = wakeup.encoded(self.app.board.feed, poll_answer_head(), body, self.gzip)
         wakeup.send_answer(self.conn.stream, head, body)
-        wakeup.after_wake(self._finish)
+        if not _answered:
+            wakeup.after_wake(_settle)
+        _answered.append(self)
 
     def on_close(self) -> None:
         """The client went away while its poll waited: forget it, send nothing."""
@@ -239,20 +283,24 @@ class PollDelegate:
         lifecycle.release(self.app, self)
 
     def _finish(self) -> None:
-        lifecycle.release(self.app, self)
+        """What follows an answer sent (once per poll, after the wake loop)."""
+        app = self.app
+        app.admission.release(self)  # (lifecycle.release, without the stream: see below)
         if self.gone:
             return
         self.gone = True
-        stream = self.conn.stream
-        self.conn.set_close_callback(None)
-        self.app.slow_readers.watch(stream)  # (what lifecycle.release does for a handler)
-        self.app.log_answer(200, "GET", self.target, self.address, time.monotonic() - self.started, LONG_POLL)
+        conn = self.conn
+        stream = conn.stream
+        conn.set_close_callback(None)
+        app.log_line(200, "GET", self.target, self.address, time.monotonic() - self.started, LONG_POLL)
         if stream.writing():
             # Back-pressure: what the socket did not take is queued, so the
             # next request on this connection is read only once it has
             # gone (a client that pipelines and never reads then holds one
             # answer, not one per request).  IOStream.write(b"") resolves
             # once everything written before it is sent.
+            self._give_back()
+            app.slow_readers.watch(stream)  # (what lifecycle.release does for a handler)
             stream.write(b"").add_done_callback(self._sent)
         else:
             # The answer is in the kernel's hands: read the next request.
@@ -273,6 +321,11 @@ class PollDelegate:
         so a client that leaves, the idle timeout, a head over
         ``max_header_size`` or a shutdown each close the stream and end
         Tornado's loop as they would have; nothing is left to do here then.
+
+        Most often the stream is idle, and its read events come to
+        ``_readable`` (``tornado_private.take_read_events``), which takes a
+        whole head in one read; otherwise (bytes already read ahead, a
+        queued answer) IOStream reads it (``_read_head``).
         """
         conn = self.conn
         stream = conn.stream
@@ -281,32 +334,93 @@ class PollDelegate:
         idle = self.app.idle
         if idle.timeout:
             idle.waiting[conn] = idle.tick  # waiting for headers (talkserver.wire.idle)
+        if self.reads or tornado_private.take_read_events(stream, self._events):
+            self.reads = self.expecting = True
+        else:
+            self._read_head(stream)
+
+    def _read_head(self, stream) -> None:
+        """The next head, read by IOStream (anything the lean read does not take)."""
         try:
-            head = stream.read_until_regex(_HEAD_END, max_bytes=tornado_private.header_limit(conn))
+            head = stream.read_until_regex(_HEAD_END, max_bytes=tornado_private.header_limit(self.conn))
         except StreamClosedError:
             return
         head.add_done_callback(self._head_read)
 
+    def _give_back(self) -> None:
+        """Let IOStream handle the stream's events again."""
+        if self.reads:
+            self.reads = self.expecting = False
+            tornado_private.give_back_read_events(self.conn.stream)
+
+    def _events(self, fileobj, events: int) -> None:
+        """The stream's events while the fast path holds them: a head it was
+        waiting for is read here; anything else goes back to IOStream, which
+        reads what came (a client pipelining ahead, Tornado then reads it
+        when asked) or notices that the client left."""
+        stream = self.conn.stream
+        if not self.expecting or events != _READ or stream is None:
+            self._give_back()
+            if stream is not None:
+                tornado_private.handle_events(stream, fileobj, events)
+            return
+        try:
+            data = fileobj.recv(_HEAD_READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # The client left (or its connection failed): as IOStream would.
+            self._give_back()
+            stream.close()
+            return
+        rest = b""
+        plain = self.heads.get(data)
+        if plain is None:
+            end = _HEAD_END.search(data)
+            if end is None or end.end() > tornado_private.header_limit(self.conn):
+                # Part of a head, or one too long: IOStream reads on from
+                # what came, as it would have all along.
+                self._give_back()
+                tornado_private.unread(stream, data)
+                self._read_head(stream)
+                return
+            # A body or pipelined requests may follow the head.
+            data, rest = data[:end.end()], data[end.end():]
+        self.expecting = False
+        self.app.idle.waiting.pop(self.conn, None)
+        self._took(data, plain, rest)
+
     def _head_read(self, future) -> None:
-        conn = self.conn
-        self.app.idle.waiting.pop(conn, None)
+        self.app.idle.waiting.pop(self.conn, None)
         if future.exception() is not None:
             return  # the stream is closed (see _read_next)
-        head = future.result()
-        known = self.heads
-        plain = known.get(head)
+        self._took(future.result(), None)
+
+    def _took(self, head: bytes, plain: tuple[str, int, bool] | None, rest: bytes = b"") -> None:
+        """Serve ``head`` (one whole request head; ``plain``: what it asked,
+        when known; ``rest``: what came after it) if it is a plain poll,
+        else hand it all to Tornado."""
         if plain is None:
             plain = self._plain_head(head)
             if plain is not None:
+                known = self.heads
                 if len(known) >= MAX_PLAIN_HEADS:
                     known.clear()
                 known[head] = plain
+        stream = self.conn.stream
         if plain is not None and self._hold(*plain):
+            if rest:
+                # Requests sent ahead wait in IOStream's buffer, read after this answer.
+                self._give_back()
+                tornado_private.unread(stream, rest)
             self.finish()
             return
         # Not ours: Tornado reads this head again and answers it as usual.
-        tornado_private.unread(conn.stream, head)
-        conn.finish()
+        self._give_back()
+        tornado_private.unread(stream, head + rest)
+        self.conn.finish()
 
     def _plain_head(self, head: bytes) -> tuple[str, int, bool] | None:
         """``_plain`` for a raw head the lean read took, or None."""

@@ -175,21 +175,32 @@ class TalkApplication(tornado.web.Application):
         transport: str | None = None,
     ) -> None:
         """Count an answer in /metrics and give it its access-log line,
-        in Tornado's own format.
+        in Tornado's own format (``count_answers``, then ``log_line``)."""
+        self.count_answers(status, transport)
+        self.log_line(status, method, uri, remote_ip, seconds, transport)
+
+    def count_answers(self, status: int, transport: str | None = None, count: int = 1) -> None:
+        """Count ``count`` answers with ``status`` in /metrics (polls also by
+        ``transport``, the way they followed the board); the fast path
+        counts a wake-up's answers at once."""
+        self.requests.inc(str(status), count)
+        if status < 400 and transport is not None:
+            self.polls.inc(transport, count)
+
+    def log_line(
+        self, status: int, method: str, uri: str, remote_ip: str | None, seconds: float,
+        transport: str | None = None,
+    ) -> None:
+        """An answer's access-log line, in Tornado's own format.
 
         A poll (``transport`` names how it followed the board) that ends
-        well is counted but logged only at debug level: at the default
-        level one change to 10,000 clients would write 10,000 lines of
-        nothing an operator needs.  Writes, refusals and errors, and every
-        other request, are logged as before.
+        well is logged only at debug level: at the default level one
+        change to 10,000 clients would write 10,000 lines of nothing an
+        operator needs.  Writes, refusals and errors, and every other
+        request, are logged as before.
         """
-        self.requests.inc(str(status))
         if status < 400:
-            if transport is not None:
-                self.polls.inc(transport)
-                log = tornado.log.access_log.debug
-            else:
-                log = tornado.log.access_log.info
+            log = tornado.log.access_log.info if transport is None else tornado.log.access_log.debug
         elif status < 500:
             log = tornado.log.access_log.warning
         else:

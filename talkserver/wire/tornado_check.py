@@ -14,8 +14,10 @@ against it, on an event loop of their own, and has each of those
 functions, and that behaviour, do its work once:
 
 - a plain poll answered by a delegate without ``write_headers`` (a
-  direct send), the next head read by the delegate and put back, then
-  read and routed by Tornado; the connection's ``context`` and ``params``;
+  direct send), the stream's read events taken from IOStream, the next
+  head read by the delegate, the events given back and the head put
+  back, then read and routed by Tornado; the connection's ``context``
+  and ``params``;
 - a handler's headers read, its answer sent as bytes of its own and the
   handler told so (nothing more may follow on the connection);
 - TCP_NODELAY kept on across answers; a chunked answer seen as chunked; a
@@ -49,9 +51,9 @@ import tornado.netutil
 import tornado.web
 
 from talkserver.wire.tornado_private import (
-    add_listening_sockets, chunking, close_when_finished, drop_body_error, header_limit, keeps_alive,
-    keep_nodelay_on, mark_headers_written, remote_address, response_headers, send_now, take_header_timeout,
-    unread, unsent_bytes,
+    add_listening_sockets, chunking, close_when_finished, drop_body_error, give_back_read_events, handle_events,
+    header_limit, keeps_alive, keep_nodelay_on, mark_headers_written, remote_address, response_headers, send_now,
+    take_header_timeout, take_read_events, unread, unsent_bytes,
 )
 
 # The Tornado releases the tests ran on (noxfile.py runs the follow,
@@ -65,12 +67,12 @@ SUPPORTED_TEXT = "6.5.2 to 6.6"
 # The longest the check waits for an answer before it fails; when all
 # works it takes some tens of milliseconds.
 CHECK_SECONDS = 3.0
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _BIG = 256 * 1024  # an answer the small socket buffers below cannot take at once
 
 FAST_ANSWER = "HTTP1Connection: an answer without write_headers, then the next request read"
 CONTEXT = "HTTP1Connection.context (remote_address)"
 PARAMS = "HTTP1Connection.params (header_limit, keeps_alive)"
+READ_EVENTS = "IOLoop.handlers, readers, writers (a stream's read events taken and given back)"
 UNREAD = "IOStream._read_buffer, _read_buffer_size (a head put back, read by Tornado)"
 SEND_NOW = "IOStream.socket (a direct send)"
 NODELAY = "HTTP1Connection toggling IOStream.set_nodelay"
@@ -149,16 +151,21 @@ class _FastProbe(tornado.httputil.HTTPMessageDelegate):
         answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npoll"
         with check.touch(SEND_NOW):
             check.expect(SEND_NOW, send_now(stream, answer) == len(answer), "the socket did not take a small answer")
-        with check.touch(PARAMS):
-            head = stream.read_until_regex(_HEAD_END, max_bytes=header_limit(self.conn))
-            head.add_done_callback(self._head_read)
+        with check.touch(READ_EVENTS):
+            check.expect(READ_EVENTS, take_read_events(stream, self._events), "an idle stream's read events were not taken")
 
-    def _head_read(self, future) -> None:
-        check = self.app.check
-        if future.exception() is not None:
-            return  # the client left: the exchange reports it
+    def _events(self, fileobj, events) -> None:
+        """The next head, read as fastpolls.PollDelegate._events reads it."""
+        check, stream = self.app.check, self.conn.stream
+        with check.touch(READ_EVENTS):
+            check.expect(READ_EVENTS, events == tornado.ioloop.IOLoop.READ, f"events {events!r} came, not READ")
+            head = fileobj.recv(header_limit(self.conn))
+            give_back_read_events(stream)
+            if not head:
+                handle_events(stream, fileobj, events)  # the client left: IOStream closes
+                return
         with check.touch(UNREAD):
-            unread(self.conn.stream, future.result())
+            unread(stream, head)
         with check.touch(FAST_ANSWER):
             self.conn.finish()
 
@@ -303,7 +310,7 @@ async def _exchange(check: _Check, port: int) -> None:
     try:
         writer.write(_get("/poll"))
         await _answer(check, reader, b"poll")
-        check.step = UNREAD
+        check.step = READ_EVENTS  # the next head comes to the taken read events
         writer.write(_get("/written"))
         await _answer(check, reader, b"written")
         check.step = HEADERS_WRITTEN  # bytes written after its answer show here

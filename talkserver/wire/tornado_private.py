@@ -154,6 +154,54 @@ def unread(stream: IOStream, data: bytes) -> None:
     stream._read_buffer_size += len(data)  # type: ignore[attr-defined]
 
 
+def take_read_events(stream: IOStream, handler: Callable[[object, int], None]) -> bool:
+    """Have the IOLoop call ``handler(socket, events)`` instead of ``stream``'s
+    own handler for the stream's events, if the stream is idle: listening
+    for reads only (as it does to notice a client that leaves), with
+    nothing read ahead, queued or pending.  False, changing nothing, if not.
+
+    Public equivalent: ``IOStream.read_until_regex``, which makes a Future,
+    tries a read at once (a failed system call when the client has not
+    asked yet), and then goes through IOStream's read buffer and its
+    callbacks; about a fifth of the server's CPU when 10,000 woken polls
+    ask again (docs/profiles).  Swapping the entry of the IOLoop's table
+    of handlers changes no registration with the kernel, so taking and
+    giving back cost no system call, and ``IOStream.close`` still removes
+    the entry whichever handler it holds.
+    """
+    io_loop = stream.io_loop
+    fd = stream.socket.fileno()
+    if (
+        fd not in io_loop.readers  # type: ignore[attr-defined]
+        or fd in io_loop.writers  # type: ignore[attr-defined]
+        or stream._read_buffer_size  # type: ignore[attr-defined]
+        or stream.reading()
+        or stream.writing()
+        or stream.closed()
+    ):
+        return False
+    handlers = io_loop.handlers  # type: ignore[attr-defined]
+    handlers[fd] = (handlers[fd][0], handler)
+    return True
+
+
+def give_back_read_events(stream: IOStream) -> None:
+    """Undo ``take_read_events``: ``stream``'s own handler gets its events again."""
+    if stream.socket is None:
+        return  # closed: IOStream.close removed the entry
+    handlers = stream.io_loop.handlers  # type: ignore[attr-defined]
+    fd = stream.socket.fileno()
+    entry = handlers.get(fd)
+    if entry is not None:
+        handlers[fd] = (entry[0], stream._handle_events)  # type: ignore[attr-defined]
+
+
+def handle_events(stream: IOStream, fileobj: object, events: int) -> None:
+    """Pass events the handler of ``take_read_events`` does not take to ``stream``
+    (which reads what came, or notices that its client left)."""
+    stream._handle_events(fileobj, events)  # type: ignore[attr-defined]
+
+
 def _nodelay_stays_on(value: bool) -> None:
     """IOStream.set_nodelay for a stream whose TCP_NODELAY stays on."""
 
