@@ -103,14 +103,19 @@ def _settle() -> None:
     the count in /metrics once per Application."""
     batch = _answered[:]
     del _answered[:]
-    counted: dict = {}
+    counted: dict = {}  # Application -> polls answered
+    logged: dict = {}  # Application -> whether its polls get access-log lines
     for poll in batch:
+        app = poll.app
+        if app not in counted:
+            counted[app] = 0
+            logged[app] = app.polls_logged()
+        counted[app] += 1
         try:
-            poll._finish()
+            poll._finish(logged[app])
         except Exception:
             # One poll's trouble must not leave the others unfinished.
             app_log.exception("finishing an answered poll failed")
-        counted[poll.app] = counted.get(poll.app, 0) + 1
     for app, answered in counted.items():
         app.count_answers(200, LONG_POLL, answered)
 
@@ -166,7 +171,7 @@ class PollDelegate:
 
     __slots__ = (
         "app", "heads", "server_conn", "conn", "routed", "cursor", "address", "target", "started", "gone", "gzip",
-        "reads", "expecting", "__weakref__",
+        "reads", "expecting", "all_sent", "__weakref__",
     )
 
     def __init__(self, app, server_conn: object, request_conn, heads: dict) -> None:
@@ -269,7 +274,7 @@ class PollDelegate:
         # A large answer goes gzip-compressed to a client that accepts it,
         # from the same Feed cache as the handlers' (wakeup.encoded).
         head, body = wakeup.encoded(self.app.board.feed, poll_answer_head(), body, self.gzip)
-        wakeup.send_answer(self.conn.stream, head, body)
+        self.all_sent = wakeup.send_answer(self.conn.stream, head, body)
         if not _answered:
             wakeup.after_wake(_settle)
         _answered.append(self)
@@ -282,8 +287,9 @@ class PollDelegate:
         self.app.board.waiters.forget(self)
         lifecycle.release(self.app, self)
 
-    def _finish(self) -> None:
-        """What follows an answer sent (once per poll, after the wake loop)."""
+    def _finish(self, logged: bool) -> None:
+        """What follows an answer sent (once per poll, after the wake loop);
+        ``logged``: whether polls get an access-log line."""
         app = self.app
         app.admission.release(self)  # (lifecycle.release, without the stream: see below)
         if self.gone:
@@ -292,8 +298,9 @@ class PollDelegate:
         conn = self.conn
         stream = conn.stream
         conn.set_close_callback(None)
-        app.log_line(200, "GET", self.target, self.address, time.monotonic() - self.started, LONG_POLL)
-        if stream.writing():
+        if logged:
+            app.log_line(200, "GET", self.target, self.address, time.monotonic() - self.started, LONG_POLL)
+        if not self.all_sent and stream.writing():
             # Back-pressure: what the socket did not take is queued, so the
             # next request on this connection is read only once it has
             # gone (a client that pipelines and never reads then holds one

@@ -112,9 +112,10 @@ def write_answer(handler: RequestHandler, head: bytes, body: bytes) -> None:
     send_answer(handler.request.connection.stream, head, body)
 
 
-def send_answer(stream: IOStream, head: bytes, body: bytes) -> None:
+def send_answer(stream: IOStream, head: bytes, body: bytes) -> bool:
     """Put a complete 200 answer, ``head`` (from ``answer_head``) then
-    ``body``, on ``stream`` now.
+    ``body``, on ``stream`` now; True when the socket took all of it (nothing
+    is queued on the stream then).
 
     A small answer goes out as one framed block, shared by the polls of one
     wake-up.  A large one goes out as its header block with the body's first
@@ -125,28 +126,30 @@ def send_answer(stream: IOStream, head: bytes, body: bytes) -> None:
     1,000-client wake-up slower; docs/benchmarks.md.)
     """
     if stream.closed():
-        return
+        return False
     if len(body) > LARGE_BODY:
         # The head and the body's first part in one send (one system call,
         # a small copy); the rest is queued as a view of the shared body.
         first = head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:LARGE_BODY]
-        _send(stream, first, rest=memoryview(body)[LARGE_BODY:])
-        return
+        return _send(stream, first, rest=memoryview(body)[LARGE_BODY:])
     frame = _frames.get((head, body))
     if frame is None:
         frame = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
         if len(_frames) >= _MAX_FRAMES:
             _frames.clear()
         _frames[(head, body)] = frame
-    _send(stream, frame)
+    return _send(stream, frame)
 
 
 def _send(stream: IOStream, data: bytes, rest: memoryview | None = None) -> bool:
     """Write ``data`` now as far as the socket takes it, then queue what is
-    left of it and ``rest`` (a view, never copied); False if the client is gone."""
+    left of it and ``rest`` (a view, never copied); True when nothing had
+    to be queued, False when something was or the client is gone."""
     sent = send_now(stream, data)
     if sent is None:
         return False
+    if sent == len(data) and not rest:
+        return True
     try:
         if sent < len(data):
             # A view, not a slice: IOStream keeps it without copying.
@@ -154,8 +157,8 @@ def _send(stream: IOStream, data: bytes, rest: memoryview | None = None) -> bool
         if rest:
             stream.write(rest)
     except StreamClosedError:
-        return False
-    return True
+        pass
+    return False
 
 
 def later(future: Future, result: object) -> None:

@@ -20,6 +20,7 @@ ASCII request target, sizes).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from talkserver.operation.metrics import Counter
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
+# The level of a poll's access-log line when it ends well (TalkApplication.log_line).
+POLL_LOG_LEVEL = logging.DEBUG
 
 
 def default_static_path() -> str:
@@ -200,9 +203,14 @@ class TalkApplication(tornado.web.Application):
         request, are logged as before.
         """
         if status < 400:
-            log = tornado.log.access_log.info if transport is None else tornado.log.access_log.debug
+            level = logging.INFO if transport is None else POLL_LOG_LEVEL
         elif status < 500:
-            log = tornado.log.access_log.warning
+            level = logging.WARNING
         else:
-            log = tornado.log.access_log.error
-        log("%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000.0 * seconds)
+            level = logging.ERROR
+        tornado.log.access_log.log(level, "%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000.0 * seconds)
+
+    def polls_logged(self) -> bool:
+        """Whether a poll that ends well gets an access-log line now (``log_line``);
+        the fast path asks once per wake-up, not per poll."""
+        return tornado.log.access_log.isEnabledFor(POLL_LOG_LEVEL)
