@@ -249,6 +249,11 @@ def main() -> None:
     print("| **median** | " + " | ".join(cells) + " | | |")
     cpu = {w: median([row[w].get("server_cpu_percent") for row in rows]) for w in who_all}
     print("server CPU while writing, % of one core (median): " + ", ".join(f"{w} {cell(cpu[w], '.0f')}" for w in who_all))
+    for w in others:
+        # The CPU ratio per round, then its median (not the ratio of the medians).
+        cpu_ratios = [ratio(cpu_per_follower_us(row["talkserver"]), cpu_per_follower_us(row[w])) for row in rows]
+        print(f"CPU per follower per change, talkserver / {w}: rounds "
+              + ", ".join(cell(value, ".2f") for value in cpu_ratios) + f"; median {cell(median(cpu_ratios), '.2f')}")
     memory = {w: median([(row[w]["server_memory"] or {}).get("per_client_kb") for row in rows]) for w in who_all}
     print("memory per waiting client, KiB (median): " + ", ".join(f"{w} {memory[w]}" for w in who_all))
 
