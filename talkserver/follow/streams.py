@@ -41,7 +41,6 @@ from talkserver.wire import tornado_private
 from talkserver.follow.slowreaders import unsent_bytes
 from talkserver.follow.transport import Transport
 from talkserver.wire.validation import BadInput, parse_cursor
-from talkserver.follow.waiters import no_collection
 
 EVENT_STREAM_TYPE = "text/event-stream"
 DEFAULT_HEARTBEAT = 15.0
@@ -196,21 +195,15 @@ class Streams(Transport):
 
     def _send(self, streams: dict, frame: Frame, count: bool = True) -> None:
         limit = self.buffer_limit
-        slow = []
-        # As for woken polls: a collection in the middle of the loop would
-        # hold back every client after it.
-        with no_collection():
-            for stream in streams:
-                if not stream.write(frame, limit):
-                    slow.append(stream)
-        if count:
-            self._events.inc(amount=len(streams) - len(slow))
-        for stream in slow:
-            # Closing ends the answer through on_connection_close; the
-            # client reconnects with Last-Event-ID and loses nothing.
-            self._dropped.inc()
-            self._open.pop(stream, None)
-            stream.io.close()
+        wakeup.push_to_all(streams, lambda stream: stream.write(frame, limit),
+                           self._events if count else None, self._dropped, self._drop)
+
+    def _drop(self, stream) -> None:
+        """A stream too far behind: closing ends the answer through
+        on_connection_close; the client reconnects with Last-Event-ID and
+        loses nothing."""
+        self._open.pop(stream, None)
+        stream.io.close()
 
 
 def stream_cursor(handler: RequestHandler) -> int | None:

@@ -27,17 +27,23 @@ path; ``answer_head`` returns None for anything else (HTTP/1.0,
 from __future__ import annotations
 
 from asyncio import Future
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.log import app_log
 from tornado.web import RequestHandler
 
+from talkserver.follow.waiters import no_collection
 from talkserver.wire import tornado_private
 from talkserver.wire.compression import GZIP_MIN, accepts_gzip, labelled
 # Sends that skip IOStream's Future per write (see tornado_private).
 from talkserver.wire.tornado_private import send_now
+
+if TYPE_CHECKING:
+    from talkserver.operation.metrics import Counter
+
+T = TypeVar("T")
 
 # Framed responses shared by the polls of one wake-up; keyed by (head, body)
 # and dropped wholesale when full, since the next change makes them stale.
@@ -159,6 +165,29 @@ def _send(stream: IOStream, data: bytes, rest: memoryview | None = None) -> bool
     except StreamClosedError:
         pass
     return False
+
+
+def push_to_all(followers: Iterable[T], send: Callable[[T], bool], delivered: Counter | None,
+                dropped: Counter, drop: Callable[[T], None]) -> None:
+    """Push one shared message to every follower of a pushing transport
+    (event streams, WebSockets): ``send(follower)`` says whether it took
+    it (False: too much is unread already).  Counts what was delivered in
+    ``delivered`` (None: not counted, e.g. a heartbeat), then counts in
+    ``dropped`` and ``drop``s each follower that did not take it, after
+    the loop, so that no client waits behind another's close.
+    """
+    slow = []
+    # As for woken polls: a collection in the middle of the loop would
+    # hold back every client after it.
+    with no_collection():
+        for follower in followers:
+            if not send(follower):
+                slow.append(follower)
+    if delivered is not None:
+        delivered.inc(amount=len(followers) - len(slow))  # type: ignore[arg-type]
+    for follower in slow:
+        dropped.inc()
+        drop(follower)
 
 
 def later(future: Future, result: object) -> None:

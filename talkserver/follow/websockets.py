@@ -44,11 +44,10 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
-from talkserver.follow import lifecycle
+from talkserver.follow import lifecycle, wakeup
 from talkserver.follow.slowreaders import unsent_bytes
 from talkserver.follow.streams import DEFAULT_BUFFER_LIMIT, DEFAULT_HEARTBEAT
 from talkserver.follow.transport import Transport
-from talkserver.follow.waiters import no_collection
 from talkserver.stores import StoreWriteFailed
 from talkserver.wire.tornado_private import send_now
 from talkserver.wire.validation import BadInput, parse_cursor
@@ -326,19 +325,14 @@ class WebSockets(Transport):
     # -- shared writes and the heartbeat ---------------------------------
 
     def _send(self, sockets: dict, data: bytes, count: bool = True) -> None:
-        slow = []
-        # As for woken polls: a collection in the middle of the loop would
-        # hold back every client after it.
-        with no_collection():
-            for socket in sockets:
-                if not socket.send(data):
-                    slow.append(socket)
-        if count:
-            self._messages.inc(amount=len(sockets) - len(slow))
-        for socket in slow:
-            self._dropped.inc()
-            self.forget(socket)
-            socket.io.close()  # it reconnects with its last serverTime and loses nothing
+        wakeup.push_to_all(sockets, lambda socket: socket.send(data),
+                           self._messages if count else None, self._dropped, self._drop)
+
+    def _drop(self, socket: Socket) -> None:
+        """A socket too far behind: closed; it reconnects with its last
+        serverTime and loses nothing."""
+        self.forget(socket)
+        socket.io.close()
 
     def _start_beating(self) -> None:
         if self._timer is None and self.heartbeat > 0:
