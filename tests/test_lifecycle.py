@@ -445,3 +445,68 @@ def test_the_applications_services_are_declared_on_its_class(app):
         assert name in vars(app) or name in vars(TalkApplication)
     assert app.limits is app.admission.limits and app.metrics is app.board.metrics
     assert app.draining is False
+
+
+# -- light write queues (tornado_private.lighten) ----------------------------------
+
+
+def test_a_lazy_queue_does_what_iostream_asks_of_a_deque():
+    from talkserver.wire.tornado_private import LazyQueue
+
+    queue = LazyQueue()
+    assert not queue and len(queue) == 0 and list(queue) == []
+    with pytest.raises(IndexError):
+        queue[0]  # _StreamBuffer.peek counts on this when nothing is queued
+    with pytest.raises(IndexError):
+        queue.popleft()
+
+    for item in ("a", "b", "c"):
+        queue.append(item)
+    assert queue and len(queue) == 3 and (queue[0], queue[-1]) == ("a", "c") and list(queue) == ["a", "b", "c"]
+    assert [queue.popleft(), queue.popleft()] == ["a", "b"]
+    assert queue.popleft() == "c" and not queue and queue._items is None  # the deque goes with the last item
+    queue.append("d")
+    queue.clear()
+    assert not queue and list(queue) == []
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_slow_readers_large_answer_goes_through_light_write_queues_whole(app, board):
+    import json
+    import re
+    import socket
+
+    import tornado.netutil
+
+    from talkserver.web.accept import HTTPServer
+    from talkserver.wire.tornado_private import LazyQueue
+
+    summary = "x" * 300_000  # far more than the socket takes at once
+    await board.put("Big", "Kim", summary)
+    http = HTTPServer(app)  # the talkserver command's
+    [listening] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    http.add_sockets([listening])
+    port = listening.getsockname()[1]
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=client, limit=1024)
+    try:
+        await until(lambda: len(http._connections) == 1, timeout=5)
+        [conn] = http._connections
+        conn.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # so that the answer queues
+        writer.write(b"GET /talks?changesSince=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        # The answer waits, queued, for the client to read.
+        await until(lambda: any(conn.stream._write_buffer for conn in http._connections), timeout=5)
+        [stream] = [conn.stream for conn in http._connections]
+        queues = (stream._write_buffer._buffers, stream._write_futures)
+        assert all(isinstance(queue, LazyQueue) for queue in queues) and queues[0]
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head)[1]))
+        await until(lambda: not stream._write_buffer, timeout=5)
+        assert [len(queue) for queue in queues] == [0, 0] and queues[0]._items is None
+    finally:
+        writer.close()
+        http.stop()
+
+    assert json.loads(body)["talks"][0]["summary"] == summary

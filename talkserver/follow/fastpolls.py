@@ -336,8 +336,8 @@ class PollDelegate:
         """
         conn = self.conn
         stream = conn.stream
-        if stream is None:
-            return
+        if stream is None or stream.closed():
+            return  # the client left: Tornado ends the connection by itself
         idle = self.app.idle
         if idle.timeout:
             idle.waiting[conn] = idle.tick  # waiting for headers (talkserver.wire.idle)

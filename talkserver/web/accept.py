@@ -107,6 +107,7 @@ class HTTPServer(collector.HTTPServer):
 
     def handle_stream(self, stream, address) -> None:
         tornado_private.keep_nodelay_on(stream)
+        tornado_private.lighten(stream)
         super().handle_stream(stream, address)
 
     def add_sockets(self, sockets) -> None:

@@ -21,7 +21,8 @@ functions, and that behaviour, do its work once:
 - a handler's headers read, its answer sent as bytes of its own and the
   handler told so (nothing more may follow on the connection);
 - TCP_NODELAY kept on across answers; a chunked answer seen as chunked; a
-  large answer's queued bytes counted; a connection closed after its
+  large answer's queued bytes counted, through write queues made only
+  when used (``lighten``); a connection closed after its
   answer although the client asked for keep-alive;
 - an upload whose client leaves half-way, its body's failure dropped;
 - the header timeout taken from the server, the listening socket added
@@ -52,7 +53,7 @@ import tornado.web
 
 from talkserver.wire.tornado_private import (
     add_listening_sockets, chunking, close_when_finished, drop_body_error, give_back_read_events, handle_events,
-    header_limit, keeps_alive, keep_nodelay_on, mark_headers_written, remote_address, response_headers, send_now,
+    header_limit, keeps_alive, keep_nodelay_on, LazyQueue, lighten, mark_headers_written, remote_address, response_headers, send_now,
     take_header_timeout, take_read_events, unread, unsent_bytes,
 )
 
@@ -80,6 +81,7 @@ HEADERS = "RequestHandler._headers"
 HEADERS_WRITTEN = "RequestHandler._headers_written"
 CHUNKING = "HTTP1Connection._chunking_output"
 UNSENT = "IOStream._write_buffer"
+LIGHT = "IOStream._write_buffer._buffers, _write_futures (queues made when first used)"
 DISCONNECT = "HTTP1Connection._disconnect_on_finish"
 BODY_FUTURE = "RequestHandler.on_connection_close and _body_future"
 HEADER_TIMEOUT = "HTTPServer.conn_params.header_timeout"
@@ -215,6 +217,10 @@ class _Big(tornado.web.RequestHandler):
         await flushed
         with check.touch(UNSENT):
             check.expect(UNSENT, unsent_bytes(stream) == 0, "bytes counted as queued once all were sent")
+        with check.touch(LIGHT):
+            queues = (stream._write_buffer._buffers, stream._write_futures)
+            check.expect(LIGHT, all(isinstance(queue, LazyQueue) and len(queue) == 0 for queue in queues),
+                         f"the write queues are {[type(queue).__name__ for queue in queues]} after a queued answer left")
         self.finish()
 
 
@@ -265,11 +271,13 @@ class _ProbeApplication(tornado.web.Application):
 
 
 class _ProbeServer(tornado.httpserver.HTTPServer):
-    """As talkserver.web.accept's: TCP_NODELAY kept on; a small send buffer, so a large answer queues."""
+    """As talkserver.web.accept's: TCP_NODELAY kept on, light write queues; a small send buffer, so a large answer queues."""
 
     def handle_stream(self, stream, address) -> None:
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         keep_nodelay_on(stream)
+        with self.request_callback.check.touch(LIGHT):
+            lighten(stream)
         super().handle_stream(stream, address)
 
 
