@@ -90,3 +90,33 @@ def test_more_workers_than_clients_exits_2():
 
     assert done.returncode == 2
     assert "--workers 3: more workers than --clients 2" in done.stderr
+
+
+def test_a_worker_killed_mid_run_makes_the_run_not_clean_and_says_how_it_ended(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    def workers_of(pid: int) -> list[int]:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(child) for child in children
+                if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+    with running(sys.executable, "-m", "talkserver", "--port=PORT", "--db=:memory:", "--max-polls-per-ip=0") as (url, _):
+        run = subprocess.Popen(
+            [sys.executable, "-m", "talkserver.loadtest", "--url", url, "--clients", "40", "--writers", "1",
+             "--duration", "4", "--rate", "5", "--workers", "2", "--drain", "1", "--json", str(tmp_path / "out.json")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while len(workers_of(run.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # the run is under way
+        os.kill(workers_of(run.pid)[0], signal.SIGKILL)
+        output, _ = run.communicate(timeout=120)
+
+    assert run.returncode != 0, output
+    assert "NOT CLEAN" in output
+    assert "ended before its outcome (its process was killed by signal 9)" in output

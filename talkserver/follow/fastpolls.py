@@ -330,7 +330,7 @@ class PollDelegate:
         Tornado's loop as they would have; nothing is left to do here then.
 
         Most often the stream is idle, and its read events come to
-        ``_readable`` (``tornado_private.take_read_events``), which takes a
+        ``_events`` (``tornado_private.take_read_events``), which takes a
         whole head in one read; otherwise (bytes already read ahead, a
         queued answer) IOStream reads it (``_read_head``).
         """

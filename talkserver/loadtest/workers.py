@@ -247,9 +247,18 @@ class Workers:
             if message[0] == kind:
                 answers.append(message[1])
             else:
-                self.error(f"worker {n} ended before its {kind}")
+                self.error(f"worker {n} ended before its {kind}{self._exit_status(n)}")
                 replies.put_nowait(message)  # gone stays gone
         return answers
+
+    def _exit_status(self, n: int) -> str:
+        """How worker ``n``'s process ended, for an error line ("" while it runs)."""
+        process = self._processes[n]
+        process.join(1)
+        code = process.exitcode
+        if code is None:
+            return " (its process still runs; its channel closed)"
+        return f" (its process exited with {code})" if code >= 0 else f" (its process was killed by signal {-code})"
 
     async def _stop(self) -> None:
         for channel in self._channels:
