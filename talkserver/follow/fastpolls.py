@@ -291,8 +291,8 @@ class PollDelegate:
         """What follows an answer sent (once per poll, after the wake loop);
         ``logged``: whether polls get an access-log line."""
         app = self.app
-        app.admission.release(self)  # (lifecycle.release, without the stream: see below)
         if self.gone:
+            lifecycle.release(app, self)
             return
         self.gone = True
         conn = self.conn
@@ -300,14 +300,16 @@ class PollDelegate:
         conn.set_close_callback(None)
         if logged:
             app.log_line(200, "GET", self.target, self.address, time.monotonic() - self.started, LONG_POLL)
-        if not self.all_sent and stream.writing():
+        queued = not self.all_sent and stream.writing()
+        # SlowReaders watches the stream only when something is left to send.
+        lifecycle.release(app, self, stream if queued else None)
+        if queued:
             # Back-pressure: what the socket did not take is queued, so the
             # next request on this connection is read only once it has
             # gone (a client that pipelines and never reads then holds one
             # answer, not one per request).  IOStream.write(b"") resolves
             # once everything written before it is sent.
             self._give_back()
-            app.slow_readers.watch(stream)  # (what lifecycle.release does for a handler)
             stream.write(b"").add_done_callback(self._sent)
         else:
             # The answer is in the kernel's hands: read the next request.
