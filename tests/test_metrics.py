@@ -376,7 +376,8 @@ async def test_under_processes_a_scrape_of_any_worker_has_every_metric_and_the_w
             assert families["talkserver_requests_total"].value(code="204") == 12
             assert families["talkserver_requests_total"].value(code="404") == 6
             assert families["talkserver_waiting_clients"].value() == 30
-            assert families["talkserver_store_reachable"].value() == 1
+            # (The server's log says why a worker found PostgreSQL unreachable.)
+            assert families["talkserver_store_reachable"].value() == 1, server.log()
         assert len(rss) == 2
         assert scrapes[-1]["process_resident_memory_bytes"].value() > 1.5 * max(rss)
 

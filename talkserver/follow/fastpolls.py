@@ -360,7 +360,9 @@ class PollDelegate:
         """Let IOStream handle the stream's events again."""
         if self.reads:
             self.reads = self.expecting = False
-            tornado_private.give_back_read_events(self.conn.stream)
+            stream = self.conn.stream
+            if stream is not None:  # (None once detached: nothing to give back to)
+                tornado_private.give_back_read_events(stream)
 
     def _events(self, fileobj, events: int) -> None:
         """The stream's events while the fast path holds them: a head it was
