@@ -379,3 +379,32 @@ async def test_giving_a_connection_back_to_the_pool_stays_inside_the_timeout(own
             os.kill(pid, signal.SIGCONT)
         pool.terminate()
     assert value == 42
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_failed_return_of_a_connection_to_the_pool_leaves_no_traceback_in_the_log(postgres_cluster, caplog):
+    import gc
+    import logging
+
+    url = postgres_cluster.new_database()
+    pool = await asyncpg.create_pool(url, min_size=0, max_size=1)
+    other = await asyncpg.create_pool(url, min_size=0, max_size=1)
+    store = PostgresStore(url, pool, timeout=5)
+    # asyncpg refuses to take back a connection (here: one of another pool,
+    # which it refuses at once; while PostgreSQL stops, one whose holder the
+    # pool took back as the connection closed).  The release runs as a task;
+    # an error nobody reads is logged with a traceback when the task is freed.
+    stray = await other.acquire()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            await store._release(stray, asyncio.get_running_loop().time() + 5)
+            await asyncio.sleep(0.1)
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        await other.release(stray)
+        await other.close()
+        await pool.close()
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "returning a connection to the pool failed: " in caplog.text  # read, and noted at debug level

@@ -62,6 +62,12 @@ class NoAnswer(Exception):
     """The call was sent, and no answer came in time."""
 
 
+def _read_outcome(task: asyncio.Future) -> None:
+    """Read a finished task's error, so that asyncio does not report it as never retrieved."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("returning a connection to the pool failed: %s", one_line(task.exception()))
+
+
 def unreachable(e: BaseException) -> bool:
     """Whether ``e`` is the database failing us (away, or refusing), rather than a bug here."""
     if asyncpg is None:
@@ -227,12 +233,17 @@ class Connection:
     async def _release(self, conn, deadline: float) -> None:
         """Give ``conn`` back to the pool by ``deadline``; past it, close the socket and let the pool forget it."""
         release = asyncio.ensure_future(self._pool.release(conn))
+        # A release that fails leaves nothing to do: the connection broke with
+        # the database, or the pool took it back already (asyncpg then raises
+        # InternalClientError, seen while PostgreSQL stops).  Its error is read
+        # here, else asyncio logs "Task exception was never retrieved" with a
+        # traceback in the operator's log.
+        release.add_done_callback(_read_outcome)
         done, _ = await asyncio.wait({release}, timeout=max(deadline - asyncio.get_running_loop().time(), 0.0))
         if not done:
             # The pool's graceful close waits for the database's answer;
             # a closed socket ends it at once, and the pool then drops it.
             conn.terminate()
-            release.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _reached(self, host: str | None) -> None:
         """A connection reached ``host``: say so if the primary is not the one it was."""
