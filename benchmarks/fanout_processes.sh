@@ -12,11 +12,9 @@ ROUNDS=${1:-1}
 CLIENTS=${CLIENTS:-10000}
 DURATION=${DURATION:-15}  # CLIENTS=50 DURATION=2 sh benchmarks/fanout_processes.sh 1: a brief check
 mkdir -p bench
-PY=.venv/bin/python
-URL_FILE=$(mktemp)
-$PY -m talkserver.testing.cluster $URL_FILE & CLUSTER=$!
-while [ ! -s $URL_FILE ]; do sleep 0.5; done
-BASE=$(cat $URL_FILE)
+. benchmarks/cluster.sh
+start_cluster
+BASE=$CLUSTER_URL
 newdb() { name=b$(date +%s%N); psql -q -X "$BASE" -c "CREATE DATABASE $name" >/dev/null; echo "${BASE%/*}/$name"; }
 for r in $(seq 1 $ROUNDS); do
   for who in one two node; do
@@ -36,5 +34,4 @@ for r in $(seq 1 $ROUNDS); do
     kill $P; wait $P || true
   done
 done
-kill $CLUSTER 2>/dev/null; wait $CLUSTER 2>/dev/null || true
-rm -f $URL_FILE
+stop_cluster

@@ -15,11 +15,9 @@ WORKERS=${WORKERS:-4}
 DURATION=${DURATION:-20}
 PORT=${PORT:-18560}
 mkdir -p bench
-PY=.venv/bin/python
-URL_FILE=$(mktemp)
-$PY -m talkserver.testing.cluster $URL_FILE & CLUSTER=$!
-while [ ! -s $URL_FILE ]; do sleep 0.5; done
-DB=$(cat $URL_FILE)
+. benchmarks/cluster.sh
+start_cluster
+DB=$CLUSTER_URL
 .venv/bin/talkserver --port=$PORT --db=$DB --processes=$PROCESSES --max-polls-per-ip=1000 --logging=warning &
 SERVER=$!
 sleep 5
@@ -41,8 +39,8 @@ WATCH=$!
 PEAK=$(cat $PEAK_FILE)
 kill $WATCH 2>/dev/null || true
 kill $SERVER; wait $SERVER 2>/dev/null || true
-kill $CLUSTER 2>/dev/null; wait $CLUSTER 2>/dev/null || true
-rm -f $URL_FILE $PEAK_FILE
+stop_cluster
+rm -f $PEAK_FILE
 cat bench/fifty-$CLIENTS.txt
 echo "server RSS before clients: $BEFORE KiB; peak while they waited: $PEAK KiB"
 echo "memory per waiting poll: $(awk -v a=$BEFORE -v b=$PEAK -v n=$CLIENTS 'BEGIN {printf "%.2f", (b - a) / n}') KiB"

@@ -27,7 +27,7 @@ path; ``answer_head`` returns None for anything else (HTTP/1.0,
 from __future__ import annotations
 
 from asyncio import Future
-from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Callable, Collection, TypeVar
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
@@ -167,7 +167,7 @@ def _send(stream: IOStream, data: bytes, rest: memoryview | None = None) -> bool
     return False
 
 
-def push_to_all(followers: Iterable[T], send: Callable[[T], bool], delivered: Counter | None,
+def push_to_all(followers: Collection[T], send: Callable[[T], bool], delivered: Counter | None,
                 dropped: Counter, drop: Callable[[T], None]) -> None:
     """Push one shared message to every follower of a pushing transport
     (event streams, WebSockets): ``send(follower)`` says whether it took

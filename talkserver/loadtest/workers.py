@@ -252,7 +252,7 @@ class Workers:
         return answers
 
     def _exit_status(self, n: int) -> str:
-        """How worker ``n``'s process ended, for an error line ("" while it runs)."""
+        """How worker ``n``'s process ended (or that it still runs), for an error line."""
         process = self._processes[n]
         process.join(1)
         code = process.exitcode
