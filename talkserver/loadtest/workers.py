@@ -75,12 +75,19 @@ class Channel:
             return None
 
     async def close(self) -> None:
-        """Write what is queued, then hang up."""
+        """Write what is queued, then hang up, and return once the socket is
+        closed: ``drain`` returns with up to the buffer's low-water mark still
+        queued, and a worker whose loop ended before that went out would lose
+        the end of its last message."""
         try:
             await self._writer.drain()
         except ConnectionError:
             pass
         self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except ConnectionError:
+            pass
 
 
 def shares(clients: int, workers: int) -> list[range]:
