@@ -118,6 +118,10 @@ CHANGE = {"serverTime": 1, "talks": [{"title": "Ada", "presenter": "Ada", "summa
 
 def test_run_sh_keeps_its_pid_file_and_log_in_its_directory_and_needs_no_root():
     with nchan_peer() as (url, directory, process):
+        # nginx listens before it writes its pid file: the port can answer first.
+        deadline = time.monotonic() + WAIT
+        while not (directory / "nginx.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         pid = int((directory / "nginx.pid").read_text())
         with open(f"/proc/{pid}/status") as status:
             uid = next(line.split()[1] for line in status if line.startswith("Uid:"))
